@@ -1,0 +1,83 @@
+//! The `Kms` trait: one KMS region that wraps and unwraps data keys under its master key.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::{DataKey, EncryptionContext};
+
+/// A data key fresh from [`Kms::generate_data_key`]: the plaintext and its wrapped copy.
+#[derive(Debug)]
+pub struct GeneratedKey {
+    /// The plaintext key.
+    pub plaintext: DataKey,
+    /// The key wrapped under the generating region's master key.
+    pub ciphertext: Vec<u8>,
+}
+
+/// Errors from one KMS region.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// The region could not be reached, throttled us, or did not answer in time.
+    #[error("KMS region {region} is unavailable: {message}")]
+    Unavailable {
+        /// Which region.
+        region: String,
+        /// What happened.
+        message: String,
+    },
+    /// The region answered and refused: wrong context, foreign master key, damaged ciphertext,
+    /// disabled key, missing permission.
+    #[error("KMS region {region} refused the request: {message}")]
+    Refused {
+        /// Which region.
+        region: String,
+        /// Why, as the region said it.
+        message: String,
+    },
+}
+
+impl KmsError {
+    /// The region the error came from.
+    pub fn region(&self) -> &str {
+        match self {
+            Self::Unavailable { region, .. } | Self::Refused { region, .. } => region,
+        }
+    }
+}
+
+/// One KMS region with one master key.
+///
+/// Every call carries an [`EncryptionContext`]; a ciphertext decrypts only with the context it
+/// was made with, and only under this region's own master key.
+#[async_trait]
+pub trait Kms: Send + Sync + fmt::Debug {
+    /// The region's name, as written in records and configuration.
+    fn region(&self) -> &str;
+
+    /// The master key this region wraps under (key id, ARN or alias), as recorded with copies.
+    fn master_key(&self) -> &str;
+
+    /// Generates a random data key of `len` bytes and wraps it under the master key.
+    async fn generate_data_key(
+        &self,
+        len: usize,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError>;
+
+    /// Wraps `key` under the master key.
+    async fn encrypt(
+        &self,
+        key: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError>;
+
+    /// Unwraps `ciphertext`, which must have been wrapped by this region's master key under
+    /// the same `context`.
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError>;
+}

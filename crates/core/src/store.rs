@@ -1,0 +1,153 @@
+//! The `Store` trait: where wrapped records live, with first-write-wins and compare-and-set.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::KeyId;
+
+/// Opaque version of a stored record, returned by every write.
+///
+/// Compare versions only for equality: each backend chooses how it counts. A backend must never
+/// hand out the same version for two different contents of one id, including across a delete
+/// and re-create, or a stale compare-and-set could succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version(u64);
+
+impl Version {
+    /// Wraps a backend's native version number.
+    pub fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The backend's native version number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A record's bytes with the version they were read at.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The encoded record; stores never interpret it.
+    pub bytes: Vec<u8>,
+    /// The version to pass to [`Store::compare_and_swap`].
+    pub version: Version,
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("bytes", &format_args!("[{} bytes]", self.bytes.len()))
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// What [`Store::put_if_absent`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// This write created the record.
+    Created(Version),
+    /// A record already existed; it is returned untouched and the new bytes were discarded.
+    Exists(Stored),
+}
+
+/// One page of ids from [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListPage {
+    /// Ids in ascending byte order.
+    pub ids: Vec<KeyId>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<KeyId>,
+}
+
+/// Errors from a store, normalised from each backend's native errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not be reached or did not answer in time. Worth retrying.
+    #[error("store {store} is unavailable: {source}")]
+    Unavailable {
+        /// Which backend.
+        store: &'static str,
+        /// The native error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A compare-and-set found no record, or a record at another version.
+    #[error("the record changed or is gone (expected version {expected:?})")]
+    PreconditionFailed {
+        /// The version the caller expected.
+        expected: Version,
+    },
+    /// The backend holds data it cannot read back as a record.
+    #[error("store {store} holds unreadable data: {message}")]
+    Corrupt {
+        /// Which backend.
+        store: &'static str,
+        /// What is wrong, without the data itself.
+        message: String,
+    },
+    /// Anything else; not worth retrying.
+    #[error("store {store} failed: {source}")]
+    Other {
+        /// Which backend.
+        store: &'static str,
+        /// The native error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// True when the same call may succeed later (the backend was down or slow).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// A key/value store for encoded records, one per id.
+///
+/// Every backend maps these operations onto its own atomic primitives; the conformance suite
+/// holds them all to the same behaviour.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Reads the record for `id`.
+    ///
+    /// # Behavior
+    /// Returns `Ok(None)` when there is none. Reads are strongly consistent: a record written by
+    /// any process before this call started is seen.
+    async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError>;
+
+    /// Creates the record for `id` unless one exists: the first write wins.
+    ///
+    /// # Behavior
+    /// Exactly one of any number of concurrent callers, through any connection or process, gets
+    /// [`PutOutcome::Created`]; every other gets [`PutOutcome::Exists`] with the winner's bytes.
+    async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError>;
+
+    /// Replaces the record for `id` if it is still at `expected`.
+    ///
+    /// # Behavior
+    /// Returns the new version. A missing record or another version is
+    /// [`StoreError::PreconditionFailed`] and changes nothing.
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError>;
+
+    /// Deletes the record for `id`.
+    ///
+    /// # Behavior
+    /// Returns whether a record existed. Administrative: the protocol itself never deletes.
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError>;
+
+    /// Lists ids in ascending byte order, starting after `after`, at most `limit` of them.
+    ///
+    /// # Behavior
+    /// `next` is set when more ids may follow. `limit` of zero returns an empty page.
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError>;
+}
