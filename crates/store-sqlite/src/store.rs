@@ -1,0 +1,166 @@
+//! `SqliteStore`: the `Store` trait over one SQLite file.
+
+use async_trait::async_trait;
+use rkms_core::{KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row as _;
+
+use crate::error::{from_sqlx, STORE};
+use crate::SqliteConfig;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS rkms_keys (
+    id TEXT PRIMARY KEY NOT NULL,
+    record BLOB NOT NULL,
+    version INTEGER NOT NULL
+) WITHOUT ROWID";
+
+/// A [`Store`] in one SQLite file. See the crate documentation for the schema and guarantees.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and its table.
+    pub async fn open(config: &SqliteConfig) -> Result<Self, StoreError> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable { store: STORE, source: Box::new(e) })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&config.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(config.busy_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .connect_with(options)
+            .await
+            .map_err(from_sqlx)?;
+        sqlx::query(SCHEMA).execute(&pool).await.map_err(from_sqlx)?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for connections in use.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn version_from(raw: i64) -> Result<Version, StoreError> {
+    u64::try_from(raw)
+        .map(Version::new)
+        .map_err(|_| StoreError::Corrupt { store: STORE, message: format!("negative version {raw}") })
+}
+
+fn raw_version(version: Version) -> Option<i64> {
+    i64::try_from(version.get()).ok()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
+        let row = sqlx::query("SELECT record, version FROM rkms_keys WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+        row.map(|row| {
+            let bytes: Vec<u8> = row.try_get("record").map_err(|e| StoreError::Corrupt {
+                store: STORE,
+                message: format!("record column of {id:?}: {e}"),
+            })?;
+            let version = row.try_get::<i64, _>("version").map_err(from_sqlx)?;
+            Ok(Stored { bytes, version: version_from(version)? })
+        })
+        .transpose()
+    }
+
+    async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        loop {
+            // A random positive start version: see the crate documentation.
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO rkms_keys (id, record, version)
+                 VALUES (?, ?, (random() & 0x3fffffffffffffff) + 1)
+                 ON CONFLICT(id) DO NOTHING RETURNING version",
+            )
+            .bind(id.as_str())
+            .bind(&bytes)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+            if let Some(version) = inserted {
+                return Ok(PutOutcome::Created(version_from(version)?));
+            }
+            // Someone else's record is there; return it. If it was deleted in between, retry.
+            if let Some(existing) = self.get(id).await? {
+                return Ok(PutOutcome::Exists(existing));
+            }
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        let Some(raw) = raw_version(expected) else {
+            return Err(StoreError::PreconditionFailed { expected });
+        };
+        let updated: Option<i64> = sqlx::query_scalar(
+            "UPDATE rkms_keys SET record = ?, version = version + 1
+             WHERE id = ? AND version = ? RETURNING version",
+        )
+        .bind(&bytes)
+        .bind(id.as_str())
+        .bind(raw)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(from_sqlx)?;
+        match updated {
+            Some(version) => version_from(version),
+            None => Err(StoreError::PreconditionFailed { expected }),
+        }
+    }
+
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM rkms_keys WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(from_sqlx)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+        if limit == 0 {
+            return Ok(ListPage::default());
+        }
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM rkms_keys WHERE id > ? ORDER BY id LIMIT ?")
+                .bind(after.map_or("", KeyId::as_str))
+                .bind(fetch)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(from_sqlx)?;
+        let mut ids = rows
+            .iter()
+            .map(|raw| {
+                KeyId::parse(raw).map_err(|e| StoreError::Corrupt {
+                    store: STORE,
+                    message: format!("stored id is invalid: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().cloned()
+        } else {
+            None
+        };
+        Ok(ListPage { ids, next })
+    }
+}
