@@ -1,0 +1,123 @@
+//! The HTTP API: routes, handlers and the layers around them.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use rkms_core::{KeyId, KeyService};
+use serde::Serialize;
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use zeroize::Zeroizing;
+
+use crate::error::ApiError;
+
+/// Longest query string the key endpoint reads; anything longer cannot hold a valid id.
+const MAX_QUERY_LEN: usize = 4096;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The protocol.
+    pub service: Arc<KeyService>,
+}
+
+/// The whole HTTP API. `key_path` is `/api/<api_version>/key`.
+pub fn app(state: AppState, key_path: &str) -> Router {
+    Router::new()
+        .route(key_path, get(get_key))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+#[derive(Serialize)]
+struct KeyResponse<'a> {
+    id: &'a str,
+    key: &'a str,
+}
+
+/// `GET /api/<v>/key?id=ID`: the data key for ID, created on first use.
+async fn get_key(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let id = id_from_query(query.as_deref().unwrap_or_default())?;
+    let issued = state.service.get_or_create(&id).await.map_err(|e| ApiError::from_service(&e))?;
+    let encoded = Zeroizing::new(BASE64.encode(issued.key.expose_secret()));
+    let body = Zeroizing::new(
+        serde_json::to_vec(&KeyResponse { id: id.as_str(), key: &encoded })
+            .map_err(|_| ApiError::Internal("could not encode the response".into()))?,
+    );
+    // The body buffer is wiped when the response has been sent and dropped.
+    let mut response = Response::new(Body::from(Bytes::from_owner(body)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Reads exactly one valid `id` from a query string, before any I/O.
+fn id_from_query(query: &str) -> Result<KeyId, ApiError> {
+    if query.len() > MAX_QUERY_LEN {
+        return Err(ApiError::BadRequest(format!("query string longer than {MAX_QUERY_LEN} bytes")));
+    }
+    let mut ids = form_urlencoded::parse(query.as_bytes()).filter(|(name, _)| name == "id").map(|(_, value)| value);
+    let id = ids.next().ok_or_else(|| ApiError::BadRequest("id query parameter is required".into()))?;
+    if ids.next().is_some() {
+        return Err(ApiError::BadRequest("id query parameter must be given once".into()));
+    }
+    KeyId::parse(&id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")))
+}
+
+/// `GET /healthz`: the process is up.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the store answers and at least one region is usable.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.service.check_store().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: store check failed");
+        ApiError::Unavailable("the key store is not reachable".into())
+    })?;
+    let regions = state.service.usable_regions();
+    if regions.is_empty() {
+        return Err(ApiError::Unavailable("no KMS region answered its last call".into()));
+    }
+    Ok(Json(json!({ "status": "ready", "usable_regions": regions })))
+}
+
+/// A panic becomes a JSON 500; its payload is not echoed, since it might hold anything.
+fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    let mut response = ApiError::Internal("internal error; the server log has the details".into()).into_response();
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_is_read_once_and_validated() {
+        assert_eq!(id_from_query("id=abc").unwrap().as_str(), "abc");
+        assert_eq!(id_from_query("x=1&id=a%2Fb").unwrap().as_str(), "a/b");
+        assert!(id_from_query("").is_err());
+        assert!(id_from_query("id=").is_err());
+        assert!(id_from_query("id=a&id=b").is_err());
+        assert!(id_from_query("id=a%20b").is_err());
+        assert!(id_from_query("id=%ff%fe").is_err());
+        assert!(id_from_query(&format!("id={}", "a".repeat(5000))).is_err());
+    }
+}
