@@ -1,0 +1,165 @@
+//! The configuration file: the original RKMS's file keeps its meaning; bad files are refused
+//! with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use rkms_server::config::{ConfigError, KmsSettings, Settings, StoreSettings};
+
+/// The original Go RKMS's config.toml, verbatim (its multi-line inline table is TOML 1.1).
+const ORIGINAL: &str = r#"[server]
+  port = "8080"
+  api_version = "v1"
+
+[logger]
+  level = "debug"
+
+[kms]
+  regions = [
+    "us-east-1",
+    "us-east-2",
+    "us-west-1"
+    ]
+
+  key_ids = {
+    us-east-1 = "alias/rkms-us-east-1",
+    us-east-2 = "alias/rkms-us-east-2",
+    us-west-1 = "alias/rkms-us-west-1" }
+  
+  data_key_size_in_bytes = 32
+
+[dynamodb]
+  region = "us-east-1"
+  table_name = "rkms_keys"
+  cache_expiration_in_minutes = 5
+  cache_cleanup_internal_in_minutes = 10
+"#;
+
+fn parse(text: &str) -> Result<Settings, ConfigError> {
+    Settings::from_toml(text, Path::new("/var/lib/rkms"))
+}
+
+fn refusal(text: &str) -> String {
+    parse(text).expect_err("the configuration must be refused").to_string()
+}
+
+#[test]
+fn the_original_file_parses_and_asks_for_aws_kms_and_dynamodb() {
+    // It parses (no unknown key, no TOML error); what stops it is that this version does not
+    // have the AWS provider yet, which is what the original file means by default.
+    let message = refusal(ORIGINAL);
+    assert!(message.contains("kms.provider") && message.contains("aws"), "{message}");
+    let without_dynamodb = ORIGINAL.split("[dynamodb]").next().unwrap().replace("data_key_size_in_bytes", "provider = \"aws\"\n  data_key_size_in_bytes");
+    assert!(refusal(&without_dynamodb).contains("kms.provider"));
+}
+
+#[test]
+fn the_original_sections_keep_their_meaning() {
+    let text = ORIGINAL
+        .split("[dynamodb]")
+        .next()
+        .unwrap()
+        .replace("data_key_size_in_bytes = 32", "data_key_size_in_bytes = 24\n  provider = \"local\"")
+        .replace("api_version = \"v1\"", "api_version = \"v2\"");
+    let settings = parse(&text).unwrap();
+    assert_eq!(settings.listen, "0.0.0.0:8080".parse::<SocketAddr>().unwrap(), "the original bound every interface");
+    assert_eq!(settings.key_path, "/api/v2/key");
+    assert_eq!(settings.log_level, "debug");
+    assert_eq!(settings.service.data_key_len, 24);
+    let regions: Vec<(&str, &str)> = settings.regions.iter().map(|r| (r.name.as_str(), r.key_id.as_str())).collect();
+    assert_eq!(
+        regions,
+        [("us-east-1", "alias/rkms-us-east-1"), ("us-east-2", "alias/rkms-us-east-2"), ("us-west-1", "alias/rkms-us-west-1")]
+    );
+    assert!(!settings.development_mode);
+    let StoreSettings::Sqlite { path, .. } = &settings.store;
+    assert_eq!(path, Path::new("/var/lib/rkms/rkms.sqlite3"));
+    let KmsSettings::Local { keyring_path } = &settings.kms;
+    assert_eq!(keyring_path, Path::new("/var/lib/rkms/keyring.json"));
+}
+
+#[test]
+fn new_sections_are_read() {
+    let settings = parse(
+        r#"
+        [server]
+        host = "127.0.0.1"
+        port = 9000
+        request_timeout_ms = 1500
+        [logger]
+        level = "warning"
+        format = "json"
+        [kms]
+        provider = "local"
+        regions = ["a", "b"]
+        keyring_path = "/etc/rkms/keyring.json"
+        timeout_ms = 250
+        [store]
+        backend = "sqlite"
+        path = "/srv/keys.db"
+        busy_timeout_ms = 100
+        max_connections = 2
+        "#,
+    )
+    .unwrap();
+    assert_eq!(settings.listen, "127.0.0.1:9000".parse::<SocketAddr>().unwrap());
+    assert_eq!(settings.log_level, "warn");
+    assert_eq!(settings.service.kms_timeout.as_millis(), 250);
+    assert_eq!(settings.service.request_deadline.as_millis(), 1500);
+    assert_eq!(settings.regions[1].key_id, "rkms-b", "local keys default to rkms-<region>");
+    let StoreSettings::Sqlite { path, busy_timeout, max_connections } = &settings.store;
+    assert_eq!((path.to_str().unwrap(), busy_timeout.as_millis(), *max_connections), ("/srv/keys.db", 100, 2));
+}
+
+const LOCAL: &str = "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\n";
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    assert!(refusal(&format!("[server]\nprot = 8080\n{LOCAL}")).contains("prot"));
+    assert!(refusal(&format!("{LOCAL}colour = \"red\"\n")).contains("colour"));
+    assert!(refusal(&format!("[serverr]\n{LOCAL}")).contains("serverr"));
+    assert!(refusal(&format!("{LOCAL}[store]\nbackend = \"sqlite\"\npaht = \"x\"\n")).contains("paht"));
+}
+
+#[test]
+fn invalid_values_are_refused_by_name() {
+    let cases = [
+        (format!("[server]\nport = \"http\"\n{LOCAL}"), "server.port"),
+        (format!("[server]\nport = 70000\n{LOCAL}"), "server.port"),
+        (format!("[server]\napi_version = \"v 1\"\n{LOCAL}"), "server.api_version"),
+        (format!("[logger]\nlevel = \"loud\"\n{LOCAL}"), "logger.level"),
+        (format!("{LOCAL}data_key_size_in_bytes = 0\n"), "kms.data_key_size_in_bytes"),
+        (format!("{LOCAL}data_key_size_in_bytes = 4096\n"), "kms.data_key_size_in_bytes"),
+        (format!("{LOCAL}timeout_ms = 0\n"), "kms.timeout_ms"),
+        ("[kms]\nprovider = \"local\"\nregions = []\n".into(), "kms.regions"),
+        ("[kms]\nprovider = \"local\"\nregions = [\"a\", \"a\"]\n".into(), "kms.regions"),
+        ("[kms]\nprovider = \"local\"\nregions = [\"a b\"]\n".into(), "kms.regions"),
+        ("[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\nkey_ids = { a = \"k\" }\n".into(), "kms.key_ids"),
+        ("[kms]\nprovider = \"local\"\nregions = [\"a\"]\nkey_ids = { a = \"k\", c = \"k\" }\n".into(), "kms.key_ids"),
+        ("[kms]\nregions = [\"a\"]\n".into(), "kms.key_ids"),
+        ("[kms]\nprovider = \"vault\"\nregions = [\"a\"]\nkey_ids = { a = \"k\" }\n".into(), "kms.provider"),
+        ("[server]\nport = 1\n".into(), "kms"),
+        (format!("{LOCAL}[store]\nbackend = \"postgres\"\n"), "store.backend"),
+        (format!("{LOCAL}[store]\nbackend = \"floppy\"\n"), "store.backend"),
+        (format!("{LOCAL}[store]\npath = \"x\"\n"), "store.backend"),
+        (format!("{LOCAL}[store]\nbackend = \"sqlite\"\nmax_connections = 0\n"), "store.max_connections"),
+        (format!("{LOCAL}[store]\nbackend = \"sqlite\"\n[dynamodb]\nregion = \"x\"\ntable_name = \"t\"\n"), "store"),
+        (format!("{LOCAL}[dynamodb]\nregion = \"x\"\ntable_name = \"t\"\n"), "dynamodb"),
+        ("this is not toml".into(), "configuration"),
+    ];
+    for (text, key) in cases {
+        let message = refusal(&text);
+        assert!(message.contains(key), "refusal of\n{text}\nshould name {key}: {message}");
+    }
+}
+
+#[test]
+fn the_development_default_is_loopback_sqlite_and_three_local_regions() {
+    let settings = Settings::development(Path::new("data"));
+    assert!(settings.development_mode);
+    assert_eq!(settings.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+    assert_eq!(settings.key_path, "/api/v1/key");
+    assert_eq!(settings.regions.len(), 3);
+    let StoreSettings::Sqlite { path, .. } = &settings.store;
+    assert_eq!(path, Path::new("data/rkms.sqlite3"));
+}
