@@ -35,7 +35,12 @@ impl Store for MapStore {
         Ok(PutOutcome::Created(version))
     }
 
-    async fn compare_and_swap(&self, id: &KeyId, expected: Version, bytes: Vec<u8>) -> Result<Version, StoreError> {
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
         let mut guard = self.inner.lock().unwrap();
         let (records, counter) = &mut *guard;
         match records.get(id) {
@@ -55,9 +60,15 @@ impl Store for MapStore {
 
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
         let records = &self.inner.lock().unwrap().0;
-        let mut ids: Vec<KeyId> = records.keys().filter(|id| after.is_none_or(|a| *id > a)).cloned().collect();
+        let mut ids: Vec<KeyId> = records
+            .keys()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .cloned()
+            .collect();
         ids.sort();
-        let next = (ids.len() > limit).then(|| ids[limit - 1].clone()).filter(|_| limit > 0);
+        let next = (ids.len() > limit)
+            .then(|| ids[limit - 1].clone())
+            .filter(|_| limit > 0);
         ids.truncate(limit);
         Ok(ListPage { ids, next })
     }
@@ -68,7 +79,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Three software regions; in production these are AWS KMS regions.
     let keyring = LocalKeyring::generate(&["key-a", "key-b", "key-c"])?;
     let mut builder = KeyService::builder(Arc::new(MapStore::default()));
-    for (region, key) in [("region-a", "key-a"), ("region-b", "key-b"), ("region-c", "key-c")] {
+    for (region, key) in [
+        ("region-a", "key-a"),
+        ("region-b", "key-b"),
+        ("region-c", "key-c"),
+    ] {
         builder = builder.region(Arc::new(keyring.region(region, key)?) as Arc<dyn Kms>);
     }
     let service = builder.build()?;

@@ -15,7 +15,10 @@ pub struct EncryptionContext(BTreeMap<String, String>);
 impl EncryptionContext {
     /// The context RKMS uses for every call about `id`.
     pub fn for_id(id: &crate::KeyId) -> Self {
-        Self(BTreeMap::from([(ID_CONTEXT_KEY.to_owned(), id.as_str().to_owned())]))
+        Self(BTreeMap::from([(
+            ID_CONTEXT_KEY.to_owned(),
+            id.as_str().to_owned(),
+        )]))
     }
 
     /// An empty context, as the original Go RKMS used.

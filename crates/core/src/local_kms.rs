@@ -13,12 +13,12 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
 use aes_gcm::aead::rand_core::RngCore as _;
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
 use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
 use async_trait::async_trait;
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize as _, Zeroizing};
 
@@ -74,7 +74,9 @@ pub struct LocalKeyring {
 
 impl fmt::Debug for LocalKeyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalKeyring").field("keys", &self.keys.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("LocalKeyring")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -84,7 +86,10 @@ impl LocalKeyring {
         let mut keys = BTreeMap::new();
         for name in key_names {
             check_key_name(name)?;
-            keys.insert((*name).to_owned(), Arc::new(Aes256Gcm::new(&Aes256Gcm::generate_key(OsRng))));
+            keys.insert(
+                (*name).to_owned(),
+                Arc::new(Aes256Gcm::new(&Aes256Gcm::generate_key(OsRng))),
+            );
         }
         Ok(Self { keys })
     }
@@ -97,7 +102,10 @@ impl LocalKeyring {
     /// yet, so every process ends up with the same keys. An existing keyring must hold every
     /// name in `key_names`; it is never rewritten.
     pub fn open_or_create(path: &Path, key_names: &[&str]) -> Result<Self, KeyringError> {
-        let io_err = |source| KeyringError::Io { path: path.to_owned(), source };
+        let io_err = |source| KeyringError::Io {
+            path: path.to_owned(),
+            source,
+        };
         for name in key_names {
             check_key_name(name)?;
         }
@@ -114,23 +122,35 @@ impl LocalKeyring {
     }
 
     fn load(path: &Path) -> Result<Self, KeyringError> {
-        let malformed = |message: String| KeyringError::Malformed { path: path.to_owned(), message };
-        let text = Zeroizing::new(
-            fs::read_to_string(path).map_err(|source| KeyringError::Io { path: path.to_owned(), source })?,
-        );
-        let mut file: KeyringFile =
-            serde_json::from_str(&text).map_err(|e| malformed(format!("{:?} error at line {}", e.classify(), e.line())))?;
+        let malformed = |message: String| KeyringError::Malformed {
+            path: path.to_owned(),
+            message,
+        };
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyringError::Io {
+            path: path.to_owned(),
+            source,
+        })?);
+        let mut file: KeyringFile = serde_json::from_str(&text)
+            .map_err(|e| malformed(format!("{:?} error at line {}", e.classify(), e.line())))?;
         if file.format != KEYRING_FORMAT {
-            return Err(malformed(format!("format {} is not supported", file.format)));
+            return Err(malformed(format!(
+                "format {} is not supported",
+                file.format
+            )));
         }
         let mut keys = BTreeMap::new();
         for (name, encoded) in &mut file.keys {
             let bytes = Zeroizing::new(BASE64.decode(encoded.as_bytes()).unwrap_or_default());
             encoded.zeroize();
             if bytes.len() != MASTER_KEY_LEN {
-                return Err(malformed(format!("master key {name:?} is not {MASTER_KEY_LEN} base64-encoded bytes")));
+                return Err(malformed(format!(
+                    "master key {name:?} is not {MASTER_KEY_LEN} base64-encoded bytes"
+                )));
             }
-            keys.insert(name.clone(), Arc::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes))));
+            keys.insert(
+                name.clone(),
+                Arc::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes))),
+            );
         }
         Ok(Self { keys })
     }
@@ -141,7 +161,11 @@ impl LocalKeyring {
             .keys
             .get(key_name)
             .ok_or_else(|| KeyringError::MissingKey(key_name.to_owned()))?;
-        Ok(LocalKms { region: region.to_owned(), key_name: key_name.to_owned(), cipher: Arc::clone(cipher) })
+        Ok(LocalKms {
+            region: region.to_owned(),
+            key_name: key_name.to_owned(),
+            cipher: Arc::clone(cipher),
+        })
     }
 }
 
@@ -153,20 +177,37 @@ fn check_key_name(name: &str) -> Result<(), KeyringError> {
 }
 
 fn create_keyring_file(path: &Path, key_names: &[&str]) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let mut keys = BTreeMap::new();
     for name in key_names {
         let key = Aes256Gcm::generate_key(OsRng);
         keys.insert((*name).to_owned(), BASE64.encode(key));
     }
-    let mut file = KeyringFile { format: KEYRING_FORMAT, keys };
+    let mut file = KeyringFile {
+        format: KEYRING_FORMAT,
+        keys,
+    };
     let text = Zeroizing::new(serde_json::to_string_pretty(&file).map_err(io::Error::other)?);
     file.keys.values_mut().for_each(|k| k.zeroize());
 
-    let tmp = dir.join(format!(".keyring.{}.{}.tmp", std::process::id(), OsRng.next_u64()));
+    let tmp = dir.join(format!(
+        ".keyring.{}.{}.tmp",
+        std::process::id(),
+        OsRng.next_u64()
+    ));
     let written = (|| {
-        let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         out.write_all(text.as_bytes())?;
         out.sync_all()?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
@@ -200,7 +241,10 @@ impl fmt::Debug for LocalKms {
 
 impl LocalKms {
     fn refused(&self, message: &str) -> KmsError {
-        KmsError::Refused { region: self.region.clone(), message: message.to_owned() }
+        KmsError::Refused {
+            region: self.region.clone(),
+            message: message.to_owned(),
+        }
     }
 
     fn associated_data(&self, context: &EncryptionContext) -> Vec<u8> {
@@ -216,7 +260,13 @@ impl LocalKms {
         let aad = self.associated_data(context);
         let sealed = self
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| self.refused("encryption failed"))?;
         let mut out = Vec::with_capacity(2 + self.key_name.len() + NONCE_LEN + sealed.len());
         out.push(CIPHERTEXT_FORMAT);
@@ -247,19 +297,34 @@ impl Kms for LocalKms {
         OsRng.fill_bytes(&mut bytes);
         let plaintext = DataKey::new(bytes);
         let ciphertext = self.wrap(plaintext.expose_secret(), context)?;
-        Ok(GeneratedKey { plaintext, ciphertext })
+        Ok(GeneratedKey {
+            plaintext,
+            ciphertext,
+        })
     }
 
-    async fn encrypt(&self, key: &DataKey, context: &EncryptionContext) -> Result<Vec<u8>, KmsError> {
+    async fn encrypt(
+        &self,
+        key: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
         self.wrap(key.expose_secret(), context)
     }
 
-    async fn decrypt(&self, ciphertext: &[u8], context: &EncryptionContext) -> Result<DataKey, KmsError> {
-        let (&format, rest) = ciphertext.split_first().ok_or_else(|| self.refused("empty ciphertext"))?;
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let (&format, rest) = ciphertext
+            .split_first()
+            .ok_or_else(|| self.refused("empty ciphertext"))?;
         if format != CIPHERTEXT_FORMAT {
             return Err(self.refused("unknown ciphertext format"));
         }
-        let (&name_len, rest) = rest.split_first().ok_or_else(|| self.refused("truncated ciphertext"))?;
+        let (&name_len, rest) = rest
+            .split_first()
+            .ok_or_else(|| self.refused("truncated ciphertext"))?;
         let name_len = usize::from(name_len);
         if rest.len() < name_len + NONCE_LEN {
             return Err(self.refused("truncated ciphertext"));
@@ -272,8 +337,18 @@ impl Kms for LocalKms {
         let aad = self.associated_data(context);
         let plaintext = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
-            .map_err(|_| self.refused("ciphertext does not authenticate under this key and encryption context"))?;
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| {
+                self.refused(
+                    "ciphertext does not authenticate under this key and encryption context",
+                )
+            })?;
         Ok(DataKey::new(plaintext))
     }
 }
@@ -298,12 +373,24 @@ mod tests {
         assert_eq!(back, generated.plaintext);
 
         let wrapped_b = b.encrypt(&generated.plaintext, &ctx("x")).await.unwrap();
-        assert_eq!(b.decrypt(&wrapped_b, &ctx("x")).await.unwrap(), generated.plaintext);
+        assert_eq!(
+            b.decrypt(&wrapped_b, &ctx("x")).await.unwrap(),
+            generated.plaintext
+        );
 
-        assert!(matches!(a.decrypt(&generated.ciphertext, &ctx("y")).await, Err(KmsError::Refused { .. })));
-        assert!(matches!(b.decrypt(&generated.ciphertext, &ctx("x")).await, Err(KmsError::Refused { .. })));
+        assert!(matches!(
+            a.decrypt(&generated.ciphertext, &ctx("y")).await,
+            Err(KmsError::Refused { .. })
+        ));
+        assert!(matches!(
+            b.decrypt(&generated.ciphertext, &ctx("x")).await,
+            Err(KmsError::Refused { .. })
+        ));
         assert!(a.decrypt(&[], &ctx("x")).await.is_err());
-        assert!(a.decrypt(&generated.ciphertext[..10], &ctx("x")).await.is_err());
+        assert!(a
+            .decrypt(&generated.ciphertext[..10], &ctx("x"))
+            .await
+            .is_err());
     }
 
     #[test]
@@ -314,14 +401,35 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let second = LocalKeyring::open_or_create(&path, &["a"]).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let wrapped = rt
-            .block_on(first.region("r", "a").unwrap().encrypt(&DataKey::new(vec![7; 32]), &ctx("id")))
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
             .unwrap();
-        let key = rt.block_on(second.region("r", "a").unwrap().decrypt(&wrapped, &ctx("id"))).unwrap();
+        let wrapped = rt
+            .block_on(
+                first
+                    .region("r", "a")
+                    .unwrap()
+                    .encrypt(&DataKey::new(vec![7; 32]), &ctx("id")),
+            )
+            .unwrap();
+        let key = rt
+            .block_on(
+                second
+                    .region("r", "a")
+                    .unwrap()
+                    .decrypt(&wrapped, &ctx("id")),
+            )
+            .unwrap();
         assert_eq!(key.expose_secret(), &[7; 32]);
-        assert!(matches!(LocalKeyring::open_or_create(&path, &["c"]), Err(KeyringError::MissingKey(_))));
-        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left");
+        assert!(matches!(
+            LocalKeyring::open_or_create(&path, &["c"]),
+            Err(KeyringError::MissingKey(_))
+        ));
+        assert_eq!(
+            fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 
     #[test]
@@ -334,12 +442,21 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let wrapped = rt
-            .block_on(rings[0].region("r", "a").unwrap().encrypt(&DataKey::new(vec![1; 16]), &ctx("id")))
+            .block_on(
+                rings[0]
+                    .region("r", "a")
+                    .unwrap()
+                    .encrypt(&DataKey::new(vec![1; 16]), &ctx("id")),
+            )
             .unwrap();
         for ring in &rings {
-            let key = rt.block_on(ring.region("r", "a").unwrap().decrypt(&wrapped, &ctx("id"))).unwrap();
+            let key = rt
+                .block_on(ring.region("r", "a").unwrap().decrypt(&wrapped, &ctx("id")))
+                .unwrap();
             assert_eq!(key.expose_secret(), &[1; 16]);
         }
     }

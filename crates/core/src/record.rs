@@ -62,8 +62,8 @@ impl Record {
         struct FormatOnly {
             format: u32,
         }
-        let FormatOnly { format } = serde_json::from_slice(bytes)
-            .map_err(|e| RecordError::Malformed(describe(&e)))?;
+        let FormatOnly { format } =
+            serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed(describe(&e)))?;
         if format != RECORD_FORMAT {
             return Err(RecordError::UnsupportedFormat(format));
         }
@@ -73,7 +73,12 @@ impl Record {
 
 /// Describes a decoding error by position and category only: serde's messages can quote input.
 fn describe(e: &serde_json::Error) -> String {
-    format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
 }
 
 mod base64_bytes {
@@ -105,7 +110,10 @@ mod tests {
             created_at: 1_700_000_000,
             copies: BTreeMap::from([(
                 "local-1".into(),
-                WrappedCopy { master_key: "rkms-local-1".into(), ciphertext: vec![1, 2, 3] },
+                WrappedCopy {
+                    master_key: "rkms-local-1".into(),
+                    ciphertext: vec![1, 2, 3],
+                },
             )]),
             missing: vec!["local-2".into()],
         }
@@ -120,7 +128,10 @@ mod tests {
     #[test]
     fn unknown_format_is_refused() {
         let bytes = br#"{"format":99,"id":"x","created_at":0,"copies":{}}"#;
-        assert!(matches!(Record::decode(bytes), Err(RecordError::UnsupportedFormat(99))));
+        assert!(matches!(
+            Record::decode(bytes),
+            Err(RecordError::UnsupportedFormat(99))
+        ));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `KeyService`: the get-or-create protocol over one store and several KMS regions.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
@@ -117,7 +117,9 @@ impl ServiceError {
     /// True when the failure is a dependency being down or slow (an HTTP 503), not a fault.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::RegionsUnavailable { .. } | Self::StoreTimeout(_) | Self::DeadlineExceeded(_) => true,
+            Self::RegionsUnavailable { .. } | Self::StoreTimeout(_) | Self::DeadlineExceeded(_) => {
+                true
+            }
             Self::Store(e) => e.is_retryable(),
             Self::NoCopyForConfiguredRegions { .. } | Self::CorruptRecord { .. } => false,
         }
@@ -128,7 +130,11 @@ fn summarize(failures: &[KmsError]) -> String {
     if failures.is_empty() {
         return "no region was tried".to_owned();
     }
-    failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Why a [`KeyServiceBuilder`] refused its settings.
@@ -176,7 +182,10 @@ impl KeyServiceBuilder {
             return Err(BuildError::NoRegions);
         }
         for (i, kms) in self.regions.iter().enumerate() {
-            if self.regions[..i].iter().any(|other| other.region() == kms.region()) {
+            if self.regions[..i]
+                .iter()
+                .any(|other| other.region() == kms.region())
+            {
                 return Err(BuildError::DuplicateRegion(kms.region().to_owned()));
             }
         }
@@ -194,7 +203,12 @@ impl KeyServiceBuilder {
             }
         }
         let health = self.regions.iter().map(|_| AtomicBool::new(true)).collect();
-        Ok(KeyService { store: self.store, regions: self.regions, health, options: self.options })
+        Ok(KeyService {
+            store: self.store,
+            regions: self.regions,
+            health,
+            options: self.options,
+        })
     }
 }
 
@@ -214,7 +228,11 @@ pub struct KeyService {
 impl KeyService {
     /// Starts building a service over `store`.
     pub fn builder(store: Arc<dyn Store>) -> KeyServiceBuilder {
-        KeyServiceBuilder { store, regions: Vec::new(), options: ServiceOptions::default() }
+        KeyServiceBuilder {
+            store,
+            regions: Vec::new(),
+            options: ServiceOptions::default(),
+        }
     }
 
     /// The configured regions' names, in order of preference.
@@ -251,20 +269,39 @@ impl KeyService {
         if let Some(stored) = self.store_call(self.store.get(id)).await? {
             return self.unwrap_stored(id, &stored, &context).await;
         }
-        let generated = self.generate_in_first_answering_region(id, &context).await?;
-        let (generator, GeneratedKey { plaintext, ciphertext }) = generated;
-        let copies = self.wrap_in_all_regions(id, generator, &plaintext, ciphertext, &context).await?;
+        let generated = self
+            .generate_in_first_answering_region(id, &context)
+            .await?;
+        let (
+            generator,
+            GeneratedKey {
+                plaintext,
+                ciphertext,
+            },
+        ) = generated;
+        let copies = self
+            .wrap_in_all_regions(id, generator, &plaintext, ciphertext, &context)
+            .await?;
         let record = Record {
             format: RECORD_FORMAT,
             id: id.as_str().to_owned(),
-            created_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             copies,
             missing: Vec::new(),
         };
-        match self.store_call(self.store.put_if_absent(id, record.encode())).await? {
+        match self
+            .store_call(self.store.put_if_absent(id, record.encode()))
+            .await?
+        {
             PutOutcome::Created(_) => {
                 debug!(%id, region = self.regions[generator].region(), "created data key");
-                Ok(IssuedKey { key: plaintext, region: self.regions[generator].region().to_owned(), created: true })
+                Ok(IssuedKey {
+                    key: plaintext,
+                    region: self.regions[generator].region().to_owned(),
+                    created: true,
+                })
             }
             PutOutcome::Exists(winner) => {
                 debug!(%id, "lost a create race; returning the winner's key");
@@ -283,13 +320,27 @@ impl KeyService {
     ) -> Result<IssuedKey, ServiceError> {
         let record = Record::decode(&stored.bytes).map_err(|e| {
             warn!(%id, error = %e, "stored record is unreadable");
-            ServiceError::CorruptRecord { id: id.clone(), reason: e.to_string() }
+            ServiceError::CorruptRecord {
+                id: id.clone(),
+                reason: e.to_string(),
+            }
         })?;
         let mut failures = Vec::new();
         for (index, kms) in self.regions.iter().enumerate() {
-            let Some(copy) = record.copies.get(kms.region()) else { continue };
-            match self.kms_call(index, kms.decrypt(&copy.ciphertext, context)).await {
-                Ok(key) => return Ok(IssuedKey { key, region: kms.region().to_owned(), created: false }),
+            let Some(copy) = record.copies.get(kms.region()) else {
+                continue;
+            };
+            match self
+                .kms_call(index, kms.decrypt(&copy.ciphertext, context))
+                .await
+            {
+                Ok(key) => {
+                    return Ok(IssuedKey {
+                        key,
+                        region: kms.region().to_owned(),
+                        created: false,
+                    })
+                }
                 Err(e) => {
                     warn!(%id, region = kms.region(), error = %e, "decrypt failed; trying the next region");
                     failures.push(e);
@@ -302,7 +353,11 @@ impl KeyService {
                 in_record: record.copies.into_keys().collect(),
             });
         }
-        Err(ServiceError::RegionsUnavailable { id: id.clone(), action: KmsAction::Decrypt, failures })
+        Err(ServiceError::RegionsUnavailable {
+            id: id.clone(),
+            action: KmsAction::Decrypt,
+            failures,
+        })
     }
 
     /// Generates a data key in the first region, in order of preference, that answers.
@@ -313,7 +368,13 @@ impl KeyService {
     ) -> Result<(usize, GeneratedKey), ServiceError> {
         let mut failures = Vec::new();
         for (index, kms) in self.regions.iter().enumerate() {
-            match self.kms_call(index, kms.generate_data_key(self.options.data_key_len, context)).await {
+            match self
+                .kms_call(
+                    index,
+                    kms.generate_data_key(self.options.data_key_len, context),
+                )
+                .await
+            {
                 Ok(generated) => return Ok((index, generated)),
                 Err(e) => {
                     warn!(%id, region = kms.region(), error = %e, "generate failed; trying the next region");
@@ -321,7 +382,11 @@ impl KeyService {
                 }
             }
         }
-        Err(ServiceError::RegionsUnavailable { id: id.clone(), action: KmsAction::Generate, failures })
+        Err(ServiceError::RegionsUnavailable {
+            id: id.clone(),
+            action: KmsAction::Generate,
+            failures,
+        })
     }
 
     /// Wraps `key` in every region but the generator, concurrently, and adds the generator's
@@ -334,7 +399,11 @@ impl KeyService {
         generator_ciphertext: Vec<u8>,
         context: &EncryptionContext,
     ) -> Result<std::collections::BTreeMap<String, WrappedCopy>, ServiceError> {
-        let others = self.regions.iter().enumerate().filter(|(index, _)| *index != generator);
+        let others = self
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != generator);
         let results = join_all(others.map(|(index, kms)| async move {
             (kms, self.kms_call(index, kms.encrypt(key, context)).await)
         }))
@@ -342,7 +411,10 @@ impl KeyService {
         let generator_kms = &self.regions[generator];
         let mut copies = std::collections::BTreeMap::from([(
             generator_kms.region().to_owned(),
-            WrappedCopy { master_key: generator_kms.master_key().to_owned(), ciphertext: generator_ciphertext },
+            WrappedCopy {
+                master_key: generator_kms.master_key().to_owned(),
+                ciphertext: generator_ciphertext,
+            },
         )]);
         let mut failures = Vec::new();
         for (kms, result) in results {
@@ -350,7 +422,10 @@ impl KeyService {
                 Ok(ciphertext) => {
                     copies.insert(
                         kms.region().to_owned(),
-                        WrappedCopy { master_key: kms.master_key().to_owned(), ciphertext },
+                        WrappedCopy {
+                            master_key: kms.master_key().to_owned(),
+                            ciphertext,
+                        },
                     );
                 }
                 Err(e) => {
@@ -362,7 +437,11 @@ impl KeyService {
         if failures.is_empty() {
             Ok(copies)
         } else {
-            Err(ServiceError::RegionsUnavailable { id: id.clone(), action: KmsAction::Wrap, failures })
+            Err(ServiceError::RegionsUnavailable {
+                id: id.clone(),
+                action: KmsAction::Wrap,
+                failures,
+            })
         }
     }
 
@@ -390,6 +469,9 @@ impl KeyService {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ServiceError> {
         let timeout = self.options.store_timeout;
-        tokio::time::timeout(timeout, call).await.map_err(|_| ServiceError::StoreTimeout(timeout))?.map_err(Into::into)
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| ServiceError::StoreTimeout(timeout))?
+            .map_err(Into::into)
     }
 }

@@ -33,7 +33,12 @@ struct FaultyKms {
 
 impl FaultyKms {
     fn new(inner: LocalKms) -> Arc<Self> {
-        Arc::new(Self { inner, mode: Mutex::new(Mode::Healthy), calls: AtomicUsize::new(0), contexts: Mutex::default() })
+        Arc::new(Self {
+            inner,
+            mode: Mutex::new(Mode::Healthy),
+            calls: AtomicUsize::new(0),
+            contexts: Mutex::default(),
+        })
     }
 
     fn set(&self, mode: Mode) {
@@ -53,7 +58,10 @@ impl FaultyKms {
         match mode {
             Mode::Healthy => Ok(()),
             Mode::FailingGenerate if !generating => Ok(()),
-            Mode::Failing | Mode::FailingGenerate => Err(KmsError::Unavailable { region: self.region().into(), message: "injected failure".into() }),
+            Mode::Failing | Mode::FailingGenerate => Err(KmsError::Unavailable {
+                region: self.region().into(),
+                message: "injected failure".into(),
+            }),
             Mode::Hanging => std::future::pending().await,
         }
     }
@@ -67,15 +75,27 @@ impl Kms for FaultyKms {
     fn master_key(&self) -> &str {
         self.inner.master_key()
     }
-    async fn generate_data_key(&self, len: usize, context: &EncryptionContext) -> Result<GeneratedKey, KmsError> {
+    async fn generate_data_key(
+        &self,
+        len: usize,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError> {
         self.enter(context, true).await?;
         self.inner.generate_data_key(len, context).await
     }
-    async fn encrypt(&self, key: &DataKey, context: &EncryptionContext) -> Result<Vec<u8>, KmsError> {
+    async fn encrypt(
+        &self,
+        key: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
         self.enter(context, false).await?;
         self.inner.encrypt(key, context).await
     }
-    async fn decrypt(&self, ciphertext: &[u8], context: &EncryptionContext) -> Result<DataKey, KmsError> {
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
         self.enter(context, false).await?;
         self.inner.decrypt(ciphertext, context).await
     }
@@ -96,10 +116,15 @@ impl Regions {
     }
 
     fn service(&self, store: Arc<dyn Store>) -> KeyService {
-        let options = ServiceOptions { kms_timeout: Duration::from_millis(200), ..ServiceOptions::default() };
+        let options = ServiceOptions {
+            kms_timeout: Duration::from_millis(200),
+            ..ServiceOptions::default()
+        };
         self.0
             .iter()
-            .fold(KeyService::builder(store), |b, kms| b.region(Arc::clone(kms) as Arc<dyn Kms>))
+            .fold(KeyService::builder(store), |b, kms| {
+                b.region(Arc::clone(kms) as Arc<dyn Kms>)
+            })
             .options(options)
             .build()
             .unwrap()
@@ -138,7 +163,11 @@ async fn same_id_gives_the_same_key_and_different_ids_differ() {
 async fn a_new_record_holds_one_copy_per_region_and_no_plaintext() {
     let regions = Regions::new();
     let store = Arc::new(MemoryStore::new());
-    let issued = regions.service(store.clone()).get_or_create(&id("a")).await.unwrap();
+    let issued = regions
+        .service(store.clone())
+        .get_or_create(&id("a"))
+        .await
+        .unwrap();
     let stored = store.get(&id("a")).await.unwrap().unwrap();
     let record = Record::decode(&stored.bytes).unwrap();
     assert_eq!(record.copies.keys().collect::<Vec<_>>(), ["r1", "r2", "r3"]);
@@ -154,7 +183,11 @@ async fn every_kms_call_carries_the_id_context() {
     let service = regions.service(Arc::new(MemoryStore::new()));
     service.get_or_create(&id("tenant/7")).await.unwrap();
     service.get_or_create(&id("tenant/7")).await.unwrap();
-    let contexts: Vec<_> = regions.0.iter().flat_map(|k| k.contexts.lock().unwrap().clone()).collect();
+    let contexts: Vec<_> = regions
+        .0
+        .iter()
+        .flat_map(|k| k.contexts.lock().unwrap().clone())
+        .collect();
     assert_eq!(contexts.len(), 4, "generate + two wraps + one decrypt");
     for context in contexts {
         assert_eq!(context.entries().len(), 1);
@@ -185,7 +218,10 @@ async fn hanging_first_region_is_served_by_the_second_after_the_kms_timeout() {
     assert_eq!(read.region, "r2");
     assert_eq!(read.key, created.key);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(300), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(300),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -211,7 +247,16 @@ async fn create_fails_and_writes_nothing_while_any_region_is_down() {
     let service = regions.service(store.clone());
     regions.0[0].set(Mode::Failing);
     let err = service.get_or_create(&id("a")).await.unwrap_err();
-    assert!(matches!(err, ServiceError::RegionsUnavailable { action: KmsAction::Wrap, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ServiceError::RegionsUnavailable {
+                action: KmsAction::Wrap,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(record_count(&store).await, 0);
 }
 
@@ -226,7 +271,12 @@ async fn every_region_failing_gives_a_clear_error_and_writes_nothing() {
     let err = service.get_or_create(&id("a")).await.unwrap_err();
     assert!(err.is_unavailable());
     let message = err.to_string();
-    assert!(message.contains("no KMS region could generate") && message.contains("r1") && message.contains("r3"), "{message}");
+    assert!(
+        message.contains("no KMS region could generate")
+            && message.contains("r1")
+            && message.contains("r3"),
+        "{message}"
+    );
     assert_eq!(record_count(&store).await, 0);
 
     for kms in &regions.0 {
@@ -237,7 +287,9 @@ async fn every_region_failing_gives_a_clear_error_and_writes_nothing() {
         kms.set(Mode::Failing);
     }
     let err = service.get_or_create(&id("b")).await.unwrap_err();
-    assert!(matches!(err, ServiceError::RegionsUnavailable { action: KmsAction::Decrypt, ref failures, .. } if failures.len() == 3));
+    assert!(
+        matches!(err, ServiceError::RegionsUnavailable { action: KmsAction::Decrypt, ref failures, .. } if failures.len() == 3)
+    );
 }
 
 #[tokio::test]
@@ -247,7 +299,13 @@ async fn one_region_failing_to_wrap_writes_nothing() {
     let service = regions.service(store.clone());
     regions.0[2].set(Mode::Failing);
     let err = service.get_or_create(&id("a")).await.unwrap_err();
-    assert!(matches!(err, ServiceError::RegionsUnavailable { action: KmsAction::Wrap, .. }));
+    assert!(matches!(
+        err,
+        ServiceError::RegionsUnavailable {
+            action: KmsAction::Wrap,
+            ..
+        }
+    ));
     assert_eq!(record_count(&store).await, 0);
 }
 
@@ -260,12 +318,24 @@ async fn a_record_copied_under_another_id_does_not_decrypt() {
     let stored = store.get(&id("victim")).await.unwrap().unwrap();
     let mut record = Record::decode(&stored.bytes).unwrap();
     record.id = "attacker".into();
-    assert!(matches!(store.put_if_absent(&id("attacker"), record.encode()).await.unwrap(), PutOutcome::Created(_)));
+    assert!(matches!(
+        store
+            .put_if_absent(&id("attacker"), record.encode())
+            .await
+            .unwrap(),
+        PutOutcome::Created(_)
+    ));
     let err = service.get_or_create(&id("attacker")).await.unwrap_err();
     match err {
-        ServiceError::RegionsUnavailable { action: KmsAction::Decrypt, failures, .. } => {
+        ServiceError::RegionsUnavailable {
+            action: KmsAction::Decrypt,
+            failures,
+            ..
+        } => {
             assert_eq!(failures.len(), 3);
-            assert!(failures.iter().all(|f| matches!(f, KmsError::Refused { .. })));
+            assert!(failures
+                .iter()
+                .all(|f| matches!(f, KmsError::Refused { .. })));
         }
         other => panic!("unexpected {other}"),
     }
@@ -276,7 +346,10 @@ async fn a_corrupt_record_is_a_clear_error_and_other_ids_still_work() {
     let regions = Regions::new();
     let store = Arc::new(MemoryStore::new());
     let service = regions.service(store.clone());
-    store.put_if_absent(&id("broken"), b"not a record".to_vec()).await.unwrap();
+    store
+        .put_if_absent(&id("broken"), b"not a record".to_vec())
+        .await
+        .unwrap();
     let err = service.get_or_create(&id("broken")).await.unwrap_err();
     assert!(matches!(err, ServiceError::CorruptRecord { .. }));
     assert!(!err.is_unavailable());
@@ -292,16 +365,29 @@ impl Store for ReadsAlwaysMiss {
     async fn get(&self, _: &KeyId) -> Result<Option<rkms_core::Stored>, rkms_core::StoreError> {
         Ok(None)
     }
-    async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, rkms_core::StoreError> {
+    async fn put_if_absent(
+        &self,
+        id: &KeyId,
+        bytes: Vec<u8>,
+    ) -> Result<PutOutcome, rkms_core::StoreError> {
         self.0.put_if_absent(id, bytes).await
     }
-    async fn compare_and_swap(&self, id: &KeyId, v: rkms_core::Version, b: Vec<u8>) -> Result<rkms_core::Version, rkms_core::StoreError> {
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        v: rkms_core::Version,
+        b: Vec<u8>,
+    ) -> Result<rkms_core::Version, rkms_core::StoreError> {
         self.0.compare_and_swap(id, v, b).await
     }
     async fn delete(&self, id: &KeyId) -> Result<bool, rkms_core::StoreError> {
         self.0.delete(id).await
     }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
+    async fn list(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
         self.0.list(after, limit).await
     }
 }
@@ -326,16 +412,29 @@ async fn a_hanging_store_is_bounded_by_the_store_timeout() {
         async fn get(&self, _: &KeyId) -> Result<Option<rkms_core::Stored>, rkms_core::StoreError> {
             std::future::pending().await
         }
-        async fn put_if_absent(&self, _: &KeyId, _: Vec<u8>) -> Result<PutOutcome, rkms_core::StoreError> {
+        async fn put_if_absent(
+            &self,
+            _: &KeyId,
+            _: Vec<u8>,
+        ) -> Result<PutOutcome, rkms_core::StoreError> {
             std::future::pending().await
         }
-        async fn compare_and_swap(&self, _: &KeyId, _: rkms_core::Version, _: Vec<u8>) -> Result<rkms_core::Version, rkms_core::StoreError> {
+        async fn compare_and_swap(
+            &self,
+            _: &KeyId,
+            _: rkms_core::Version,
+            _: Vec<u8>,
+        ) -> Result<rkms_core::Version, rkms_core::StoreError> {
             std::future::pending().await
         }
         async fn delete(&self, _: &KeyId) -> Result<bool, rkms_core::StoreError> {
             std::future::pending().await
         }
-        async fn list(&self, _: Option<&KeyId>, _: usize) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
+        async fn list(
+            &self,
+            _: Option<&KeyId>,
+            _: usize,
+        ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
             std::future::pending().await
         }
     }

@@ -10,7 +10,11 @@ use crate::config::{KmsSettings, RegionSettings, StoreSettings};
 pub async fn open_store(settings: &StoreSettings) -> Result<Arc<dyn Store>, String> {
     match settings {
         #[cfg(feature = "sqlite")]
-        StoreSettings::Sqlite { path, busy_timeout, max_connections } => {
+        StoreSettings::Sqlite {
+            path,
+            busy_timeout,
+            max_connections,
+        } => {
             let mut config = rkms_store_sqlite::SqliteConfig::new(path);
             config.busy_timeout = *busy_timeout;
             config.max_connections = *max_connections;
@@ -20,22 +24,30 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Arc<dyn Store>, Stri
             Ok(Arc::new(store))
         }
         #[cfg(not(feature = "sqlite"))]
-        StoreSettings::Sqlite { .. } => {
-            Err("the sqlite store is not compiled into this build; rebuild with `--features sqlite`".into())
-        }
+        StoreSettings::Sqlite { .. } => Err(
+            "the sqlite store is not compiled into this build; rebuild with `--features sqlite`"
+                .into(),
+        ),
     }
 }
 
 /// Opens one KMS client per configured region, in order of preference.
-pub fn open_regions(kms: &KmsSettings, regions: &[RegionSettings]) -> Result<Vec<Arc<dyn Kms>>, String> {
+pub fn open_regions(
+    kms: &KmsSettings,
+    regions: &[RegionSettings],
+) -> Result<Vec<Arc<dyn Kms>>, String> {
     match kms {
         KmsSettings::Local { keyring_path } => {
             let names: Vec<&str> = regions.iter().map(|r| r.key_id.as_str()).collect();
-            let keyring = LocalKeyring::open_or_create(keyring_path, &names).map_err(|e| e.to_string())?;
+            let keyring =
+                LocalKeyring::open_or_create(keyring_path, &names).map_err(|e| e.to_string())?;
             regions
                 .iter()
                 .map(|r| {
-                    keyring.region(&r.name, &r.key_id).map(|k| Arc::new(k) as Arc<dyn Kms>).map_err(|e| e.to_string())
+                    keyring
+                        .region(&r.name, &r.key_id)
+                        .map(|k| Arc::new(k) as Arc<dyn Kms>)
+                        .map_err(|e| e.to_string())
                 })
                 .collect()
         }

@@ -54,7 +54,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
 }
 
 /// The file as written.
@@ -197,10 +200,15 @@ impl Settings {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             store: sqlite_defaults(data_dir),
-            kms: KmsSettings::Local { keyring_path: data_dir.join(KEYRING_FILE) },
+            kms: KmsSettings::Local {
+                keyring_path: data_dir.join(KEYRING_FILE),
+            },
             regions: DEVELOPMENT_REGIONS
                 .iter()
-                .map(|r| RegionSettings { name: (*r).into(), key_id: default_local_key(r) })
+                .map(|r| RegionSettings {
+                    name: (*r).into(),
+                    key_id: default_local_key(r),
+                })
                 .collect(),
             service: ServiceOptions::default(),
             development_mode: true,
@@ -209,67 +217,109 @@ impl Settings {
 
     /// Reads and checks the configuration file at `path`; relative defaults go under `data_dir`.
     pub fn from_file(path: &Path, data_dir: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_toml(&text, data_dir).map_err(|e| match e {
-            ConfigError::Parse { section, message } if section == "file" => {
-                ConfigError::Parse { section: path.display().to_string(), message }
-            }
+            ConfigError::Parse { section, message } if section == "file" => ConfigError::Parse {
+                section: path.display().to_string(),
+                message,
+            },
             other => other,
         })
     }
 
     /// Parses and checks configuration text.
     pub fn from_toml(text: &str, data_dir: &Path) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { section: "file".into(), message: e.to_string() })?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            section: "file".into(),
+            message: e.to_string(),
+        })?;
         let development = Self::development(data_dir);
 
         let port = match file.server.port {
             None => DEFAULT_LISTEN.port(),
-            Some(Port::Number(n)) => u16::try_from(n)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid("server.port", format!("{n} is not a port number (1-65535)")))?,
-            Some(Port::Text(text)) => text
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid("server.port", format!("{text:?} is not a port number (1-65535)")))?,
+            Some(Port::Number(n)) => {
+                u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
+                    invalid("server.port", format!("{n} is not a port number (1-65535)"))
+                })?
+            }
+            Some(Port::Text(text)) => {
+                text.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            "server.port",
+                            format!("{text:?} is not a port number (1-65535)"),
+                        )
+                    })?
+            }
         };
         // The original bound every interface; keep that meaning unless `host` says otherwise.
-        let host = file.server.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let host = file
+            .server
+            .host
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let api_version = file.server.api_version.unwrap_or_else(|| "v1".into());
         if api_version.is_empty()
-            || !api_version.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            || !api_version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
-            return Err(invalid("server.api_version", format!("{api_version:?} must be letters, digits, '.', '_' or '-'")));
+            return Err(invalid(
+                "server.api_version",
+                format!("{api_version:?} must be letters, digits, '.', '_' or '-'"),
+            ));
         }
 
         let log_level = normalize_level(file.logger.level.as_deref().unwrap_or("info"))?;
 
-        let kms = file.kms.ok_or_else(|| invalid("kms", "the [kms] section is required (regions, key_ids, provider)"))?;
+        let kms = file.kms.ok_or_else(|| {
+            invalid(
+                "kms",
+                "the [kms] section is required (regions, key_ids, provider)",
+            )
+        })?;
         let regions = resolve_regions(&kms)?;
         let data_key_len = kms.data_key_size_in_bytes.unwrap_or(32);
         if !(1..=MAX_DATA_KEY_LEN).contains(&data_key_len) {
-            return Err(invalid("kms.data_key_size_in_bytes", format!("{data_key_len} is out of range 1..={MAX_DATA_KEY_LEN}")));
+            return Err(invalid(
+                "kms.data_key_size_in_bytes",
+                format!("{data_key_len} is out of range 1..={MAX_DATA_KEY_LEN}"),
+            ));
         }
         let provider = kms.provider.as_deref().unwrap_or("aws");
         let kms_settings = match provider {
             "local" => KmsSettings::Local {
-                keyring_path: kms.keyring_path.clone().unwrap_or_else(|| data_dir.join(KEYRING_FILE)),
+                keyring_path: kms
+                    .keyring_path
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join(KEYRING_FILE)),
             },
             "aws" => {
                 return Err(invalid("kms.provider", "\"aws\" (the default, as in the original RKMS) is not supported by this version of rkms-server yet; use provider = \"local\""));
             }
-            other => return Err(invalid("kms.provider", format!("unknown provider {other:?}; expected \"aws\" or \"local\""))),
+            other => {
+                return Err(invalid(
+                    "kms.provider",
+                    format!("unknown provider {other:?}; expected \"aws\" or \"local\""),
+                ))
+            }
         };
         let store = match (file.store, file.dynamodb) {
             (Some(_), Some(_)) => {
-                return Err(invalid("store", "[store] and [dynamodb] both choose a store; keep one"));
+                return Err(invalid(
+                    "store",
+                    "[store] and [dynamodb] both choose a store; keep one",
+                ));
             }
             (None, Some(_)) => {
-                return Err(invalid("dynamodb", "the DynamoDB store is not supported by this version of rkms-server yet"));
+                return Err(invalid(
+                    "dynamodb",
+                    "the DynamoDB store is not supported by this version of rkms-server yet",
+                ));
             }
             (None, None) => sqlite_defaults(data_dir),
             (Some(table), None) => resolve_store(table, data_dir)?,
@@ -278,8 +328,11 @@ impl Settings {
         let mut service = development.service.clone();
         service.data_key_len = data_key_len;
         service.kms_timeout = positive_ms("kms.timeout_ms", kms.timeout_ms, service.kms_timeout)?;
-        service.request_deadline =
-            positive_ms("server.request_timeout_ms", file.server.request_timeout_ms, service.request_deadline)?;
+        service.request_deadline = positive_ms(
+            "server.request_timeout_ms",
+            file.server.request_timeout_ms,
+            service.request_deadline,
+        )?;
 
         Ok(Self {
             listen: SocketAddr::new(host, port),
@@ -304,10 +357,18 @@ fn default_local_key(region: &str) -> String {
 }
 
 fn sqlite_defaults(data_dir: &Path) -> StoreSettings {
-    StoreSettings::Sqlite { path: data_dir.join(SQLITE_FILE), busy_timeout: Duration::from_secs(5), max_connections: 4 }
+    StoreSettings::Sqlite {
+        path: data_dir.join(SQLITE_FILE),
+        busy_timeout: Duration::from_secs(5),
+        max_connections: 4,
+    }
 }
 
-fn positive_ms(key: &'static str, value: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
+fn positive_ms(
+    key: &'static str,
+    value: Option<u64>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
         Some(0) => Err(invalid(key, "must be greater than zero")),
@@ -324,7 +385,10 @@ fn normalize_level(level: &str) -> Result<String, ConfigError> {
         "warn" | "warning" => "warn",
         "error" | "fatal" | "panic" => "error",
         _ => {
-            return Err(invalid("logger.level", format!("{level:?} is not one of trace, debug, info, warn, error")));
+            return Err(invalid(
+                "logger.level",
+                format!("{level:?} is not one of trace, debug, info, warn, error"),
+            ));
         }
     };
     Ok(normalized.to_owned())
@@ -336,34 +400,64 @@ fn resolve_regions(kms: &KmsSection) -> Result<Vec<RegionSettings>, ConfigError>
     }
     let mut seen = BTreeSet::new();
     for region in &kms.regions {
-        if region.is_empty() || region.len() > 64 || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(invalid("kms.regions", format!("{region:?} is not a region name (1-64 letters, digits, '-', '_', '.')")));
+        if region.is_empty()
+            || region.len() > 64
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "kms.regions",
+                format!("{region:?} is not a region name (1-64 letters, digits, '-', '_', '.')"),
+            ));
         }
         if !seen.insert(region.as_str()) {
-            return Err(invalid("kms.regions", format!("region {region:?} is listed twice")));
+            return Err(invalid(
+                "kms.regions",
+                format!("region {region:?} is listed twice"),
+            ));
         }
     }
     let local = kms.provider.as_deref() == Some("local");
     if kms.key_ids.is_empty() && local {
-        return Ok(kms.regions.iter().map(|r| RegionSettings { name: r.clone(), key_id: default_local_key(r) }).collect());
+        return Ok(kms
+            .regions
+            .iter()
+            .map(|r| RegionSettings {
+                name: r.clone(),
+                key_id: default_local_key(r),
+            })
+            .collect());
     }
     // The original's rule: every region has exactly one key id, and no key id is left over.
     for region in &kms.regions {
         if !kms.key_ids.contains_key(region) {
-            return Err(invalid("kms.key_ids", format!("region {region:?} is in kms.regions but has no key id")));
+            return Err(invalid(
+                "kms.key_ids",
+                format!("region {region:?} is in kms.regions but has no key id"),
+            ));
         }
     }
     if let Some(extra) = kms.key_ids.keys().find(|k| !seen.contains(k.as_str())) {
-        return Err(invalid("kms.key_ids", format!("{extra:?} has a key id but is not in kms.regions")));
+        return Err(invalid(
+            "kms.key_ids",
+            format!("{extra:?} has a key id but is not in kms.regions"),
+        ));
     }
     kms.regions
         .iter()
         .map(|r| {
             let key_id = kms.key_ids[r].clone();
             if key_id.is_empty() {
-                return Err(invalid("kms.key_ids", format!("the key id of region {r:?} is empty")));
+                return Err(invalid(
+                    "kms.key_ids",
+                    format!("the key id of region {r:?} is empty"),
+                ));
             }
-            Ok(RegionSettings { name: r.clone(), key_id })
+            Ok(RegionSettings {
+                name: r.clone(),
+                key_id,
+            })
         })
         .collect()
 }
@@ -374,7 +468,10 @@ fn resolve_store(mut table: toml::Table, data_dir: &Path) -> Result<StoreSetting
         Some(_) => return Err(invalid("store.backend", "must be a string")),
         None => return Err(invalid("store.backend", "is required (\"sqlite\")")),
     };
-    let parse_error = |e: toml::de::Error| ConfigError::Parse { section: "[store]".into(), message: e.message().to_owned() };
+    let parse_error = |e: toml::de::Error| ConfigError::Parse {
+        section: "[store]".into(),
+        message: e.message().to_owned(),
+    };
     match backend.as_str() {
         "sqlite" => {
             let section: SqliteSection = table.try_into().map_err(parse_error)?;

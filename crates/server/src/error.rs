@@ -34,20 +34,24 @@ impl ApiError {
     pub fn from_service(error: &ServiceError) -> Self {
         error!(error = %error, "key request failed");
         match error {
-            ServiceError::CorruptRecord { id, .. } => {
-                Self::Internal(format!("the stored record for id {id:?} is unreadable; the server log has the details"))
-            }
+            ServiceError::CorruptRecord { id, .. } => Self::Internal(format!(
+                "the stored record for id {id:?} is unreadable; the server log has the details"
+            )),
             ServiceError::NoCopyForConfiguredRegions { id, .. } => Self::Internal(format!(
                 "the stored record for id {id:?} has no copy for any configured KMS region"
             )),
             ServiceError::RegionsUnavailable { id, action, .. } => Self::Unavailable(format!(
                 "no KMS region could {action} the data key for id {id:?}; retry later"
             )),
-            ServiceError::StoreTimeout(_) => Self::Unavailable("the key store did not answer in time; retry later".into()),
-            ServiceError::DeadlineExceeded(limit) => {
-                Self::Unavailable(format!("the request did not complete within {limit:?}; retry later"))
+            ServiceError::StoreTimeout(_) => {
+                Self::Unavailable("the key store did not answer in time; retry later".into())
             }
-            other if other.is_unavailable() => Self::Unavailable("the key store is unavailable; retry later".into()),
+            ServiceError::DeadlineExceeded(limit) => Self::Unavailable(format!(
+                "the request did not complete within {limit:?}; retry later"
+            )),
+            other if other.is_unavailable() => {
+                Self::Unavailable("the key store is unavailable; retry later".into())
+            }
             _ => Self::Internal("internal error; the server log has the details".into()),
         }
     }
@@ -56,9 +60,19 @@ impl ApiError {
         match self {
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "BadRequest", message),
             Self::NotFound => (StatusCode::NOT_FOUND, "NotFound", "no such endpoint"),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "method not allowed for this endpoint"),
-            Self::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message),
-            Self::Internal(message) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "method not allowed for this endpoint",
+            ),
+            Self::Unavailable(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                message,
+            ),
+            Self::Internal(message) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+            }
         }
     }
 }
@@ -66,8 +80,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error_type, error_message) = self.parts();
-        let mut response = (status, Json(ErrorBody { error_type, error_message })).into_response();
-        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error_type,
+                error_message,
+            }),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
 }

@@ -58,7 +58,8 @@ async fn main() -> ExitCode {
 
 /// Logs go to stderr; `RUST_LOG`, when set, overrides `[logger] level`.
 fn init_logging(settings: &Settings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -84,11 +85,15 @@ async fn run(settings: Settings) -> Result<(), String> {
     }
     let service = regions
         .into_iter()
-        .fold(KeyService::builder(store), |builder, kms| builder.region(kms))
+        .fold(KeyService::builder(store), |builder, kms| {
+            builder.region(kms)
+        })
         .options(settings.service.clone())
         .build()
         .map_err(|e| format!("invalid service settings: {e}"))?;
-    let state = AppState { service: Arc::new(service) };
+    let state = AppState {
+        service: Arc::new(service),
+    };
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

@@ -50,18 +50,31 @@ struct KeyResponse<'a> {
 }
 
 /// `GET /api/<v>/key?id=ID`: the data key for ID, created on first use.
-async fn get_key(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+async fn get_key(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let id = id_from_query(query.as_deref().unwrap_or_default())?;
-    let issued = state.service.get_or_create(&id).await.map_err(|e| ApiError::from_service(&e))?;
+    let issued = state
+        .service
+        .get_or_create(&id)
+        .await
+        .map_err(|e| ApiError::from_service(&e))?;
     let encoded = Zeroizing::new(BASE64.encode(issued.key.expose_secret()));
     let body = Zeroizing::new(
-        serde_json::to_vec(&KeyResponse { id: id.as_str(), key: &encoded })
-            .map_err(|_| ApiError::Internal("could not encode the response".into()))?,
+        serde_json::to_vec(&KeyResponse {
+            id: id.as_str(),
+            key: &encoded,
+        })
+        .map_err(|_| ApiError::Internal("could not encode the response".into()))?,
     );
     // The body buffer is wiped when the response has been sent and dropped.
     let mut response = Response::new(Body::from(Bytes::from_owner(body)));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
@@ -69,12 +82,20 @@ async fn get_key(State(state): State<AppState>, RawQuery(query): RawQuery) -> Re
 /// Reads exactly one valid `id` from a query string, before any I/O.
 fn id_from_query(query: &str) -> Result<KeyId, ApiError> {
     if query.len() > MAX_QUERY_LEN {
-        return Err(ApiError::BadRequest(format!("query string longer than {MAX_QUERY_LEN} bytes")));
+        return Err(ApiError::BadRequest(format!(
+            "query string longer than {MAX_QUERY_LEN} bytes"
+        )));
     }
-    let mut ids = form_urlencoded::parse(query.as_bytes()).filter(|(name, _)| name == "id").map(|(_, value)| value);
-    let id = ids.next().ok_or_else(|| ApiError::BadRequest("id query parameter is required".into()))?;
+    let mut ids = form_urlencoded::parse(query.as_bytes())
+        .filter(|(name, _)| name == "id")
+        .map(|(_, value)| value);
+    let id = ids
+        .next()
+        .ok_or_else(|| ApiError::BadRequest("id query parameter is required".into()))?;
     if ids.next().is_some() {
-        return Err(ApiError::BadRequest("id query parameter must be given once".into()));
+        return Err(ApiError::BadRequest(
+            "id query parameter must be given once".into(),
+        ));
     }
     KeyId::parse(&id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")))
 }
@@ -92,15 +113,20 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     })?;
     let regions = state.service.usable_regions();
     if regions.is_empty() {
-        return Err(ApiError::Unavailable("no KMS region answered its last call".into()));
+        return Err(ApiError::Unavailable(
+            "no KMS region answered its last call".into(),
+        ));
     }
-    Ok(Json(json!({ "status": "ready", "usable_regions": regions })))
+    Ok(Json(
+        json!({ "status": "ready", "usable_regions": regions }),
+    ))
 }
 
 /// A panic becomes a JSON 500; its payload is not echoed, since it might hold anything.
 fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    let mut response = ApiError::Internal("internal error; the server log has the details".into()).into_response();
+    let mut response =
+        ApiError::Internal("internal error; the server log has the details".into()).into_response();
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response
 }

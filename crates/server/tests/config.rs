@@ -40,7 +40,9 @@ fn parse(text: &str) -> Result<Settings, ConfigError> {
 }
 
 fn refusal(text: &str) -> String {
-    parse(text).expect_err("the configuration must be refused").to_string()
+    parse(text)
+        .expect_err("the configuration must be refused")
+        .to_string()
 }
 
 #[test]
@@ -48,8 +50,14 @@ fn the_original_file_parses_and_asks_for_aws_kms_and_dynamodb() {
     // It parses (no unknown key, no TOML error); what stops it is that this version does not
     // have the AWS provider yet, which is what the original file means by default.
     let message = refusal(ORIGINAL);
-    assert!(message.contains("kms.provider") && message.contains("aws"), "{message}");
-    let without_dynamodb = ORIGINAL.split("[dynamodb]").next().unwrap().replace("data_key_size_in_bytes", "provider = \"aws\"\n  data_key_size_in_bytes");
+    assert!(
+        message.contains("kms.provider") && message.contains("aws"),
+        "{message}"
+    );
+    let without_dynamodb = ORIGINAL.split("[dynamodb]").next().unwrap().replace(
+        "data_key_size_in_bytes",
+        "provider = \"aws\"\n  data_key_size_in_bytes",
+    );
     assert!(refusal(&without_dynamodb).contains("kms.provider"));
 }
 
@@ -59,17 +67,32 @@ fn the_original_sections_keep_their_meaning() {
         .split("[dynamodb]")
         .next()
         .unwrap()
-        .replace("data_key_size_in_bytes = 32", "data_key_size_in_bytes = 24\n  provider = \"local\"")
+        .replace(
+            "data_key_size_in_bytes = 32",
+            "data_key_size_in_bytes = 24\n  provider = \"local\"",
+        )
         .replace("api_version = \"v1\"", "api_version = \"v2\"");
     let settings = parse(&text).unwrap();
-    assert_eq!(settings.listen, "0.0.0.0:8080".parse::<SocketAddr>().unwrap(), "the original bound every interface");
+    assert_eq!(
+        settings.listen,
+        "0.0.0.0:8080".parse::<SocketAddr>().unwrap(),
+        "the original bound every interface"
+    );
     assert_eq!(settings.key_path, "/api/v2/key");
     assert_eq!(settings.log_level, "debug");
     assert_eq!(settings.service.data_key_len, 24);
-    let regions: Vec<(&str, &str)> = settings.regions.iter().map(|r| (r.name.as_str(), r.key_id.as_str())).collect();
+    let regions: Vec<(&str, &str)> = settings
+        .regions
+        .iter()
+        .map(|r| (r.name.as_str(), r.key_id.as_str()))
+        .collect();
     assert_eq!(
         regions,
-        [("us-east-1", "alias/rkms-us-east-1"), ("us-east-2", "alias/rkms-us-east-2"), ("us-west-1", "alias/rkms-us-west-1")]
+        [
+            ("us-east-1", "alias/rkms-us-east-1"),
+            ("us-east-2", "alias/rkms-us-east-2"),
+            ("us-west-1", "alias/rkms-us-west-1")
+        ]
     );
     assert!(!settings.development_mode);
     let StoreSettings::Sqlite { path, .. } = &settings.store;
@@ -102,13 +125,30 @@ fn new_sections_are_read() {
         "#,
     )
     .unwrap();
-    assert_eq!(settings.listen, "127.0.0.1:9000".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        settings.listen,
+        "127.0.0.1:9000".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(settings.log_level, "warn");
     assert_eq!(settings.service.kms_timeout.as_millis(), 250);
     assert_eq!(settings.service.request_deadline.as_millis(), 1500);
-    assert_eq!(settings.regions[1].key_id, "rkms-b", "local keys default to rkms-<region>");
-    let StoreSettings::Sqlite { path, busy_timeout, max_connections } = &settings.store;
-    assert_eq!((path.to_str().unwrap(), busy_timeout.as_millis(), *max_connections), ("/srv/keys.db", 100, 2));
+    assert_eq!(
+        settings.regions[1].key_id, "rkms-b",
+        "local keys default to rkms-<region>"
+    );
+    let StoreSettings::Sqlite {
+        path,
+        busy_timeout,
+        max_connections,
+    } = &settings.store;
+    assert_eq!(
+        (
+            path.to_str().unwrap(),
+            busy_timeout.as_millis(),
+            *max_connections
+        ),
+        ("/srv/keys.db", 100, 2)
+    );
 }
 
 const LOCAL: &str = "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\n";
@@ -118,7 +158,10 @@ fn unknown_keys_are_refused_by_name() {
     assert!(refusal(&format!("[server]\nprot = 8080\n{LOCAL}")).contains("prot"));
     assert!(refusal(&format!("{LOCAL}colour = \"red\"\n")).contains("colour"));
     assert!(refusal(&format!("[serverr]\n{LOCAL}")).contains("serverr"));
-    assert!(refusal(&format!("{LOCAL}[store]\nbackend = \"sqlite\"\npaht = \"x\"\n")).contains("paht"));
+    assert!(refusal(&format!(
+        "{LOCAL}[store]\nbackend = \"sqlite\"\npaht = \"x\"\n"
+    ))
+    .contains("paht"));
 }
 
 #[test]
@@ -149,7 +192,10 @@ fn invalid_values_are_refused_by_name() {
     ];
     for (text, key) in cases {
         let message = refusal(&text);
-        assert!(message.contains(key), "refusal of\n{text}\nshould name {key}: {message}");
+        assert!(
+            message.contains(key),
+            "refusal of\n{text}\nshould name {key}: {message}"
+        );
     }
 }
 
@@ -157,7 +203,10 @@ fn invalid_values_are_refused_by_name() {
 fn the_development_default_is_loopback_sqlite_and_three_local_regions() {
     let settings = Settings::development(Path::new("data"));
     assert!(settings.development_mode);
-    assert_eq!(settings.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        settings.listen,
+        "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(settings.key_path, "/api/v1/key");
     assert_eq!(settings.regions.len(), 3);
     let StoreSettings::Sqlite { path, .. } = &settings.store;

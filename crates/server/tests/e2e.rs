@@ -15,10 +15,16 @@ async fn same_id_same_key_and_different_ids_different_keys() {
     let client = reqwest::Client::new();
     let first = key(&client, &server, "orders").await;
     assert_eq!(key(&client, &server, "orders").await, first);
-    let decoded = base64::engine::general_purpose::STANDARD.decode(&first).unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&first)
+        .unwrap();
     assert_eq!(decoded.len(), 32);
     assert_ne!(key(&client, &server, "invoices").await, first);
-    let response = client.get(server.key_url("id=orders")).send().await.unwrap();
+    let response = client
+        .get(server.key_url("id=orders"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["cache-control"], "no-store");
     assert_eq!(response.headers()["content-type"], "application/json");
 }
@@ -39,13 +45,17 @@ async fn three_servers_sharing_a_data_directory_converge_on_one_key_per_id() {
     let dir = tempfile::tempdir().unwrap();
     // Started together, so they also race to create the keyring and the database.
     let servers: Vec<Server> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..3).map(|_| s.spawn(|| Server::development(dir.path()))).collect();
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| Server::development(dir.path())))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let client = reqwest::Client::new();
     let ids: Vec<String> = (0..20).map(|i| format!("fresh-{i}")).collect();
     let requests = ids.iter().flat_map(|id| {
-        servers.iter().flat_map(move |server| (0..3).map(move |_| (id.clone(), server)))
+        servers
+            .iter()
+            .flat_map(move |server| (0..3).map(move |_| (id.clone(), server)))
     });
     let results = join_all(requests.map(|(id, server)| {
         let client = client.clone();
@@ -62,9 +72,16 @@ async fn three_servers_sharing_a_data_directory_converge_on_one_key_per_id() {
     assert_eq!(keys.len(), ids.len());
     for (id, seen) in &keys {
         assert_eq!(seen.len(), 9);
-        assert!(seen.iter().all(|k| k == &seen[0]), "id {id} got different keys: {seen:?}");
+        assert!(
+            seen.iter().all(|k| k == &seen[0]),
+            "id {id} got different keys: {seen:?}"
+        );
         for server in &servers {
-            assert_eq!(&key(&client, server, id).await, &seen[0], "id {id} read back later");
+            assert_eq!(
+                &key(&client, server, id).await,
+                &seen[0],
+                "id {id} read back later"
+            );
         }
     }
     let distinct: std::collections::BTreeSet<&String> = keys.values().map(|v| &v[0]).collect();
@@ -77,16 +94,36 @@ async fn malformed_requests_get_4xx_json() {
     let server = Server::development(dir.path());
     let client = reqwest::Client::new();
     let long = "x".repeat(300);
-    for query in ["", "id=", "id=a%20b", "id=%C3%A9", "id=a&id=b", "id=%", "id=a;b", long.as_str()] {
+    for query in [
+        "",
+        "id=",
+        "id=a%20b",
+        "id=%C3%A9",
+        "id=a&id=b",
+        "id=%",
+        "id=a;b",
+        long.as_str(),
+    ] {
         let (status, body) = get_json(&client, &server.key_url(query)).await;
         assert_eq!(status, 400, "query {query:?}: {body}");
         assert_eq!(body["error_type"], "BadRequest");
     }
     let (status, body) = get_json(&client, &server.key_url(&format!("id={long}"))).await;
-    assert_eq!((status, body["error_type"].as_str()), (400, Some("BadRequest")));
-    let response = client.post(server.key_url("id=a")).body("{}").send().await.unwrap();
+    assert_eq!(
+        (status, body["error_type"].as_str()),
+        (400, Some("BadRequest"))
+    );
+    let response = client
+        .post(server.key_url("id=a"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 405);
-    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error_type"], "MethodNotAllowed");
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["error_type"],
+        "MethodNotAllowed"
+    );
     let (status, _) = get_json(&client, &format!("{}/api/v9/key?id=a", server.base)).await;
     assert_eq!(status, 404);
     // The server is still serving after all of that.
@@ -113,9 +150,18 @@ async fn a_config_file_is_used_and_a_bad_one_is_refused_at_start() {
     assert!(db.exists() && keyring.exists());
     drop(server);
 
-    std::fs::write(&config, "[kms]\nprovider = \"local\"\nregions = [\"eu\"]\nmystery = 1\n").unwrap();
+    std::fs::write(
+        &config,
+        "[kms]\nprovider = \"local\"\nregions = [\"eu\"]\nmystery = 1\n",
+    )
+    .unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
-        .args(["--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
@@ -131,5 +177,10 @@ async fn the_development_default_warns_and_answers_health_checks() {
     assert_eq!(status, 200);
     let (status, body) = get_json(&client, &format!("{}/readyz", server.base)).await;
     assert_eq!(status, 200, "{body}");
-    assert!(server.log.lock().unwrap().iter().any(|l| l.contains("DEVELOPMENT MODE")));
+    assert!(server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("DEVELOPMENT MODE")));
 }

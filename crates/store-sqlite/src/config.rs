@@ -17,6 +17,10 @@ pub struct SqliteConfig {
 impl SqliteConfig {
     /// Defaults for the file at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), busy_timeout: Duration::from_secs(5), max_connections: 4 }
+        Self {
+            path: path.into(),
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 4,
+        }
     }
 }

@@ -15,15 +15,27 @@ pub(crate) fn from_sqlx(error: sqlx::Error) -> StoreError {
             let code = db.code();
             let code = code.as_deref().unwrap_or_default();
             // Extended result codes keep the primary code in the low byte.
-            let primary = code.parse::<u32>().map(|c| (c & 0xff).to_string()).unwrap_or_default();
+            let primary = code
+                .parse::<u32>()
+                .map(|c| (c & 0xff).to_string())
+                .unwrap_or_default();
             primary == SQLITE_BUSY || primary == SQLITE_LOCKED
         }
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         _ => false,
     };
     if unavailable {
-        StoreError::Unavailable { store: STORE, source: Box::new(error) }
+        StoreError::Unavailable {
+            store: STORE,
+            source: Box::new(error),
+        }
     } else {
-        StoreError::Other { store: STORE, source: Box::new(error) }
+        StoreError::Other {
+            store: STORE,
+            source: Box::new(error),
+        }
     }
 }

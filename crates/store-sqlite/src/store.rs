@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use rkms_core::{KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row as _;
 
 use crate::error::{from_sqlx, STORE};
@@ -24,8 +26,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database and its table.
     pub async fn open(config: &SqliteConfig) -> Result<Self, StoreError> {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable { store: STORE, source: Box::new(e) })?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable {
+                store: STORE,
+                source: Box::new(e),
+            })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(&config.path)
@@ -38,7 +42,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(from_sqlx)?;
-        sqlx::query(SCHEMA).execute(&pool).await.map_err(from_sqlx)?;
+        sqlx::query(SCHEMA)
+            .execute(&pool)
+            .await
+            .map_err(from_sqlx)?;
         Ok(Self { pool })
     }
 
@@ -51,7 +58,10 @@ impl SqliteStore {
 fn version_from(raw: i64) -> Result<Version, StoreError> {
     u64::try_from(raw)
         .map(Version::new)
-        .map_err(|_| StoreError::Corrupt { store: STORE, message: format!("negative version {raw}") })
+        .map_err(|_| StoreError::Corrupt {
+            store: STORE,
+            message: format!("negative version {raw}"),
+        })
 }
 
 fn raw_version(version: Version) -> Option<i64> {
@@ -72,7 +82,10 @@ impl Store for SqliteStore {
                 message: format!("record column of {id:?}: {e}"),
             })?;
             let version = row.try_get::<i64, _>("version").map_err(from_sqlx)?;
-            Ok(Stored { bytes, version: version_from(version)? })
+            Ok(Stored {
+                bytes,
+                version: version_from(version)?,
+            })
         })
         .transpose()
     }

@@ -33,7 +33,10 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("rkms-server listening") {
-                    let addr = line.split("addr=").nth(1).and_then(|rest| rest.split_whitespace().next());
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next());
                     let _ = addr_tx.send(addr.map(str::to_owned));
                 }
                 sink.lock().unwrap().push(line);
@@ -43,10 +46,17 @@ impl Server {
             Ok(Some(addr)) => addr,
             _ => {
                 let _ = child.kill();
-                panic!("rkms-server did not start; its log:\n{}", log.lock().unwrap().join("\n"));
+                panic!(
+                    "rkms-server did not start; its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
             }
         };
-        Self { child, base: format!("http://{addr}"), log }
+        Self {
+            child,
+            base: format!("http://{addr}"),
+            log,
+        }
     }
 
     /// Starts the embedded development default over `data_dir`.
@@ -61,7 +71,9 @@ impl Server {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub(crate) fn stop(mut self) -> ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
