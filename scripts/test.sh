@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole RKMS test suite, on a fresh machine: checks the toolchain, then lints and tests
+# every crate. Later backends add their services here (started on loopback, stopped on exit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+for tool in cargo rustc cargo-clippy rustfmt; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: install the Rust toolchain with clippy and rustfmt (rustup)" >&2; exit 1; }
+done
+cargo --version
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
+
+step "embedding example"
+cargo run --quiet --locked -p rkms-core --example embed
