@@ -134,6 +134,17 @@ fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_query_string_is_answered_without_panicking(query in ".{0,600}") {
+            if let Ok(id) = id_from_query(&query) {
+                prop_assert!(query.contains("id="));
+                prop_assert!(!id.as_str().is_empty());
+            }
+        }
+    }
 
     #[test]
     fn id_is_read_once_and_validated() {
