@@ -85,18 +85,12 @@ impl Store for MemoryStore {
     async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
         let state = self.state();
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut ids: Vec<KeyId> = state
+        let ids: Vec<KeyId> = state
             .records
             .range::<KeyId, _>((lower, Bound::Unbounded))
             .take(limit.saturating_add(1))
             .map(|(id, _)| id.clone())
             .collect();
-        let next = if ids.len() > limit {
-            ids.truncate(limit);
-            ids.last().cloned()
-        } else {
-            None
-        };
-        Ok(ListPage { ids, next })
+        Ok(ListPage::from_overfetched(ids, limit))
     }
 }

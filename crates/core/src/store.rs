@@ -62,6 +62,20 @@ pub struct ListPage {
     pub next: Option<KeyId>,
 }
 
+impl ListPage {
+    /// Builds a page from up to `limit + 1` ids fetched in order: the extra id only tells that
+    /// more follow. Backends fetch one more than asked so that `next` is exact.
+    pub fn from_overfetched(mut ids: Vec<KeyId>, limit: usize) -> Self {
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().cloned()
+        } else {
+            None
+        };
+        Self { ids, next }
+    }
+}
+
 /// Errors from a store, normalised from each backend's native errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -159,7 +159,7 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(from_sqlx)?;
-        let mut ids = rows
+        let ids = rows
             .iter()
             .map(|raw| {
                 KeyId::parse(raw).map_err(|e| StoreError::Corrupt {
@@ -168,12 +168,6 @@ impl Store for SqliteStore {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let next = if ids.len() > limit {
-            ids.truncate(limit);
-            ids.last().cloned()
-        } else {
-            None
-        };
-        Ok(ListPage { ids, next })
+        Ok(ListPage::from_overfetched(ids, limit))
     }
 }
