@@ -66,11 +66,8 @@ impl Store for MapStore {
             .cloned()
             .collect();
         ids.sort();
-        let next = (ids.len() > limit)
-            .then(|| ids[limit - 1].clone())
-            .filter(|_| limit > 0);
-        ids.truncate(limit);
-        Ok(ListPage { ids, next })
+        ids.truncate(limit.saturating_add(1));
+        Ok(ListPage::from_overfetched(ids, limit))
     }
 }
 
