@@ -16,7 +16,10 @@ pub(crate) fn from_sdk<E>(region: &str, error: SdkError<E, HttpResponse>) -> Kms
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let unavailable = |message: String| KmsError::Unavailable { region: region.to_owned(), message };
+    let unavailable = |message: String| KmsError::Unavailable {
+        region: region.to_owned(),
+        message,
+    };
     match &error {
         SdkError::TimeoutError(_) => unavailable("no answer within the operation timeout".into()),
         SdkError::DispatchFailure(failure) => {
@@ -27,7 +30,10 @@ where
             } else {
                 "request could not be sent"
             };
-            unavailable(format!("{kind}: {}", aws_sdk_kms::error::DisplayErrorContext(&error)))
+            unavailable(format!(
+                "{kind}: {}",
+                aws_sdk_kms::error::DisplayErrorContext(&error)
+            ))
         }
         SdkError::ServiceError(service) => {
             let code = error.code().unwrap_or("UnknownError");
@@ -35,13 +41,22 @@ where
             if service.raw().status().is_server_error() || UNAVAILABLE_CODES.contains(&code) {
                 unavailable(message)
             } else {
-                KmsError::Refused { region: region.to_owned(), message }
+                KmsError::Refused {
+                    region: region.to_owned(),
+                    message,
+                }
             }
         }
         SdkError::ConstructionFailure(_) => KmsError::Refused {
             region: region.to_owned(),
-            message: format!("request could not be built: {}", aws_sdk_kms::error::DisplayErrorContext(&error)),
+            message: format!(
+                "request could not be built: {}",
+                aws_sdk_kms::error::DisplayErrorContext(&error)
+            ),
         },
-        _ => unavailable(format!("{}", aws_sdk_kms::error::DisplayErrorContext(&error))),
+        _ => unavailable(format!(
+            "{}",
+            aws_sdk_kms::error::DisplayErrorContext(&error)
+        )),
     }
 }

@@ -47,7 +47,11 @@ impl AwsKms {
             loader = loader.endpoint_url(endpoint);
         }
         let sdk_config = loader.load().await;
-        Self { client: Client::new(&sdk_config), region: config.region.clone(), key_id: config.key_id.clone() }
+        Self {
+            client: Client::new(&sdk_config),
+            region: config.region.clone(),
+            key_id: config.key_id.clone(),
+        }
     }
 
     /// The SDK client, for administration beyond the `Kms` trait.
@@ -57,11 +61,19 @@ impl AwsKms {
 
     fn context(context: &EncryptionContext) -> Option<HashMap<String, String>> {
         let entries = context.entries();
-        (!entries.is_empty()).then(|| entries.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        (!entries.is_empty()).then(|| {
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
     }
 
     fn missing(&self, what: &str) -> KmsError {
-        KmsError::Refused { region: self.region.clone(), message: format!("the response has no {what}") }
+        KmsError::Refused {
+            region: self.region.clone(),
+            message: format!("the response has no {what}"),
+        }
     }
 }
 
@@ -75,10 +87,18 @@ impl Kms for AwsKms {
         &self.key_id
     }
 
-    async fn generate_data_key(&self, len: usize, context: &EncryptionContext) -> Result<GeneratedKey, KmsError> {
-        let bytes = i32::try_from(len).ok().filter(|_| (1..=MAX_DATA_KEY_LEN).contains(&len)).ok_or_else(|| {
-            KmsError::Refused { region: self.region.clone(), message: format!("data key length {len} is out of range") }
-        })?;
+    async fn generate_data_key(
+        &self,
+        len: usize,
+        context: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError> {
+        let bytes = i32::try_from(len)
+            .ok()
+            .filter(|_| (1..=MAX_DATA_KEY_LEN).contains(&len))
+            .ok_or_else(|| KmsError::Refused {
+                region: self.region.clone(),
+                message: format!("data key length {len} is out of range"),
+            })?;
         let output = self
             .client
             .generate_data_key()
@@ -88,12 +108,25 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| from_sdk(&self.region, e))?;
-        let plaintext = output.plaintext.ok_or_else(|| self.missing("plaintext"))?.into_inner();
-        let ciphertext = output.ciphertext_blob.ok_or_else(|| self.missing("ciphertext"))?.into_inner();
-        Ok(GeneratedKey { plaintext: DataKey::new(plaintext), ciphertext })
+        let plaintext = output
+            .plaintext
+            .ok_or_else(|| self.missing("plaintext"))?
+            .into_inner();
+        let ciphertext = output
+            .ciphertext_blob
+            .ok_or_else(|| self.missing("ciphertext"))?
+            .into_inner();
+        Ok(GeneratedKey {
+            plaintext: DataKey::new(plaintext),
+            ciphertext,
+        })
     }
 
-    async fn encrypt(&self, key: &DataKey, context: &EncryptionContext) -> Result<Vec<u8>, KmsError> {
+    async fn encrypt(
+        &self,
+        key: &DataKey,
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>, KmsError> {
         let output = self
             .client
             .encrypt()
@@ -103,10 +136,17 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| from_sdk(&self.region, e))?;
-        Ok(output.ciphertext_blob.ok_or_else(|| self.missing("ciphertext"))?.into_inner())
+        Ok(output
+            .ciphertext_blob
+            .ok_or_else(|| self.missing("ciphertext"))?
+            .into_inner())
     }
 
-    async fn decrypt(&self, ciphertext: &[u8], context: &EncryptionContext) -> Result<DataKey, KmsError> {
+    async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
         let output = self
             .client
             .decrypt()
@@ -116,6 +156,11 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| from_sdk(&self.region, e))?;
-        Ok(DataKey::new(output.plaintext.ok_or_else(|| self.missing("plaintext"))?.into_inner()))
+        Ok(DataKey::new(
+            output
+                .plaintext
+                .ok_or_else(|| self.missing("plaintext"))?
+                .into_inner(),
+        ))
     }
 }
