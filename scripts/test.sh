@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole RKMS test suite, on a fresh machine: checks the toolchain, then lints and tests
-# every crate. Later backends add their services here (started on loopback, stopped on exit).
+# The whole RKMS test suite, on a fresh machine: checks the toolchain, installs and starts the
+# local test services (scripts/services.sh: emulated KMS regions on loopback), lints and tests
+# every crate, and stops the services on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,12 @@ cargo fmt --all --check
 
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "test services"
+trap 'scripts/services.sh stop' EXIT
+scripts/services.sh start
+# shellcheck source=/dev/null
+source .test-services/env
 
 step "tests"
 cargo test --workspace --all-targets --locked

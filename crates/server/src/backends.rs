@@ -32,7 +32,7 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Arc<dyn Store>, Stri
 }
 
 /// Opens one KMS client per configured region, in order of preference.
-pub fn open_regions(
+pub async fn open_regions(
     kms: &KmsSettings,
     regions: &[RegionSettings],
 ) -> Result<Vec<Arc<dyn Kms>>, String> {
@@ -44,12 +44,34 @@ pub fn open_regions(
             regions
                 .iter()
                 .map(|r| {
-                    keyring
+                    let kms = keyring
                         .region(&r.name, &r.key_id)
-                        .map(|k| Arc::new(k) as Arc<dyn Kms>)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string())?;
+                    Ok(Arc::new(kms) as Arc<dyn Kms>)
                 })
                 .collect()
         }
+        #[cfg(feature = "aws")]
+        KmsSettings::Aws {
+            connect_timeout,
+            operation_timeout,
+            max_attempts,
+        } => {
+            let mut opened: Vec<Arc<dyn Kms>> = Vec::with_capacity(regions.len());
+            for region in regions {
+                let mut config = rkms_kms_aws::AwsKmsConfig::new(&region.name, &region.key_id);
+                config.endpoint = region.endpoint.clone();
+                config.connect_timeout = *connect_timeout;
+                config.operation_timeout = *operation_timeout;
+                config.max_attempts = *max_attempts;
+                opened.push(Arc::new(rkms_kms_aws::AwsKms::connect(&config).await));
+            }
+            Ok(opened)
+        }
+        #[cfg(not(feature = "aws"))]
+        KmsSettings::Aws { .. } => Err(
+            "the aws KMS provider is not compiled into this build; rebuild with `--features aws`"
+                .into(),
+        ),
     }
 }

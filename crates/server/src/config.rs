@@ -119,6 +119,10 @@ struct KmsSection {
     data_key_size_in_bytes: Option<usize>,
     keyring_path: Option<PathBuf>,
     timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    endpoints: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +178,15 @@ pub enum KmsSettings {
         /// The keyring file.
         keyring_path: PathBuf,
     },
+    /// AWS KMS through aws-sdk-kms.
+    Aws {
+        /// Longest wait to connect to a region's endpoint.
+        connect_timeout: Duration,
+        /// Longest one call may take, retries included (also the core's KMS timeout).
+        operation_timeout: Duration,
+        /// Attempts per call, the first included.
+        max_attempts: u32,
+    },
 }
 
 /// One region and its master key.
@@ -183,11 +196,17 @@ pub struct RegionSettings {
     pub name: String,
     /// Its master key (key id, ARN, alias, or a keyring name for the local provider).
     pub key_id: String,
+    /// An endpoint URL instead of the region's default (AWS provider only).
+    pub endpoint: Option<String>,
 }
 
 impl fmt::Display for RegionSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name, self.key_id)
+        write!(f, "{} ({})", self.name, self.key_id)?;
+        match &self.endpoint {
+            Some(endpoint) => write!(f, " at {endpoint}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -208,6 +227,7 @@ impl Settings {
                 .map(|r| RegionSettings {
                     name: (*r).into(),
                     key_id: default_local_key(r),
+                    endpoint: None,
                 })
                 .collect(),
             service: ServiceOptions::default(),
@@ -290,24 +310,12 @@ impl Settings {
                 format!("{data_key_len} is out of range 1..={MAX_DATA_KEY_LEN}"),
             ));
         }
-        let provider = kms.provider.as_deref().unwrap_or("aws");
-        let kms_settings = match provider {
-            "local" => KmsSettings::Local {
-                keyring_path: kms
-                    .keyring_path
-                    .clone()
-                    .unwrap_or_else(|| data_dir.join(KEYRING_FILE)),
-            },
-            "aws" => {
-                return Err(invalid("kms.provider", "\"aws\" (the default, as in the original RKMS) is not supported by this version of rkms-server yet; use provider = \"local\""));
-            }
-            other => {
-                return Err(invalid(
-                    "kms.provider",
-                    format!("unknown provider {other:?}; expected \"aws\" or \"local\""),
-                ))
-            }
-        };
+        let kms_timeout = positive_ms(
+            "kms.timeout_ms",
+            kms.timeout_ms,
+            ServiceOptions::default().kms_timeout,
+        )?;
+        let kms_settings = resolve_provider(&kms, kms_timeout, data_dir)?;
         let store = match (file.store, file.dynamodb) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -327,7 +335,7 @@ impl Settings {
 
         let mut service = development.service.clone();
         service.data_key_len = data_key_len;
-        service.kms_timeout = positive_ms("kms.timeout_ms", kms.timeout_ms, service.kms_timeout)?;
+        service.kms_timeout = kms_timeout;
         service.request_deadline = positive_ms(
             "server.request_timeout_ms",
             file.server.request_timeout_ms,
@@ -400,12 +408,12 @@ fn resolve_regions(kms: &KmsSection) -> Result<Vec<RegionSettings>, ConfigError>
     }
     let mut seen = BTreeSet::new();
     for region in &kms.regions {
-        if region.is_empty()
-            || region.len() > 64
-            || !region
+        let valid = !region.is_empty()
+            && region.len() <= 64
+            && region
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid {
             return Err(invalid(
                 "kms.regions",
                 format!("{region:?} is not a region name (1-64 letters, digits, '-', '_', '.')"),
@@ -419,47 +427,110 @@ fn resolve_regions(kms: &KmsSection) -> Result<Vec<RegionSettings>, ConfigError>
         }
     }
     let local = kms.provider.as_deref() == Some("local");
-    if kms.key_ids.is_empty() && local {
-        return Ok(kms
+    if !(local && kms.key_ids.is_empty()) {
+        // The original's rule: every region has exactly one key id, and none is left over.
+        if let Some(region) = kms
             .regions
             .iter()
-            .map(|r| RegionSettings {
-                name: r.clone(),
-                key_id: default_local_key(r),
-            })
-            .collect());
-    }
-    // The original's rule: every region has exactly one key id, and no key id is left over.
-    for region in &kms.regions {
-        if !kms.key_ids.contains_key(region) {
+            .find(|r| kms.key_ids.get(*r).is_none_or(String::is_empty))
+        {
             return Err(invalid(
                 "kms.key_ids",
                 format!("region {region:?} is in kms.regions but has no key id"),
             ));
         }
+        if let Some(extra) = kms.key_ids.keys().find(|k| !seen.contains(k.as_str())) {
+            return Err(invalid(
+                "kms.key_ids",
+                format!("{extra:?} has a key id but is not in kms.regions"),
+            ));
+        }
     }
-    if let Some(extra) = kms.key_ids.keys().find(|k| !seen.contains(k.as_str())) {
-        return Err(invalid(
-            "kms.key_ids",
-            format!("{extra:?} has a key id but is not in kms.regions"),
-        ));
+    for (region, endpoint) in &kms.endpoints {
+        if !seen.contains(region.as_str()) {
+            return Err(invalid(
+                "kms.endpoints",
+                format!("{region:?} has an endpoint but is not in kms.regions"),
+            ));
+        }
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(invalid(
+                "kms.endpoints",
+                format!("the endpoint of {region:?} must be an http:// or https:// URL"),
+            ));
+        }
     }
-    kms.regions
+    Ok(kms
+        .regions
         .iter()
-        .map(|r| {
-            let key_id = kms.key_ids[r].clone();
-            if key_id.is_empty() {
+        .map(|r| RegionSettings {
+            name: r.clone(),
+            key_id: kms
+                .key_ids
+                .get(r)
+                .cloned()
+                .unwrap_or_else(|| default_local_key(r)),
+            endpoint: kms.endpoints.get(r).cloned(),
+        })
+        .collect())
+}
+
+/// Reads the provider and refuses keys that belong to the other one.
+fn resolve_provider(
+    kms: &KmsSection,
+    operation_timeout: Duration,
+    data_dir: &Path,
+) -> Result<KmsSettings, ConfigError> {
+    let only_for = |key: &'static str, set: bool, provider: &str| {
+        if set {
+            Err(invalid(
+                key,
+                format!("applies to provider = \"{provider}\" only"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match kms.provider.as_deref().unwrap_or("aws") {
+        "aws" => {
+            only_for("kms.keyring_path", kms.keyring_path.is_some(), "local")?;
+            let max_attempts = kms.max_attempts.unwrap_or(2);
+            if !(1..=5).contains(&max_attempts) {
                 return Err(invalid(
-                    "kms.key_ids",
-                    format!("the key id of region {r:?} is empty"),
+                    "kms.max_attempts",
+                    format!("{max_attempts} is out of range 1..=5"),
                 ));
             }
-            Ok(RegionSettings {
-                name: r.clone(),
-                key_id,
+            Ok(KmsSettings::Aws {
+                connect_timeout: positive_ms(
+                    "kms.connect_timeout_ms",
+                    kms.connect_timeout_ms,
+                    Duration::from_secs(1),
+                )?,
+                operation_timeout,
+                max_attempts,
             })
-        })
-        .collect()
+        }
+        "local" => {
+            only_for("kms.endpoints", !kms.endpoints.is_empty(), "aws")?;
+            only_for(
+                "kms.connect_timeout_ms",
+                kms.connect_timeout_ms.is_some(),
+                "aws",
+            )?;
+            only_for("kms.max_attempts", kms.max_attempts.is_some(), "aws")?;
+            Ok(KmsSettings::Local {
+                keyring_path: kms
+                    .keyring_path
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join(KEYRING_FILE)),
+            })
+        }
+        other => Err(invalid(
+            "kms.provider",
+            format!("unknown provider {other:?}; expected \"aws\" or \"local\""),
+        )),
+    }
 }
 
 fn resolve_store(mut table: toml::Table, data_dir: &Path) -> Result<StoreSettings, ConfigError> {

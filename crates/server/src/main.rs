@@ -79,7 +79,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         );
     }
     let store = open_store(&settings.store).await?;
-    let regions = open_regions(&settings.kms, &settings.regions)?;
+    let regions = open_regions(&settings.kms, &settings.regions).await?;
     if regions.len() < 2 {
         warn!("only one KMS region is configured: keys are unavailable whenever it is");
     }

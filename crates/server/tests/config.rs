@@ -46,41 +46,20 @@ fn refusal(text: &str) -> String {
 }
 
 #[test]
-fn the_original_file_parses_and_asks_for_aws_kms_and_dynamodb() {
-    // It parses (no unknown key, no TOML error); what stops it is that this version does not
-    // have the AWS provider yet, which is what the original file means by default.
+fn the_original_file_means_aws_kms_in_every_region() {
+    // Its [dynamodb] section chooses the DynamoDB store, which this version does not have yet;
+    // everything else loads as written.
     let message = refusal(ORIGINAL);
-    assert!(
-        message.contains("kms.provider") && message.contains("aws"),
-        "{message}"
-    );
-    let without_dynamodb = ORIGINAL.split("[dynamodb]").next().unwrap().replace(
-        "data_key_size_in_bytes",
-        "provider = \"aws\"\n  data_key_size_in_bytes",
-    );
-    assert!(refusal(&without_dynamodb).contains("kms.provider"));
-}
-
-#[test]
-fn the_original_sections_keep_their_meaning() {
-    let text = ORIGINAL
-        .split("[dynamodb]")
-        .next()
-        .unwrap()
-        .replace(
-            "data_key_size_in_bytes = 32",
-            "data_key_size_in_bytes = 24\n  provider = \"local\"",
-        )
-        .replace("api_version = \"v1\"", "api_version = \"v2\"");
-    let settings = parse(&text).unwrap();
+    assert!(message.contains("dynamodb"), "{message}");
+    let settings = parse(ORIGINAL.split("[dynamodb]").next().unwrap()).unwrap();
     assert_eq!(
         settings.listen,
         "0.0.0.0:8080".parse::<SocketAddr>().unwrap(),
         "the original bound every interface"
     );
-    assert_eq!(settings.key_path, "/api/v2/key");
+    assert_eq!(settings.key_path, "/api/v1/key");
     assert_eq!(settings.log_level, "debug");
-    assert_eq!(settings.service.data_key_len, 24);
+    assert_eq!(settings.service.data_key_len, 32);
     let regions: Vec<(&str, &str)> = settings
         .regions
         .iter()
@@ -94,10 +73,88 @@ fn the_original_sections_keep_their_meaning() {
             ("us-west-1", "alias/rkms-us-west-1")
         ]
     );
+    assert!(settings.regions.iter().all(|r| r.endpoint.is_none()));
+    let KmsSettings::Aws {
+        connect_timeout,
+        operation_timeout,
+        max_attempts,
+    } = settings.kms
+    else {
+        panic!("the original's provider is AWS KMS");
+    };
+    assert_eq!(
+        (
+            connect_timeout.as_millis(),
+            operation_timeout.as_millis(),
+            max_attempts
+        ),
+        (1000, 2000, 2)
+    );
+    assert_eq!(settings.service.kms_timeout, operation_timeout);
+}
+
+#[test]
+fn aws_endpoints_and_timeouts_are_read() {
+    let settings = parse(
+        r#"
+        [kms]
+        provider = "aws"
+        regions = ["us-east-1", "us-west-1"]
+        key_ids = { us-east-1 = "alias/a", us-west-1 = "arn:aws:kms:us-west-1:1:key/b" }
+        timeout_ms = 700
+        connect_timeout_ms = 200
+        max_attempts = 1
+        [kms.endpoints]
+        us-east-1 = "http://127.0.0.1:4601"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        settings.regions[0].endpoint.as_deref(),
+        Some("http://127.0.0.1:4601")
+    );
+    assert_eq!(settings.regions[1].endpoint, None);
+    assert_eq!(settings.regions[1].key_id, "arn:aws:kms:us-west-1:1:key/b");
+    let KmsSettings::Aws {
+        connect_timeout,
+        operation_timeout,
+        max_attempts,
+    } = settings.kms
+    else {
+        panic!("aws provider");
+    };
+    assert_eq!(
+        (
+            connect_timeout.as_millis(),
+            operation_timeout.as_millis(),
+            max_attempts
+        ),
+        (200, 700, 1)
+    );
+    assert_eq!(settings.service.kms_timeout.as_millis(), 700);
+}
+
+#[test]
+fn the_original_sections_keep_their_meaning_with_the_local_provider() {
+    let text = ORIGINAL
+        .split("[dynamodb]")
+        .next()
+        .unwrap()
+        .replace(
+            "data_key_size_in_bytes = 32",
+            "data_key_size_in_bytes = 24\n  provider = \"local\"",
+        )
+        .replace("api_version = \"v1\"", "api_version = \"v2\"");
+    let settings = parse(&text).unwrap();
+    assert_eq!(settings.key_path, "/api/v2/key");
+    assert_eq!(settings.service.data_key_len, 24);
+    assert_eq!(settings.regions[0].key_id, "alias/rkms-us-east-1");
     assert!(!settings.development_mode);
     let StoreSettings::Sqlite { path, .. } = &settings.store;
     assert_eq!(path, Path::new("/var/lib/rkms/rkms.sqlite3"));
-    let KmsSettings::Local { keyring_path } = &settings.kms;
+    let KmsSettings::Local { keyring_path } = &settings.kms else {
+        panic!("local provider");
+    };
     assert_eq!(keyring_path, Path::new("/var/lib/rkms/keyring.json"));
 }
 
@@ -151,6 +208,7 @@ fn new_sections_are_read() {
     );
 }
 
+const AWS: &str = "[kms]\nregions = [\"a\"]\nkey_ids = { a = \"alias/k\" }\n";
 const LOCAL: &str = "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\n";
 
 #[test]
@@ -188,6 +246,15 @@ fn invalid_values_are_refused_by_name() {
         (format!("{LOCAL}[store]\nbackend = \"sqlite\"\nmax_connections = 0\n"), "store.max_connections"),
         (format!("{LOCAL}[store]\nbackend = \"sqlite\"\n[dynamodb]\nregion = \"x\"\ntable_name = \"t\"\n"), "store"),
         (format!("{LOCAL}[dynamodb]\nregion = \"x\"\ntable_name = \"t\"\n"), "dynamodb"),
+        (format!("{LOCAL}[kms.endpoints]\na = \"http://127.0.0.1:1\"\n"), "kms.endpoints"),
+        (format!("{LOCAL}max_attempts = 2\n"), "kms.max_attempts"),
+        (format!("{LOCAL}connect_timeout_ms = 2\n"), "kms.connect_timeout_ms"),
+        (format!("{AWS}keyring_path = \"x\"\n"), "kms.keyring_path"),
+        (format!("{AWS}max_attempts = 0\n"), "kms.max_attempts"),
+        (format!("{AWS}connect_timeout_ms = 0\n"), "kms.connect_timeout_ms"),
+        (format!("{AWS}[kms.endpoints]\nb = \"http://x\"\n"), "kms.endpoints"),
+        (format!("{AWS}[kms.endpoints]\na = \"ftp://x\"\n"), "kms.endpoints"),
+        ("[kms]\nregions = [\"a\"]\nkey_ids = { a = \"\" }\n".into(), "kms.key_ids"),
         ("this is not toml".into(), "configuration"),
     ];
     for (text, key) in cases {

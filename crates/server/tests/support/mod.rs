@@ -1,4 +1,9 @@
-//! Running the built `rkms-server` binary for end-to-end tests.
+//! Running the built `rkms-server` binary for end-to-end tests, and emulated KMS regions.
+
+#![allow(
+    dead_code,
+    reason = "each test binary compiles this module and uses a different part of it"
+)]
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -22,6 +27,8 @@ impl Server {
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
+            // Never fall through to instance metadata, an address outside this machine.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -105,4 +112,115 @@ pub(crate) async fn key(client: &reqwest::Client, server: &Server, id: &str) -> 
     assert_eq!(status, 200, "GET key {id}: {body}");
     assert_eq!(body["id"], id);
     body["key"].as_str().unwrap().to_owned()
+}
+
+/// The emulated KMS regions from the environment the services script writes:
+/// `(region, endpoint)` pairs in order.
+pub(crate) fn emulated_regions() -> Vec<(String, String)> {
+    let help = "RKMS_TEST_KMS_REGIONS / RKMS_TEST_KMS_ENDPOINTS are not set: start the emulated KMS \
+                regions with `scripts/services.sh start && source .test-services/env` (or run scripts/test.sh)";
+    let regions = std::env::var("RKMS_TEST_KMS_REGIONS").expect(help);
+    let endpoints = std::env::var("RKMS_TEST_KMS_ENDPOINTS").expect(help);
+    let pairs: Vec<(String, String)> = regions
+        .split(',')
+        .zip(endpoints.split(','))
+        .map(|(r, e)| (r.to_owned(), e.to_owned()))
+        .collect();
+    assert!(pairs.len() >= 3, "{help} (three regions are needed)");
+    pairs
+}
+
+/// What a [`RegionProxy`] does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyMode {
+    /// Forward to the emulator.
+    Pass,
+    /// Close the port: connections are refused.
+    Refuse,
+    /// Accept connections and never answer.
+    Blackhole,
+}
+
+/// A TCP proxy in front of one emulated region, so a test can take the region away and give
+/// it back without restarting the emulator (which would lose its keys).
+pub(crate) struct RegionProxy {
+    addr: std::net::SocketAddr,
+    upstream: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RegionProxy {
+    /// A passing proxy on a free loopback port in front of `endpoint` (`http://host:port`).
+    pub(crate) async fn start(endpoint: &str) -> Self {
+        let upstream = endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = Self::bind("127.0.0.1:0".parse().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let mut proxy = Self {
+            addr,
+            upstream,
+            task: None,
+        };
+        proxy.task = Some(tokio::spawn(Self::serve(
+            listener,
+            proxy.upstream.clone(),
+            ProxyMode::Pass,
+        )));
+        proxy
+    }
+
+    /// The URL to configure as the region's endpoint.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Switches mode; returns once the new mode is in force.
+    pub(crate) async fn set(&mut self, mode: ProxyMode) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        if mode != ProxyMode::Refuse {
+            let listener = Self::bind(self.addr);
+            self.task = Some(tokio::spawn(Self::serve(
+                listener,
+                self.upstream.clone(),
+                mode,
+            )));
+        }
+    }
+
+    fn bind(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        socket.listen(1024).unwrap()
+    }
+
+    async fn serve(listener: tokio::net::TcpListener, upstream: String, mode: ProxyMode) {
+        let mut held = Vec::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            match mode {
+                ProxyMode::Blackhole => held.push(client),
+                _ => {
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RegionProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }

@@ -1,0 +1,164 @@
+//! End to end with AWS KMS: the server binary, three emulated regions (moto, real AWS wire
+//! protocol) behind proxies that can refuse or blackhole a region, and the SQLite store.
+//!
+//! Needs the emulated regions: `scripts/services.sh start && source .test-services/env`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rkms_core::{KeyId, Store};
+use rkms_store_sqlite::{SqliteConfig, SqliteStore};
+use support::{emulated_regions, get_json, key, ProxyMode, RegionProxy, Server};
+
+/// The KMS operation timeout the tests configure.
+const KMS_TIMEOUT: Duration = Duration::from_millis(1000);
+
+struct Deployment {
+    dir: tempfile::TempDir,
+    proxies: Vec<RegionProxy>,
+}
+
+impl Deployment {
+    async fn new() -> Self {
+        let regions = emulated_regions();
+        let mut proxies = Vec::new();
+        for (_, endpoint) in &regions {
+            proxies.push(RegionProxy::start(endpoint).await);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = regions.iter().map(|(r, _)| format!("{r:?}")).collect();
+        let key_ids: Vec<String> = regions
+            .iter()
+            .map(|(r, _)| format!("{r} = \"alias/rkms-{r}\""))
+            .collect();
+        let endpoints: Vec<String> = regions
+            .iter()
+            .zip(&proxies)
+            .map(|((r, _), p)| format!("{r} = {:?}", p.url()))
+            .collect();
+        let config = format!(
+            "[kms]\nprovider = \"aws\"\nregions = [{}]\nkey_ids = {{ {} }}\ntimeout_ms = {}\nconnect_timeout_ms = 300\n\
+             [kms.endpoints]\n{}\n[store]\nbackend = \"sqlite\"\npath = {:?}\n",
+            names.join(", "),
+            key_ids.join(", "),
+            KMS_TIMEOUT.as_millis(),
+            endpoints.join("\n"),
+            dir.path().join("rkms.sqlite3"),
+        );
+        std::fs::write(dir.path().join("rkms.toml"), config).unwrap();
+        Self { dir, proxies }
+    }
+
+    fn server(&self) -> Server {
+        Server::start(&[
+            "--config",
+            self.dir.path().join("rkms.toml").to_str().unwrap(),
+        ])
+    }
+
+    async fn stored_ids(&self) -> Vec<String> {
+        let store = SqliteStore::open(&SqliteConfig::new(self.dir.path().join("rkms.sqlite3")))
+            .await
+            .unwrap();
+        let page = store.list(None, 1000).await.unwrap();
+        store.close().await;
+        page.ids.iter().map(|id| id.as_str().to_owned()).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_created_and_stable_across_restarts() {
+    let deployment = Deployment::new().await;
+    let client = reqwest::Client::new();
+    let server = deployment.server();
+    let first = key(&client, &server, "aws-stable").await;
+    assert_eq!(key(&client, &server, "aws-stable").await, first);
+    assert_ne!(key(&client, &server, "aws-other").await, first);
+    assert!(server.stop().success());
+    let server = deployment.server();
+    assert_eq!(key(&client, &server, "aws-stable").await, first);
+    assert_eq!(deployment.stored_ids().await, ["aws-other", "aws-stable"]);
+    let store = SqliteStore::open(&SqliteConfig::new(
+        deployment.dir.path().join("rkms.sqlite3"),
+    ))
+    .await
+    .unwrap();
+    let stored = store
+        .get(&KeyId::parse("aws-stable").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let record = rkms_core::Record::decode(&stored.bytes).unwrap();
+    let regions: Vec<String> = emulated_regions().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        record.copies.keys().cloned().collect::<Vec<_>>(),
+        regions,
+        "one copy per region"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_first_region_still_serves_existing_ids() {
+    let mut deployment = Deployment::new().await;
+    let client = reqwest::Client::new();
+    let server = deployment.server();
+    let before = key(&client, &server, "refused-existing").await;
+    deployment.proxies[0].set(ProxyMode::Refuse).await;
+    for _ in 0..3 {
+        assert_eq!(key(&client, &server, "refused-existing").await, before);
+    }
+    // Creating needs every region for now: a new id is refused and nothing is written.
+    let (status, body) = get_json(&client, &server.key_url("id=refused-new")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error_type"], "ServiceUnavailable");
+    assert!(!deployment
+        .stored_ids()
+        .await
+        .contains(&"refused-new".to_owned()));
+    deployment.proxies[0].set(ProxyMode::Pass).await;
+    key(&client, &server, "refused-new").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_first_region_still_serves_existing_ids_within_the_bound() {
+    let mut deployment = Deployment::new().await;
+    let client = reqwest::Client::new();
+    let server = deployment.server();
+    let before = key(&client, &server, "blackholed-existing").await;
+    deployment.proxies[0].set(ProxyMode::Blackhole).await;
+    // The documented bound: one KMS timeout for the dead region, plus a healthy region's call.
+    let bound = KMS_TIMEOUT + Duration::from_millis(1500);
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(key(&client, &server, "blackholed-existing").await, before);
+        let took = started.elapsed();
+        assert!(took < bound, "request took {took:?}, bound {bound:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_region_down_gives_503_json_and_writes_nothing() {
+    let mut deployment = Deployment::new().await;
+    let client = reqwest::Client::new();
+    let server = deployment.server();
+    key(&client, &server, "down-existing").await;
+    deployment.proxies[0].set(ProxyMode::Refuse).await;
+    deployment.proxies[1].set(ProxyMode::Blackhole).await;
+    deployment.proxies[2].set(ProxyMode::Refuse).await;
+    for id in ["down-existing", "down-new"] {
+        let (status, body) = get_json(&client, &server.key_url(&format!("id={id}"))).await;
+        assert_eq!(status, 503, "{id}: {body}");
+        assert_eq!(body["error_type"], "ServiceUnavailable");
+        assert!(
+            body["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("no KMS region"),
+            "{body}"
+        );
+    }
+    assert_eq!(deployment.stored_ids().await, ["down-existing"]);
+    let (status, _) = get_json(&client, &format!("{}/readyz", server.base)).await;
+    assert_eq!(status, 503);
+}
