@@ -37,6 +37,11 @@ pub struct Record {
     /// Configured regions that still lack a copy (filled in by a later repair).
     #[serde(default)]
     pub missing: Vec<String>,
+    /// True for records the original Go RKMS wrote: their copies were wrapped with no
+    /// encryption context, so only the store key binds them to their id. A store that reads
+    /// such items (DynamoDB) sets it; RKMS itself never writes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wrapped_without_context: bool,
 }
 
 /// Why stored bytes are not a record this build can read.
@@ -116,6 +121,7 @@ mod tests {
                 },
             )]),
             missing: vec!["local-2".into()],
+            wrapped_without_context: false,
         }
     }
 

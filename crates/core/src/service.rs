@@ -290,6 +290,7 @@ impl KeyService {
                 .map_or(0, |d| d.as_secs()),
             copies,
             missing: Vec::new(),
+            wrapped_without_context: false,
         };
         match self
             .store_call(self.store.put_if_absent(id, record.encode()))
@@ -325,6 +326,19 @@ impl KeyService {
                 reason: e.to_string(),
             }
         })?;
+        let legacy_context = EncryptionContext::empty();
+        let context = if record.wrapped_without_context {
+            // Nothing cryptographic binds a legacy copy to its id; at least the record must.
+            if record.id != id.as_str() {
+                return Err(ServiceError::CorruptRecord {
+                    id: id.clone(),
+                    reason: "a legacy record names another id".into(),
+                });
+            }
+            &legacy_context
+        } else {
+            context
+        };
         let mut failures = Vec::new();
         for (index, kms) in self.regions.iter().enumerate() {
             let Some(copy) = record.copies.get(kms.region()) else {

@@ -486,3 +486,48 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn legacy_records_wrapped_without_context_are_read() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service(store.clone());
+    let key = DataKey::new(vec![5; 32]);
+    let mut copies = std::collections::BTreeMap::new();
+    for kms in &regions.0 {
+        let ciphertext = kms
+            .inner
+            .encrypt(&key, &EncryptionContext::empty())
+            .await
+            .unwrap();
+        copies.insert(
+            kms.region().to_owned(),
+            rkms_core::WrappedCopy {
+                master_key: kms.master_key().into(),
+                ciphertext,
+            },
+        );
+    }
+    let legacy = Record {
+        format: rkms_core::RECORD_FORMAT,
+        id: "old".into(),
+        created_at: 0,
+        copies,
+        missing: Vec::new(),
+        wrapped_without_context: true,
+    };
+    store
+        .put_if_absent(&id("old"), legacy.encode())
+        .await
+        .unwrap();
+    assert_eq!(service.get_or_create(&id("old")).await.unwrap().key, key);
+
+    let mut moved = legacy.clone();
+    moved.id = "elsewhere".into();
+    store
+        .put_if_absent(&id("moved"), moved.encode())
+        .await
+        .unwrap();
+    let err = service.get_or_create(&id("moved")).await.unwrap_err();
+    assert!(matches!(err, ServiceError::CorruptRecord { .. }), "{err}");
+}
