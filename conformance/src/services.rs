@@ -29,10 +29,12 @@ pub struct ServiceSpec {
     pub url: fn(&str) -> String,
 }
 
+/// Started containers by environment variable name, with their URLs.
+type Started = Mutex<HashMap<&'static str, (String, Container<GenericImage>)>>;
+
 /// Containers started by this test process, kept running until it exits.
-fn containers() -> &'static Mutex<HashMap<&'static str, (String, Container<GenericImage>)>> {
-    static CONTAINERS: OnceLock<Mutex<HashMap<&'static str, (String, Container<GenericImage>)>>> =
-        OnceLock::new();
+fn containers() -> &'static Started {
+    static CONTAINERS: OnceLock<Started> = OnceLock::new();
     CONTAINERS.get_or_init(Mutex::default)
 }
 
