@@ -1,0 +1,243 @@
+//! `RedisStore`: the `Store` trait over Redis keys and two Lua scripts.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
+use rkms_core::{KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
+
+use crate::error::{corrupt, from_redis, timed_out};
+use crate::RedisConfig;
+
+/// Bytes of the version that starts every stored value.
+const VERSION_LEN: usize = 8;
+
+/// SET NX, and on success add the id to the index. Returns 1 when it created the key, else the
+/// existing value.
+const CREATE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+  return 1
+end
+return redis.call('GET', KEYS[1])";
+
+/// Replace the value only if it still starts with the expected version. Returns 1 or 0.
+const COMPARE_AND_SWAP: &str = r"
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, 8) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1";
+
+/// Delete the key and its index entry. Returns the number of keys deleted.
+const DELETE: &str = r"
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])";
+
+/// A [`Store`] on Redis. See the crate documentation.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    create: Script,
+    compare_and_swap: Script,
+    delete: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to Redis; fails if it does not answer within the operation timeout.
+    pub async fn open(config: &RedisConfig) -> Result<Self, StoreError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(from_redis)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.operation_timeout))
+            .set_response_timeout(Some(config.operation_timeout))
+            .set_number_of_retries(1);
+        let connect = async {
+            ConnectionManager::new_with_config(client, manager_config)
+                .await
+                .map_err(from_redis)
+        };
+        let connection = tokio::time::timeout(config.operation_timeout, connect)
+            .await
+            .unwrap_or_else(|_| Err(timed_out(config.operation_timeout)))?;
+        Ok(Self {
+            connection,
+            prefix: config.prefix.clone(),
+            timeout: config.operation_timeout,
+            create: Script::new(CREATE),
+            compare_and_swap: Script::new(COMPARE_AND_SWAP),
+            delete: Script::new(DELETE),
+        })
+    }
+
+    fn key(&self, id: &KeyId) -> String {
+        format!("{}key:{}", self.prefix, id.as_str())
+    }
+
+    fn index(&self) -> String {
+        format!("{}ids", self.prefix)
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(timed_out(self.timeout)))
+    }
+}
+
+fn encode(version: u64, record: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(VERSION_LEN + record.len());
+    value.extend_from_slice(&version.to_be_bytes());
+    value.extend_from_slice(record);
+    value
+}
+
+fn decode(id: &KeyId, value: Vec<u8>) -> Result<Stored, StoreError> {
+    if value.len() < VERSION_LEN {
+        return Err(corrupt(format!(
+            "value of {id:?} is shorter than its version"
+        )));
+    }
+    let (version, record) = value.split_at(VERSION_LEN);
+    let version = u64::from_be_bytes(version.try_into().expect("eight bytes"));
+    Ok(Stored {
+        bytes: record.to_vec(),
+        version: Version::new(version),
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
+        self.bounded(async {
+            let value: Option<Vec<u8>> = self
+                .connection
+                .clone()
+                .get(self.key(id))
+                .await
+                .map_err(from_redis)?;
+            value.map(|v| decode(id, v)).transpose()
+        })
+        .await
+    }
+
+    async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        // A random start below 2^63, so that the version also fits stores with signed integers.
+        let version = rand::random::<u64>() >> 1;
+        self.bounded(async {
+            let reply: Value = self
+                .create
+                .key(self.key(id))
+                .key(self.index())
+                .arg(encode(version, &bytes))
+                .arg(id.as_str())
+                .invoke_async(&mut self.connection.clone())
+                .await
+                .map_err(from_redis)?;
+            match reply {
+                Value::Int(1) => Ok(PutOutcome::Created(Version::new(version))),
+                Value::BulkString(existing) => Ok(PutOutcome::Exists(decode(id, existing)?)),
+                other => Err(corrupt(format!("unexpected reply to create: {other:?}"))),
+            }
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        let next = expected.get().wrapping_add(1);
+        self.bounded(async {
+            let swapped: i64 = self
+                .compare_and_swap
+                .key(self.key(id))
+                .arg(expected.get().to_be_bytes().as_slice())
+                .arg(encode(next, &bytes))
+                .invoke_async(&mut self.connection.clone())
+                .await
+                .map_err(from_redis)?;
+            if swapped == 1 {
+                Ok(Version::new(next))
+            } else {
+                Err(StoreError::PreconditionFailed { expected })
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        self.bounded(async {
+            let deleted: i64 = self
+                .delete
+                .key(self.key(id))
+                .key(self.index())
+                .arg(id.as_str())
+                .invoke_async(&mut self.connection.clone())
+                .await
+                .map_err(from_redis)?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+        if limit == 0 {
+            return Ok(ListPage::default());
+        }
+        let min = after.map_or_else(|| "-".to_owned(), |a| format!("({}", a.as_str()));
+        let fetch = isize::try_from(limit).unwrap_or(isize::MAX - 1) + 1;
+        self.bounded(async {
+            let raw: Vec<String> = self
+                .connection
+                .clone()
+                .zrangebylex_limit(self.index(), min, "+", 0, fetch)
+                .await
+                .map_err(from_redis)?;
+            let ids = raw
+                .iter()
+                .map(|r| {
+                    KeyId::parse(r).map_err(|e| corrupt(format!("indexed id is invalid: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ListPage::from_overfetched(ids, limit))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_short_ones_are_corrupt() {
+        let id = KeyId::parse("a").unwrap();
+        let stored = decode(&id, encode(42, b"record")).unwrap();
+        assert_eq!(
+            (stored.bytes.as_slice(), stored.version),
+            (&b"record"[..], Version::new(42))
+        );
+        assert!(matches!(
+            decode(&id, vec![1, 2, 3]),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}
