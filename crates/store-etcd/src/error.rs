@@ -1,0 +1,50 @@
+//! etcd's native errors, normalised into the core's `StoreError`.
+
+use std::time::Duration;
+
+use rkms_core::StoreError;
+use tonic::Code;
+
+pub(crate) const STORE: &str = "etcd";
+
+/// gRPC codes meaning "the cluster cannot serve right now": retry later.
+const UNAVAILABLE_CODES: [Code; 5] = [
+    Code::Unavailable,
+    Code::DeadlineExceeded,
+    Code::ResourceExhausted,
+    Code::Aborted,
+    Code::Cancelled,
+];
+
+pub(crate) fn from_etcd(error: etcd_client::Error) -> StoreError {
+    let unavailable = match &error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => UNAVAILABLE_CODES.contains(&status.code()),
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable {
+            store: STORE,
+            source: Box::new(error),
+        }
+    } else {
+        StoreError::Other {
+            store: STORE,
+            source: Box::new(error),
+        }
+    }
+}
+
+pub(crate) fn timed_out(limit: Duration) -> StoreError {
+    StoreError::Unavailable {
+        store: STORE,
+        source: format!("no answer within {limit:?}").into(),
+    }
+}
+
+pub(crate) fn corrupt(message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        store: STORE,
+        message: message.into(),
+    }
+}
