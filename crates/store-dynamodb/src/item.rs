@@ -1,0 +1,159 @@
+//! Items as stored: RKMS's own (`record`, `version`) and the original Go RKMS's (`keys`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use rkms_core::{Record, StoreError, Stored, Version, WrappedCopy, RECORD_FORMAT};
+
+use crate::error::corrupt;
+
+pub(crate) const ID: &str = "id";
+pub(crate) const RECORD: &str = "record";
+pub(crate) const VERSION: &str = "version";
+/// The original Go RKMS's map of region to base64 ciphertext.
+pub(crate) const LEGACY_KEYS: &str = "keys";
+
+/// The version reported for the original's items, which have none. RKMS never creates it.
+pub(crate) const LEGACY_VERSION: u64 = 0;
+
+/// Reads an item as a stored record.
+pub(crate) fn stored_from_item(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Stored, StoreError> {
+    match (item.get(RECORD), item.get(VERSION), item.get(LEGACY_KEYS)) {
+        (Some(record), Some(version), _) => {
+            let bytes = record
+                .as_b()
+                .map_err(|_| corrupt("`record` is not binary"))?
+                .as_ref()
+                .to_vec();
+            let version = version
+                .as_n()
+                .ok()
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| corrupt("`version` is not a non-negative number"))?;
+            Ok(Stored {
+                bytes,
+                version: Version::new(version),
+            })
+        }
+        (None, None, Some(keys)) => legacy_record(item, keys),
+        _ => Err(corrupt(
+            "the item has neither `record` and `version` nor the original's `keys`",
+        )),
+    }
+}
+
+/// Translates an item of the original Go RKMS into a record.
+fn legacy_record(
+    item: &HashMap<String, AttributeValue>,
+    keys: &AttributeValue,
+) -> Result<Stored, StoreError> {
+    let id = item
+        .get(ID)
+        .and_then(|v| v.as_s().ok())
+        .ok_or_else(|| corrupt("a legacy item without a string `id`"))?;
+    let keys = keys
+        .as_m()
+        .map_err(|_| corrupt("legacy `keys` is not a map"))?;
+    let mut copies = BTreeMap::new();
+    for (region, value) in keys {
+        let text = value
+            .as_s()
+            .map_err(|_| corrupt(format!("legacy copy for {region:?} is not a string")))?;
+        let ciphertext = BASE64
+            .decode(text)
+            .map_err(|_| corrupt(format!("legacy copy for {region:?} is not base64")))?;
+        // The original did not record which master key wrapped a copy.
+        copies.insert(
+            region.clone(),
+            WrappedCopy {
+                master_key: String::new(),
+                ciphertext,
+            },
+        );
+    }
+    let record = Record {
+        format: RECORD_FORMAT,
+        id: id.clone(),
+        created_at: 0,
+        copies,
+        missing: Vec::new(),
+        wrapped_without_context: true,
+    };
+    Ok(Stored {
+        bytes: record.encode(),
+        version: Version::new(LEGACY_VERSION),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(pairs: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    #[test]
+    fn original_items_become_legacy_records() {
+        let keys = HashMap::from([
+            (
+                "us-east-1".to_owned(),
+                AttributeValue::S(BASE64.encode([1, 2, 3])),
+            ),
+            (
+                "us-west-1".to_owned(),
+                AttributeValue::S(BASE64.encode([4, 5])),
+            ),
+        ]);
+        let stored = stored_from_item(&item(vec![
+            ("id", AttributeValue::S("orders".into())),
+            ("keys", AttributeValue::M(keys)),
+        ]))
+        .unwrap();
+        assert_eq!(stored.version, Version::new(LEGACY_VERSION));
+        let record = Record::decode(&stored.bytes).unwrap();
+        assert!(record.wrapped_without_context);
+        assert_eq!(record.id, "orders");
+        assert_eq!(record.copies["us-east-1"].ciphertext, [1, 2, 3]);
+        assert_eq!(record.copies["us-west-1"].ciphertext, [4, 5]);
+    }
+
+    #[test]
+    fn malformed_items_are_corrupt() {
+        let bad = [
+            item(vec![("id", AttributeValue::S("x".into()))]),
+            item(vec![
+                ("id", AttributeValue::S("x".into())),
+                ("keys", AttributeValue::S("no".into())),
+            ]),
+            item(vec![
+                ("id", AttributeValue::S("x".into())),
+                (
+                    "keys",
+                    AttributeValue::M(HashMap::from([(
+                        "r".to_owned(),
+                        AttributeValue::S("%%".into()),
+                    )])),
+                ),
+            ]),
+            item(vec![
+                ("record", AttributeValue::S("text".into())),
+                ("version", AttributeValue::N("1".into())),
+            ]),
+            item(vec![
+                ("record", AttributeValue::B(vec![1].into())),
+                ("version", AttributeValue::N("-1".into())),
+            ]),
+        ];
+        for item in bad {
+            assert!(
+                matches!(stored_from_item(&item), Err(StoreError::Corrupt { .. })),
+                "{item:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Items written by the original Go RKMS (`id` + `keys`, wrapped without encryption context)
+//! are served by RKMS from the same table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use base64::Engine as _;
+use rkms_conformance::unique_name;
+use rkms_core::{
+    DataKey, EncryptionContext, KeyId, KeyService, Kms, LocalKeyring, Record, Store, StoreError,
+    Version,
+};
+use rkms_store_dynamodb::{DynamoDbConfig, DynamoDbStore};
+
+fn endpoint() -> String {
+    std::env::var("RKMS_TEST_DYNAMODB_ENDPOINT").expect(
+        "RKMS_TEST_DYNAMODB_ENDPOINT is not set: start the test services with \
+         `scripts/services.sh start && source .test-services/env` (or run scripts/test.sh)",
+    )
+}
+
+#[tokio::test]
+async fn the_originals_items_are_served_and_upgraded_only_by_compare_and_swap() {
+    let mut config = DynamoDbConfig::new(unique_name("rkms_legacy_"), "us-east-1");
+    config.endpoint = Some(endpoint());
+    config.create_table = true;
+    let store = DynamoDbStore::open(&config).await.unwrap();
+
+    // The original wrapped one data key in every region with no encryption context.
+    let ring = LocalKeyring::generate(&["k1", "k2"]).unwrap();
+    let regions: Vec<Arc<dyn Kms>> = vec![
+        Arc::new(ring.region("us-east-1", "k1").unwrap()),
+        Arc::new(ring.region("us-west-1", "k2").unwrap()),
+    ];
+    let key = DataKey::new(vec![7; 32]);
+    let mut keys = HashMap::new();
+    for kms in &regions {
+        let ciphertext = kms
+            .encrypt(&key, &EncryptionContext::empty())
+            .await
+            .unwrap();
+        keys.insert(
+            kms.region().to_owned(),
+            AttributeValue::S(base64::engine::general_purpose::STANDARD.encode(ciphertext)),
+        );
+    }
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint())
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    client
+        .put_item()
+        .table_name(&config.table_name)
+        .item("id", AttributeValue::S("orders".into()))
+        .item("keys", AttributeValue::M(keys))
+        .send()
+        .await
+        .unwrap();
+
+    let service = regions
+        .into_iter()
+        .fold(KeyService::builder(Arc::new(store.clone())), |b, k| {
+            b.region(k)
+        })
+        .build()
+        .unwrap();
+    let issued = service
+        .get_or_create(&KeyId::parse("orders").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(issued.key, key);
+    assert!(!issued.created);
+
+    // A legacy item is replaced only by a compare-and-set at its version, and only once.
+    let id = KeyId::parse("orders").unwrap();
+    let stored = store.get(&id).await.unwrap().unwrap();
+    let mut upgraded = Record::decode(&stored.bytes).unwrap();
+    upgraded.wrapped_without_context = false;
+    let version = store
+        .compare_and_swap(&id, stored.version, upgraded.encode())
+        .await
+        .unwrap();
+    assert_ne!(version, stored.version);
+    let again = store
+        .compare_and_swap(&id, Version::new(0), upgraded.encode())
+        .await;
+    assert!(matches!(again, Err(StoreError::PreconditionFailed { .. })));
+    client
+        .delete_table()
+        .table_name(&config.table_name)
+        .send()
+        .await
+        .unwrap();
+}
