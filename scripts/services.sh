@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Local test services for RKMS, on loopback only.
 #
-#   scripts/services.sh start   install what is missing, start the services, write .test-services/env
-#   scripts/services.sh stop    stop everything this script started
+#   scripts/services.sh install   install what tests and builds need (apt, PyPI) if missing
+#   scripts/services.sh start     install, start the services, write .test-services/env
+#   scripts/services.sh stop      stop the services this script started
 #
-# Emulated KMS regions: one moto_server process per region (moto keeps its state in memory,
-# so each region is its own process), with a symmetric key and alias/rkms-<region> created
-# through the AWS API. Tests read the endpoints from .test-services/env:
-#   source .test-services/env
+# Services, each skipped when its variable is already set in the environment:
+#   RKMS_TEST_POSTGRES_URL       PostgreSQL 127.0.0.1:5432 (started if down), database rkms_test
+#   RKMS_TEST_REDIS_URL          Redis 127.0.0.1:6379 (started if down)
+#   RKMS_TEST_ETCD_ENDPOINTS     etcd (Debian etcd-server) on 127.0.0.1:23790, throwaway data dir
+#   RKMS_TEST_DYNAMODB_ENDPOINT  moto_server on 127.0.0.1:45610 (DynamoDB API)
+#   RKMS_TEST_KMS_REGIONS / RKMS_TEST_KMS_ENDPOINTS
+#                                one moto_server per emulated KMS region on 127.0.0.1:45601..,
+#                                each with a symmetric key and alias/rkms-<region>
+# Tests read them after `source .test-services/env`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATE=.test-services
 KMS_REGIONS=(us-east-1 us-east-2 us-west-1)
 KMS_BASE_PORT=${RKMS_KMS_BASE_PORT:-45601}
+DYNAMODB_PORT=${RKMS_DYNAMODB_PORT:-45610}
+ETCD_PORT=${RKMS_ETCD_PORT:-23790}
+ETCD_PEER_PORT=$((ETCD_PORT + 10))
 
 log() { printf '[services] %s\n' "$*"; }
 
@@ -21,7 +30,7 @@ port_open() { python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(0.5
 
 wait_for_port() {
     local port=$1 name=$2
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 150); do
         port_open "$port" && return 0
         sleep 0.2
     done
@@ -29,23 +38,96 @@ wait_for_port() {
     return 1
 }
 
-install_moto() {
+require_free() {
+    if port_open "$1"; then
+        echo "[services] port $1 is already in use; run scripts/services.sh stop, or free the port" >&2
+        return 1
+    fi
+}
+
+APT_UPDATED=no
+apt_install() {
+    if [ "$APT_UPDATED" = no ]; then
+        log "apt-get update"
+        apt-get update -qq
+        APT_UPDATED=yes
+    fi
+    log "installing $* from Debian"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+install() {
+    command -v protoc >/dev/null || apt_install protobuf-compiler   # etcd-client's build
+    command -v etcd >/dev/null || apt_install etcd-server
+    command -v redis-server >/dev/null || apt_install redis-server
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
     if ! python3 -c 'import moto.server, boto3' 2>/dev/null; then
         log "installing moto[server] from PyPI"
         python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
     fi
 }
 
+# Runs a command in the background, recording its pid for stop.
+spawn() {
+    local name=$1
+    shift
+    "$@" >"$STATE/$name.log" 2>&1 &
+    echo $! >"$STATE/$name.pid"
+}
+
+env_line() { echo "export $1=$2" >>"$STATE/env"; }
+
+start_postgres() {
+    if [ -n "${RKMS_TEST_POSTGRES_URL:-}" ]; then env_line RKMS_TEST_POSTGRES_URL "$RKMS_TEST_POSTGRES_URL"; return; fi
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        log "starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+        wait_for_port 5432 postgres
+    fi
+    if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'rkms_test'" | grep -q 1; then
+        createdb -h 127.0.0.1 -U postgres rkms_test
+    fi
+    env_line RKMS_TEST_POSTGRES_URL "postgres://postgres@127.0.0.1:5432/rkms_test"
+}
+
+start_redis() {
+    if [ -n "${RKMS_TEST_REDIS_URL:-}" ]; then env_line RKMS_TEST_REDIS_URL "$RKMS_TEST_REDIS_URL"; return; fi
+    if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+        log "starting Redis"
+        mkdir -p /var/lib/redis /var/log/redis
+        redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+            --dir /var/lib/redis --logfile /var/log/redis/ci.log
+        wait_for_port 6379 redis
+    fi
+    env_line RKMS_TEST_REDIS_URL "redis://127.0.0.1:6379/"
+}
+
+start_etcd() {
+    if [ -n "${RKMS_TEST_ETCD_ENDPOINTS:-}" ]; then env_line RKMS_TEST_ETCD_ENDPOINTS "$RKMS_TEST_ETCD_ENDPOINTS"; return; fi
+    require_free "$ETCD_PORT"
+    rm -rf "$STATE/etcd-data"
+    spawn etcd etcd --name rkms-test --data-dir "$STATE/etcd-data" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster "rkms-test=http://127.0.0.1:$ETCD_PEER_PORT"
+    wait_for_port "$ETCD_PORT" etcd
+    env_line RKMS_TEST_ETCD_ENDPOINTS "http://127.0.0.1:$ETCD_PORT"
+}
+
+start_dynamodb() {
+    if [ -n "${RKMS_TEST_DYNAMODB_ENDPOINT:-}" ]; then env_line RKMS_TEST_DYNAMODB_ENDPOINT "$RKMS_TEST_DYNAMODB_ENDPOINT"; return; fi
+    require_free "$DYNAMODB_PORT"
+    spawn dynamodb python3 -m moto.server -H 127.0.0.1 -p "$DYNAMODB_PORT"
+    wait_for_port "$DYNAMODB_PORT" dynamodb
+    env_line RKMS_TEST_DYNAMODB_ENDPOINT "http://127.0.0.1:$DYNAMODB_PORT"
+}
+
 start_kms_regions() {
     local endpoints=() port i
     for i in "${!KMS_REGIONS[@]}"; do
         port=$((KMS_BASE_PORT + i))
-        if port_open "$port"; then
-            echo "[services] port $port is already in use; stop the old services (scripts/services.sh stop) or set RKMS_KMS_BASE_PORT" >&2
-            return 1
-        fi
-        python3 -m moto.server -H 127.0.0.1 -p "$port" >"$STATE/kms-${KMS_REGIONS[$i]}.log" 2>&1 &
-        echo $! >"$STATE/kms-${KMS_REGIONS[$i]}.pid"
+        require_free "$port"
+        spawn "kms-${KMS_REGIONS[$i]}" python3 -m moto.server -H 127.0.0.1 -p "$port"
         endpoints+=("http://127.0.0.1:$port")
     done
     for i in "${!KMS_REGIONS[@]}"; do
@@ -55,24 +137,26 @@ start_kms_regions() {
     regions_csv=$(IFS=,; echo "${KMS_REGIONS[*]}")
     endpoints_csv=$(IFS=,; echo "${endpoints[*]}")
     AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test python3 scripts/kms_setup.py "$regions_csv" "$endpoints_csv"
-    cat >>"$STATE/env" <<ENV
-export RKMS_TEST_KMS_REGIONS=$regions_csv
-export RKMS_TEST_KMS_ENDPOINTS=$endpoints_csv
-ENV
-    log "KMS regions ${KMS_REGIONS[*]} on ports $KMS_BASE_PORT.. with alias/rkms-<region>"
+    env_line RKMS_TEST_KMS_REGIONS "$regions_csv"
+    env_line RKMS_TEST_KMS_ENDPOINTS "$endpoints_csv"
 }
 
 start() {
     stop
+    install
     mkdir -p "$STATE"
-    # Static credentials: the SDK must never fall through to instance metadata in tests.
+    # Static credentials: the AWS SDK must never fall through to instance metadata in tests.
     cat >"$STATE/env" <<ENV
 export AWS_ACCESS_KEY_ID=test
 export AWS_SECRET_ACCESS_KEY=test
 export AWS_EC2_METADATA_DISABLED=true
 ENV
-    install_moto
+    start_postgres
+    start_redis
+    start_etcd
+    start_dynamodb
     start_kms_regions
+    log "ready; source $STATE/env"
 }
 
 stop() {
@@ -89,7 +173,8 @@ stop() {
 }
 
 case "${1:-}" in
+    install) install ;;
     start) start ;;
     stop) stop; log "stopped" ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole RKMS test suite, on a fresh machine: checks the toolchain, installs and starts the
-# local test services (scripts/services.sh: emulated KMS regions on loopback), lints and tests
-# every crate, and stops the services on exit.
+# local test services (scripts/services.sh: PostgreSQL, Redis, etcd, DynamoDB and three KMS
+# regions emulated by moto, all on loopback), lints and tests every crate, and stops the
+# services it started on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ for tool in cargo rustc cargo-clippy rustfmt; do
     command -v "$tool" >/dev/null || { echo "missing $tool: install the Rust toolchain with clippy and rustfmt (rustup)" >&2; exit 1; }
 done
 cargo --version
+
+step "prerequisites"
+scripts/services.sh install
 
 step "format"
 cargo fmt --all --check
