@@ -59,6 +59,7 @@ mod kms;
 mod local_kms;
 mod memory;
 mod record;
+mod redact;
 mod secret;
 mod service;
 mod store;
@@ -69,6 +70,7 @@ pub use kms::{GeneratedKey, Kms, KmsError};
 pub use local_kms::{KeyringError, LocalKeyring, LocalKms};
 pub use memory::MemoryStore;
 pub use record::{Record, RecordError, WrappedCopy, RECORD_FORMAT};
+pub use redact::redact_url_password;
 pub use secret::DataKey;
 pub use service::{
     BuildError, IssuedKey, KeyService, KeyServiceBuilder, KmsAction, ServiceError, ServiceOptions,

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use rkms_core::redact_url_password;
+
 /// Settings of a [`crate::PostgresStore`].
 #[derive(Clone)]
 pub struct PostgresConfig {
@@ -32,25 +34,11 @@ impl PostgresConfig {
 impl fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig")
-            .field("url", &redact_password(&self.url))
+            .field("url", &redact_url_password(&self.url))
             .field("schema", &self.schema)
             .field("max_connections", &self.max_connections)
             .field("operation_timeout", &self.operation_timeout)
             .finish()
-    }
-}
-
-/// `scheme://user:secret@host` becomes `scheme://user:***@host`.
-pub(crate) fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -64,6 +52,5 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(printed.contains("rkms:***@db:5432/keys"), "{printed}");
         assert!(!printed.contains("hunter2"));
-        assert_eq!(redact_password("postgres://db/keys"), "postgres://db/keys");
     }
 }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use rkms_core::redact_url_password;
+
 /// Settings of a [`crate::RedisStore`].
 #[derive(Clone)]
 pub struct RedisConfig {
@@ -29,16 +31,8 @@ impl RedisConfig {
 /// Prints the URL without its password.
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = match self
-            .url
-            .split_once("://")
-            .and_then(|(s, rest)| Some((s, rest.rsplit_once('@')?)))
-        {
-            Some((scheme, (_, host))) => format!("{scheme}://***@{host}"),
-            None => self.url.clone(),
-        };
         f.debug_struct("RedisConfig")
-            .field("url", &url)
+            .field("url", &redact_url_password(&self.url))
             .field("prefix", &self.prefix)
             .field("operation_timeout", &self.operation_timeout)
             .finish()
@@ -52,7 +46,7 @@ mod tests {
     #[test]
     fn debug_hides_the_password() {
         let printed = format!("{:?}", RedisConfig::new("redis://:hunter2@cache:6379/0"));
-        assert!(printed.contains("redis://***@cache:6379/0"), "{printed}");
+        assert!(printed.contains("redis://:***@cache:6379/0"), "{printed}");
         assert!(!printed.contains("hunter2"));
     }
 }
