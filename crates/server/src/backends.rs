@@ -6,7 +6,7 @@ use rkms_core::{Kms, LocalKeyring, Store};
 
 use crate::config::{KmsSettings, RegionSettings, StoreSettings};
 
-/// Opens the configured store.
+/// Opens the configured store. A store whose cargo feature is off is refused by name.
 pub async fn open_store(settings: &StoreSettings) -> Result<Arc<dyn Store>, String> {
     match settings {
         #[cfg(feature = "sqlite")]
@@ -18,17 +18,87 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Arc<dyn Store>, Stri
             let mut config = rkms_store_sqlite::SqliteConfig::new(path);
             config.busy_timeout = *busy_timeout;
             config.max_connections = *max_connections;
-            let store = rkms_store_sqlite::SqliteStore::open(&config)
-                .await
-                .map_err(|e| format!("cannot open the SQLite store at {}: {e}", path.display()))?;
-            Ok(Arc::new(store))
+            opened(
+                settings,
+                rkms_store_sqlite::SqliteStore::open(&config).await,
+            )
         }
-        #[cfg(not(feature = "sqlite"))]
-        StoreSettings::Sqlite { .. } => Err(
-            "the sqlite store is not compiled into this build; rebuild with `--features sqlite`"
-                .into(),
-        ),
+        #[cfg(feature = "postgres")]
+        StoreSettings::Postgres {
+            url,
+            schema,
+            max_connections,
+            timeout,
+        } => {
+            let mut config = rkms_store_postgres::PostgresConfig::new(url.expose());
+            config.schema = schema.clone();
+            config.max_connections = *max_connections;
+            config.operation_timeout = *timeout;
+            opened(
+                settings,
+                rkms_store_postgres::PostgresStore::open(&config).await,
+            )
+        }
+        #[cfg(feature = "redis")]
+        StoreSettings::Redis {
+            url,
+            prefix,
+            timeout,
+        } => {
+            let mut config = rkms_store_redis::RedisConfig::new(url.expose());
+            config.prefix = prefix.clone();
+            config.operation_timeout = *timeout;
+            opened(settings, rkms_store_redis::RedisStore::open(&config).await)
+        }
+        #[cfg(feature = "etcd")]
+        StoreSettings::Etcd {
+            endpoints,
+            prefix,
+            timeout,
+        } => {
+            let mut config = rkms_store_etcd::EtcdConfig::new(endpoints.clone());
+            config.prefix = prefix.clone();
+            config.operation_timeout = *timeout;
+            opened(settings, rkms_store_etcd::EtcdStore::open(&config).await)
+        }
+        #[cfg(feature = "dynamodb")]
+        StoreSettings::DynamoDb {
+            table_name,
+            region,
+            endpoint,
+            create_table,
+            timeout,
+        } => {
+            let mut config = rkms_store_dynamodb::DynamoDbConfig::new(table_name, region);
+            config.endpoint = endpoint.clone();
+            config.create_table = *create_table;
+            config.operation_timeout = *timeout;
+            opened(
+                settings,
+                rkms_store_dynamodb::DynamoDbStore::open(&config).await,
+            )
+        }
+        #[allow(
+            unreachable_patterns,
+            reason = "reached only when some store feature is off"
+        )]
+        other => Err(not_compiled_in("store", other.feature())),
     }
+}
+
+#[allow(dead_code, reason = "unused only when every store feature is off")]
+fn opened<S: Store + 'static>(
+    settings: &StoreSettings,
+    result: Result<S, rkms_core::StoreError>,
+) -> Result<Arc<dyn Store>, String> {
+    match result {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(e) => Err(format!("cannot open the {} store: {e}", settings.feature())),
+    }
+}
+
+fn not_compiled_in(what: &str, feature: &str) -> String {
+    format!("the {feature} {what} is not compiled into this build; rebuild rkms-server with `--features {feature}` (or `--features full`)")
 }
 
 /// Opens one KMS client per configured region, in order of preference.
@@ -69,9 +139,25 @@ pub async fn open_regions(
             Ok(opened)
         }
         #[cfg(not(feature = "aws"))]
-        KmsSettings::Aws { .. } => Err(
-            "the aws KMS provider is not compiled into this build; rebuild with `--features aws`"
-                .into(),
-        ),
+        KmsSettings::Aws { .. } => Err(not_compiled_in("KMS provider", "aws")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs in builds without the postgres feature, such as `--no-default-features`.
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn a_store_not_compiled_in_is_refused_by_feature_name() {
+        let settings = StoreSettings::Postgres {
+            url: crate::config::ConnectionUrl::from("postgres://db/keys"),
+            schema: "public".into(),
+            max_connections: 1,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let message = open_store(&settings).await.err().expect("refused");
+        assert!(message.contains("--features postgres"), "{message}");
     }
 }

@@ -78,6 +78,9 @@ async fn run(settings: Settings) -> Result<(), String> {
              Do not use this for real keys."
         );
     }
+    for notice in &settings.notices {
+        warn!("{notice}");
+    }
     let store = open_store(&settings.store).await?;
     let regions = open_regions(&settings.kms, &settings.regions).await?;
     if regions.len() < 2 {

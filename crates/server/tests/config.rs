@@ -47,11 +47,7 @@ fn refusal(text: &str) -> String {
 
 #[test]
 fn the_original_file_means_aws_kms_in_every_region() {
-    // Its [dynamodb] section chooses the DynamoDB store, which this version does not have yet;
-    // everything else loads as written.
-    let message = refusal(ORIGINAL);
-    assert!(message.contains("dynamodb"), "{message}");
-    let settings = parse(ORIGINAL.split("[dynamodb]").next().unwrap()).unwrap();
+    let settings = parse(ORIGINAL).unwrap();
     assert_eq!(
         settings.listen,
         "0.0.0.0:8080".parse::<SocketAddr>().unwrap(),
@@ -91,6 +87,83 @@ fn the_original_file_means_aws_kms_in_every_region() {
         (1000, 2000, 2)
     );
     assert_eq!(settings.service.kms_timeout, operation_timeout);
+    let StoreSettings::DynamoDb {
+        table_name,
+        region,
+        endpoint,
+        create_table,
+        ..
+    } = &settings.store
+    else {
+        panic!(
+            "the original's [dynamodb] section selects the DynamoDB store: {:?}",
+            settings.store
+        );
+    };
+    assert_eq!(
+        (table_name.as_str(), region.as_str()),
+        ("rkms_keys", "us-east-1")
+    );
+    assert_eq!((endpoint, create_table), (&None, &false));
+    assert_eq!(
+        settings.notices.len(),
+        1,
+        "the cache keys are reported as having no effect"
+    );
+    assert!(settings.notices[0].contains("cache_expiration_in_minutes"));
+}
+
+#[test]
+fn every_store_backend_is_read() {
+    let store = |section: &str| parse(&format!("{LOCAL}[store]\n{section}")).unwrap().store;
+    let StoreSettings::Postgres { url, schema, max_connections, timeout } =
+        store("backend = \"postgres\"\nurl = \"postgres://rkms:hunter2@db/keys\"\nschema = \"rkms\"\nmax_connections = 3\ntimeout_ms = 900\n")
+    else {
+        panic!("postgres");
+    };
+    assert_eq!(
+        (
+            url.expose(),
+            schema.as_str(),
+            max_connections,
+            timeout.as_millis()
+        ),
+        ("postgres://rkms:hunter2@db/keys", "rkms", 3, 900)
+    );
+    assert!(
+        !format!("{url:?}").contains("hunter2"),
+        "Debug hides the password"
+    );
+    let StoreSettings::Redis { prefix, .. } =
+        store("backend = \"redis\"\nurl = \"redis://cache/\"\n")
+    else {
+        panic!("redis")
+    };
+    assert_eq!(prefix, "rkms:");
+    let StoreSettings::Etcd { endpoints, prefix, .. } =
+        store("backend = \"etcd\"\nendpoints = [\"http://a:2379\", \"http://b:2379\"]\nprefix = \"keys/\"\n")
+    else {
+        panic!("etcd")
+    };
+    assert_eq!((endpoints.len(), prefix.as_str()), (2, "keys/"));
+    let StoreSettings::DynamoDb { endpoint, create_table, .. } = store(
+        "backend = \"dynamodb\"\ntable_name = \"t\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:8000\"\ncreate_table = true\n",
+    ) else {
+        panic!("dynamodb")
+    };
+    assert_eq!(
+        (endpoint.as_deref(), create_table),
+        (Some("http://127.0.0.1:8000"), true)
+    );
+    let settings = parse(&format!(
+        "{LOCAL}[store]\nbackend = \"redis\"\nurl = \"redis://c/\"\ntimeout_ms = 750\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        settings.service.store_timeout.as_millis(),
+        750,
+        "the protocol follows the store's bound"
+    );
 }
 
 #[test]
@@ -150,7 +223,9 @@ fn the_original_sections_keep_their_meaning_with_the_local_provider() {
     assert_eq!(settings.service.data_key_len, 24);
     assert_eq!(settings.regions[0].key_id, "alias/rkms-us-east-1");
     assert!(!settings.development_mode);
-    let StoreSettings::Sqlite { path, .. } = &settings.store;
+    let StoreSettings::Sqlite { path, .. } = &settings.store else {
+        panic!("SQLite by default");
+    };
     assert_eq!(path, Path::new("/var/lib/rkms/rkms.sqlite3"));
     let KmsSettings::Local { keyring_path } = &settings.kms else {
         panic!("local provider");
@@ -197,7 +272,10 @@ fn new_sections_are_read() {
         path,
         busy_timeout,
         max_connections,
-    } = &settings.store;
+    } = &settings.store
+    else {
+        panic!("SQLite");
+    };
     assert_eq!(
         (
             path.to_str().unwrap(),
@@ -240,12 +318,18 @@ fn invalid_values_are_refused_by_name() {
         ("[kms]\nregions = [\"a\"]\n".into(), "kms.key_ids"),
         ("[kms]\nprovider = \"vault\"\nregions = [\"a\"]\nkey_ids = { a = \"k\" }\n".into(), "kms.provider"),
         ("[server]\nport = 1\n".into(), "kms"),
-        (format!("{LOCAL}[store]\nbackend = \"postgres\"\n"), "store.backend"),
+        (format!("{LOCAL}[store]\nbackend = \"postgres\"\n"), "url"),
+        (format!("{LOCAL}[store]\nbackend = \"redis\"\nurl = \"redis://c/\"\nprefix = \"\"\n"), "store.prefix"),
+        (format!("{LOCAL}[store]\nbackend = \"etcd\"\nendpoints = []\n"), "store.endpoints"),
+        (format!("{LOCAL}[store]\nbackend = \"etcd\"\nendpoints = [\"http://a\"]\nurl = \"x\"\n"), "url"),
+        (format!("{LOCAL}[store]\nbackend = \"dynamodb\"\ntable_name = \"t\"\n"), "region"),
+        (format!("{LOCAL}[store]\nbackend = \"postgres\"\nurl = \"x\"\ntimeout_ms = 0\n"), "store.timeout_ms"),
+        (format!("{LOCAL}[dynamodb]\nregion = \"x\"\ntable_name = \"t\"\ncolour = 1\n"), "colour"),
         (format!("{LOCAL}[store]\nbackend = \"floppy\"\n"), "store.backend"),
         (format!("{LOCAL}[store]\npath = \"x\"\n"), "store.backend"),
         (format!("{LOCAL}[store]\nbackend = \"sqlite\"\nmax_connections = 0\n"), "store.max_connections"),
         (format!("{LOCAL}[store]\nbackend = \"sqlite\"\n[dynamodb]\nregion = \"x\"\ntable_name = \"t\"\n"), "store"),
-        (format!("{LOCAL}[dynamodb]\nregion = \"x\"\ntable_name = \"t\"\n"), "dynamodb"),
+
         (format!("{LOCAL}[kms.endpoints]\na = \"http://127.0.0.1:1\"\n"), "kms.endpoints"),
         (format!("{LOCAL}max_attempts = 2\n"), "kms.max_attempts"),
         (format!("{LOCAL}connect_timeout_ms = 2\n"), "kms.connect_timeout_ms"),
@@ -276,6 +360,8 @@ fn the_development_default_is_loopback_sqlite_and_three_local_regions() {
     );
     assert_eq!(settings.key_path, "/api/v1/key");
     assert_eq!(settings.regions.len(), 3);
-    let StoreSettings::Sqlite { path, .. } = &settings.store;
+    let StoreSettings::Sqlite { path, .. } = &settings.store else {
+        panic!("SQLite by default");
+    };
     assert_eq!(path, Path::new("data/rkms.sqlite3"));
 }

@@ -5,14 +5,21 @@
 //! table_name`. New keys choose the store (`[store]`), the KMS provider and timeouts. Unknown
 //! keys and invalid values are refused with a message that names them.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rkms_core::{ServiceOptions, MAX_DATA_KEY_LEN};
 use serde::Deserialize;
+
+mod kms;
+mod store;
+
+pub use kms::{KmsSettings, RegionSettings};
+pub use store::{ConnectionUrl, StoreSettings};
+
+use kms::{default_local_key, resolve_provider, resolve_regions, KmsSection};
+use store::{resolve_original_dynamodb, resolve_store, sqlite_defaults};
 
 /// Regions of the embedded development default.
 pub const DEVELOPMENT_REGIONS: [&str; 3] = ["local-1", "local-2", "local-3"];
@@ -70,7 +77,7 @@ struct FileConfig {
     logger: LoggerSection,
     kms: Option<KmsSection>,
     store: Option<toml::Table>,
-    /// The original's DynamoDB store; refused until that store exists.
+    /// The original's section, which alone selects the DynamoDB store.
     dynamodb: Option<toml::Table>,
 }
 
@@ -109,30 +116,6 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KmsSection {
-    provider: Option<String>,
-    regions: Vec<String>,
-    #[serde(default)]
-    key_ids: BTreeMap<String, String>,
-    data_key_size_in_bytes: Option<usize>,
-    keyring_path: Option<PathBuf>,
-    timeout_ms: Option<u64>,
-    connect_timeout_ms: Option<u64>,
-    max_attempts: Option<u32>,
-    #[serde(default)]
-    endpoints: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SqliteSection {
-    path: Option<PathBuf>,
-    busy_timeout_ms: Option<u64>,
-    max_connections: Option<u32>,
-}
-
 /// Everything the server needs, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -154,60 +137,8 @@ pub struct Settings {
     pub service: ServiceOptions,
     /// True for the embedded default started without a configuration file.
     pub development_mode: bool,
-}
-
-/// Which store to open.
-#[derive(Debug, Clone)]
-pub enum StoreSettings {
-    /// One SQLite file.
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-        /// Wait for another process's lock.
-        busy_timeout: Duration,
-        /// Pool size.
-        max_connections: u32,
-    },
-}
-
-/// Which KMS provider serves the regions.
-#[derive(Debug, Clone)]
-pub enum KmsSettings {
-    /// Software master keys in a keyring file.
-    Local {
-        /// The keyring file.
-        keyring_path: PathBuf,
-    },
-    /// AWS KMS through aws-sdk-kms.
-    Aws {
-        /// Longest wait to connect to a region's endpoint.
-        connect_timeout: Duration,
-        /// Longest one call may take, retries included (also the core's KMS timeout).
-        operation_timeout: Duration,
-        /// Attempts per call, the first included.
-        max_attempts: u32,
-    },
-}
-
-/// One region and its master key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegionSettings {
-    /// The region's name.
-    pub name: String,
-    /// Its master key (key id, ARN, alias, or a keyring name for the local provider).
-    pub key_id: String,
-    /// An endpoint URL instead of the region's default (AWS provider only).
-    pub endpoint: Option<String>,
-}
-
-impl fmt::Display for RegionSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name, self.key_id)?;
-        match &self.endpoint {
-            Some(endpoint) => write!(f, " at {endpoint}"),
-            None => Ok(()),
-        }
-    }
+    /// Things about the configuration worth a line in the log at start.
+    pub notices: Vec<String>,
 }
 
 impl Settings {
@@ -232,6 +163,7 @@ impl Settings {
                 .collect(),
             service: ServiceOptions::default(),
             development_mode: true,
+            notices: Vec::new(),
         }
     }
 
@@ -316,6 +248,7 @@ impl Settings {
             ServiceOptions::default().kms_timeout,
         )?;
         let kms_settings = resolve_provider(&kms, kms_timeout, data_dir)?;
+        let mut notices = Vec::new();
         let store = match (file.store, file.dynamodb) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -323,11 +256,10 @@ impl Settings {
                     "[store] and [dynamodb] both choose a store; keep one",
                 ));
             }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "dynamodb",
-                    "the DynamoDB store is not supported by this version of rkms-server yet",
-                ));
+            (None, Some(table)) => {
+                let (store, notice) = resolve_original_dynamodb(table)?;
+                notices.extend(notice);
+                store
             }
             (None, None) => sqlite_defaults(data_dir),
             (Some(table), None) => resolve_store(table, data_dir)?,
@@ -336,6 +268,9 @@ impl Settings {
         let mut service = development.service.clone();
         service.data_key_len = data_key_len;
         service.kms_timeout = kms_timeout;
+        if let Some(timeout) = store.timeout() {
+            service.store_timeout = timeout;
+        }
         service.request_deadline = positive_ms(
             "server.request_timeout_ms",
             file.server.request_timeout_ms,
@@ -352,24 +287,13 @@ impl Settings {
             regions,
             service,
             development_mode: false,
+            notices,
         })
     }
 }
 
 fn key_path(api_version: &str) -> String {
     format!("/api/{api_version}/key")
-}
-
-fn default_local_key(region: &str) -> String {
-    format!("rkms-{region}")
-}
-
-fn sqlite_defaults(data_dir: &Path) -> StoreSettings {
-    StoreSettings::Sqlite {
-        path: data_dir.join(SQLITE_FILE),
-        busy_timeout: Duration::from_secs(5),
-        max_connections: 4,
-    }
 }
 
 fn positive_ms(
@@ -400,166 +324,4 @@ fn normalize_level(level: &str) -> Result<String, ConfigError> {
         }
     };
     Ok(normalized.to_owned())
-}
-
-fn resolve_regions(kms: &KmsSection) -> Result<Vec<RegionSettings>, ConfigError> {
-    if kms.regions.is_empty() {
-        return Err(invalid("kms.regions", "at least one region is required"));
-    }
-    let mut seen = BTreeSet::new();
-    for region in &kms.regions {
-        let valid = !region.is_empty()
-            && region.len() <= 64
-            && region
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !valid {
-            return Err(invalid(
-                "kms.regions",
-                format!("{region:?} is not a region name (1-64 letters, digits, '-', '_', '.')"),
-            ));
-        }
-        if !seen.insert(region.as_str()) {
-            return Err(invalid(
-                "kms.regions",
-                format!("region {region:?} is listed twice"),
-            ));
-        }
-    }
-    let local = kms.provider.as_deref() == Some("local");
-    if !(local && kms.key_ids.is_empty()) {
-        // The original's rule: every region has exactly one key id, and none is left over.
-        if let Some(region) = kms
-            .regions
-            .iter()
-            .find(|r| kms.key_ids.get(*r).is_none_or(String::is_empty))
-        {
-            return Err(invalid(
-                "kms.key_ids",
-                format!("region {region:?} is in kms.regions but has no key id"),
-            ));
-        }
-        if let Some(extra) = kms.key_ids.keys().find(|k| !seen.contains(k.as_str())) {
-            return Err(invalid(
-                "kms.key_ids",
-                format!("{extra:?} has a key id but is not in kms.regions"),
-            ));
-        }
-    }
-    for (region, endpoint) in &kms.endpoints {
-        if !seen.contains(region.as_str()) {
-            return Err(invalid(
-                "kms.endpoints",
-                format!("{region:?} has an endpoint but is not in kms.regions"),
-            ));
-        }
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(invalid(
-                "kms.endpoints",
-                format!("the endpoint of {region:?} must be an http:// or https:// URL"),
-            ));
-        }
-    }
-    Ok(kms
-        .regions
-        .iter()
-        .map(|r| RegionSettings {
-            name: r.clone(),
-            key_id: kms
-                .key_ids
-                .get(r)
-                .cloned()
-                .unwrap_or_else(|| default_local_key(r)),
-            endpoint: kms.endpoints.get(r).cloned(),
-        })
-        .collect())
-}
-
-/// Reads the provider and refuses keys that belong to the other one.
-fn resolve_provider(
-    kms: &KmsSection,
-    operation_timeout: Duration,
-    data_dir: &Path,
-) -> Result<KmsSettings, ConfigError> {
-    let only_for = |key: &'static str, set: bool, provider: &str| {
-        if set {
-            Err(invalid(
-                key,
-                format!("applies to provider = \"{provider}\" only"),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    match kms.provider.as_deref().unwrap_or("aws") {
-        "aws" => {
-            only_for("kms.keyring_path", kms.keyring_path.is_some(), "local")?;
-            let max_attempts = kms.max_attempts.unwrap_or(2);
-            if !(1..=5).contains(&max_attempts) {
-                return Err(invalid(
-                    "kms.max_attempts",
-                    format!("{max_attempts} is out of range 1..=5"),
-                ));
-            }
-            Ok(KmsSettings::Aws {
-                connect_timeout: positive_ms(
-                    "kms.connect_timeout_ms",
-                    kms.connect_timeout_ms,
-                    Duration::from_secs(1),
-                )?,
-                operation_timeout,
-                max_attempts,
-            })
-        }
-        "local" => {
-            only_for("kms.endpoints", !kms.endpoints.is_empty(), "aws")?;
-            only_for(
-                "kms.connect_timeout_ms",
-                kms.connect_timeout_ms.is_some(),
-                "aws",
-            )?;
-            only_for("kms.max_attempts", kms.max_attempts.is_some(), "aws")?;
-            Ok(KmsSettings::Local {
-                keyring_path: kms
-                    .keyring_path
-                    .clone()
-                    .unwrap_or_else(|| data_dir.join(KEYRING_FILE)),
-            })
-        }
-        other => Err(invalid(
-            "kms.provider",
-            format!("unknown provider {other:?}; expected \"aws\" or \"local\""),
-        )),
-    }
-}
-
-fn resolve_store(mut table: toml::Table, data_dir: &Path) -> Result<StoreSettings, ConfigError> {
-    let backend = match table.remove("backend") {
-        Some(toml::Value::String(name)) => name,
-        Some(_) => return Err(invalid("store.backend", "must be a string")),
-        None => return Err(invalid("store.backend", "is required (\"sqlite\")")),
-    };
-    let parse_error = |e: toml::de::Error| ConfigError::Parse {
-        section: "[store]".into(),
-        message: e.message().to_owned(),
-    };
-    match backend.as_str() {
-        "sqlite" => {
-            let section: SqliteSection = table.try_into().map_err(parse_error)?;
-            let StoreSettings::Sqlite { path, busy_timeout, max_connections } = sqlite_defaults(data_dir);
-            if section.max_connections == Some(0) {
-                return Err(invalid("store.max_connections", "must be greater than zero"));
-            }
-            Ok(StoreSettings::Sqlite {
-                path: section.path.unwrap_or(path),
-                busy_timeout: positive_ms("store.busy_timeout_ms", section.busy_timeout_ms, busy_timeout)?,
-                max_connections: section.max_connections.unwrap_or(max_connections),
-            })
-        }
-        "postgres" | "redis" | "etcd" | "dynamodb" => Err(invalid(
-            "store.backend",
-            format!("{backend:?} is not supported by this version of rkms-server yet; supported: \"sqlite\""),
-        )),
-        other => Err(invalid("store.backend", format!("unknown backend {other:?}; supported: \"sqlite\""))),
-    }
 }

@@ -1,0 +1,201 @@
+//! The `[kms]` section: provider, regions and their master keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, positive_ms, ConfigError, KEYRING_FILE};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KmsSection {
+    pub(super) provider: Option<String>,
+    pub(super) regions: Vec<String>,
+    #[serde(default)]
+    key_ids: BTreeMap<String, String>,
+    pub(super) data_key_size_in_bytes: Option<usize>,
+    keyring_path: Option<PathBuf>,
+    pub(super) timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    endpoints: BTreeMap<String, String>,
+}
+
+/// Which KMS provider serves the regions.
+#[derive(Debug, Clone)]
+pub enum KmsSettings {
+    /// Software master keys in a keyring file.
+    Local {
+        /// The keyring file.
+        keyring_path: PathBuf,
+    },
+    /// AWS KMS through aws-sdk-kms.
+    Aws {
+        /// Longest wait to connect to a region's endpoint.
+        connect_timeout: Duration,
+        /// Longest one call may take, retries included (also the core's KMS timeout).
+        operation_timeout: Duration,
+        /// Attempts per call, the first included.
+        max_attempts: u32,
+    },
+}
+
+/// One region and its master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionSettings {
+    /// The region's name.
+    pub name: String,
+    /// Its master key (key id, ARN, alias, or a keyring name for the local provider).
+    pub key_id: String,
+    /// An endpoint URL instead of the region's default (AWS provider only).
+    pub endpoint: Option<String>,
+}
+
+impl fmt::Display for RegionSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.key_id)?;
+        match &self.endpoint {
+            Some(endpoint) => write!(f, " at {endpoint}"),
+            None => Ok(()),
+        }
+    }
+}
+
+pub(super) fn default_local_key(region: &str) -> String {
+    format!("rkms-{region}")
+}
+
+pub(super) fn resolve_regions(kms: &KmsSection) -> Result<Vec<RegionSettings>, ConfigError> {
+    if kms.regions.is_empty() {
+        return Err(invalid("kms.regions", "at least one region is required"));
+    }
+    let mut seen = BTreeSet::new();
+    for region in &kms.regions {
+        let valid = !region.is_empty()
+            && region.len() <= 64
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid {
+            return Err(invalid(
+                "kms.regions",
+                format!("{region:?} is not a region name (1-64 letters, digits, '-', '_', '.')"),
+            ));
+        }
+        if !seen.insert(region.as_str()) {
+            return Err(invalid(
+                "kms.regions",
+                format!("region {region:?} is listed twice"),
+            ));
+        }
+    }
+    let local = kms.provider.as_deref() == Some("local");
+    if !(local && kms.key_ids.is_empty()) {
+        // The original's rule: every region has exactly one key id, and none is left over.
+        if let Some(region) = kms
+            .regions
+            .iter()
+            .find(|r| kms.key_ids.get(*r).is_none_or(String::is_empty))
+        {
+            return Err(invalid(
+                "kms.key_ids",
+                format!("region {region:?} is in kms.regions but has no key id"),
+            ));
+        }
+        if let Some(extra) = kms.key_ids.keys().find(|k| !seen.contains(k.as_str())) {
+            return Err(invalid(
+                "kms.key_ids",
+                format!("{extra:?} has a key id but is not in kms.regions"),
+            ));
+        }
+    }
+    for (region, endpoint) in &kms.endpoints {
+        if !seen.contains(region.as_str()) {
+            return Err(invalid(
+                "kms.endpoints",
+                format!("{region:?} has an endpoint but is not in kms.regions"),
+            ));
+        }
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(invalid(
+                "kms.endpoints",
+                format!("the endpoint of {region:?} must be an http:// or https:// URL"),
+            ));
+        }
+    }
+    Ok(kms
+        .regions
+        .iter()
+        .map(|r| RegionSettings {
+            name: r.clone(),
+            key_id: kms
+                .key_ids
+                .get(r)
+                .cloned()
+                .unwrap_or_else(|| default_local_key(r)),
+            endpoint: kms.endpoints.get(r).cloned(),
+        })
+        .collect())
+}
+
+/// Reads the provider and refuses keys that belong to the other one.
+pub(super) fn resolve_provider(
+    kms: &KmsSection,
+    operation_timeout: Duration,
+    data_dir: &Path,
+) -> Result<KmsSettings, ConfigError> {
+    let only_for = |key: &'static str, set: bool, provider: &str| {
+        if set {
+            Err(invalid(
+                key,
+                format!("applies to provider = \"{provider}\" only"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match kms.provider.as_deref().unwrap_or("aws") {
+        "aws" => {
+            only_for("kms.keyring_path", kms.keyring_path.is_some(), "local")?;
+            let max_attempts = kms.max_attempts.unwrap_or(2);
+            if !(1..=5).contains(&max_attempts) {
+                return Err(invalid(
+                    "kms.max_attempts",
+                    format!("{max_attempts} is out of range 1..=5"),
+                ));
+            }
+            Ok(KmsSettings::Aws {
+                connect_timeout: positive_ms(
+                    "kms.connect_timeout_ms",
+                    kms.connect_timeout_ms,
+                    Duration::from_secs(1),
+                )?,
+                operation_timeout,
+                max_attempts,
+            })
+        }
+        "local" => {
+            only_for("kms.endpoints", !kms.endpoints.is_empty(), "aws")?;
+            only_for(
+                "kms.connect_timeout_ms",
+                kms.connect_timeout_ms.is_some(),
+                "aws",
+            )?;
+            only_for("kms.max_attempts", kms.max_attempts.is_some(), "aws")?;
+            Ok(KmsSettings::Local {
+                keyring_path: kms
+                    .keyring_path
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join(KEYRING_FILE)),
+            })
+        }
+        other => Err(invalid(
+            "kms.provider",
+            format!("unknown provider {other:?}; expected \"aws\" or \"local\""),
+        )),
+    }
+}
