@@ -2,11 +2,8 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
-use futures::future::join_all;
-use support::{get_json, key, Server};
+use support::{assert_servers_converge, get_json, key, Server};
 
 #[tokio::test]
 async fn same_id_same_key_and_different_ids_different_keys() {
@@ -44,48 +41,8 @@ async fn keys_survive_a_restart() {
 async fn three_servers_sharing_a_data_directory_converge_on_one_key_per_id() {
     let dir = tempfile::tempdir().unwrap();
     // Started together, so they also race to create the keyring and the database.
-    let servers: Vec<Server> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| Server::development(dir.path())))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let client = reqwest::Client::new();
-    let ids: Vec<String> = (0..20).map(|i| format!("fresh-{i}")).collect();
-    let requests = ids.iter().flat_map(|id| {
-        servers
-            .iter()
-            .flat_map(move |server| (0..3).map(move |_| (id.clone(), server)))
-    });
-    let results = join_all(requests.map(|(id, server)| {
-        let client = client.clone();
-        async move {
-            let key = key(&client, server, &id).await;
-            (id, key)
-        }
-    }))
-    .await;
-    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (id, key) in results {
-        keys.entry(id).or_default().push(key);
-    }
-    assert_eq!(keys.len(), ids.len());
-    for (id, seen) in &keys {
-        assert_eq!(seen.len(), 9);
-        assert!(
-            seen.iter().all(|k| k == &seen[0]),
-            "id {id} got different keys: {seen:?}"
-        );
-        for server in &servers {
-            assert_eq!(
-                &key(&client, server, id).await,
-                &seen[0],
-                "id {id} read back later"
-            );
-        }
-    }
-    let distinct: std::collections::BTreeSet<&String> = keys.values().map(|v| &v[0]).collect();
-    assert_eq!(distinct.len(), ids.len(), "every id has its own key");
+    let servers = Server::start_together(3, &["--data-dir", dir.path().to_str().unwrap()]);
+    assert_servers_converge(&servers, "fresh").await;
 }
 
 #[tokio::test]

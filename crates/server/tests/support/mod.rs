@@ -66,6 +66,15 @@ impl Server {
         }
     }
 
+    /// Starts `count` servers with the same `args` at the same moment, so they race through
+    /// start-up (keyring, schema, tables) as a fleet would.
+    pub(crate) fn start_together(count: usize, args: &[&str]) -> Vec<Self> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..count).map(|_| s.spawn(|| Self::start(args))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
     /// Starts the embedded development default over `data_dir`.
     pub(crate) fn development(data_dir: &Path) -> Self {
         Self::start(&["--data-dir", data_dir.to_str().unwrap()])
@@ -223,4 +232,49 @@ impl Drop for RegionProxy {
             task.abort();
         }
     }
+}
+
+/// Hits 20 fresh ids (named `<prefix>-<n>`) three times on every server, all at once, and
+/// checks that each id got exactly one key everywhere, also when read back afterwards, and
+/// that no two ids share a key.
+pub(crate) async fn assert_servers_converge(servers: &[Server], prefix: &str) {
+    let client = reqwest::Client::new();
+    let ids: Vec<String> = (0..20).map(|i| format!("{prefix}-{i}")).collect();
+    let requests = ids.iter().flat_map(|id| servers.iter().flat_map(move |server| (0..3).map(move |_| (id, server))));
+    let results = futures::future::join_all(requests.map(|(id, server)| {
+        let client = client.clone();
+        async move { (id.clone(), key(&client, server, id).await) }
+    }))
+    .await;
+    let mut keys: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (id, key) in results {
+        keys.entry(id).or_default().push(key);
+    }
+    assert_eq!(keys.len(), ids.len());
+    for (id, seen) in &keys {
+        assert_eq!(seen.len(), servers.len() * 3);
+        assert!(seen.iter().all(|k| k == &seen[0]), "id {id} got different keys: {seen:?}");
+        for server in servers {
+            assert_eq!(&key(&client, server, id).await, &seen[0], "id {id} read back later");
+        }
+    }
+    let distinct: std::collections::BTreeSet<&String> = keys.values().map(|v| &v[0]).collect();
+    assert_eq!(distinct.len(), ids.len(), "every id has its own key");
+}
+
+/// A service's address from the environment the services script writes, or a panic that says
+/// how to start it.
+pub(crate) fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: start the test services with `scripts/services.sh start && \
+             source .test-services/env` (or run scripts/test.sh)"
+        )
+    })
+}
+
+/// A name unique to this test run, for prefixes, schemas and tables.
+pub(crate) fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}{}_{nanos}", std::process::id())
 }
