@@ -84,9 +84,9 @@ start_postgres() {
         pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
         wait_for_port 5432 postgres
     fi
-    if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'rkms_test'" | grep -q 1; then
-        createdb -h 127.0.0.1 -U postgres rkms_test
-    fi
+    # A fresh database per run: tests leave their schemas behind.
+    dropdb -h 127.0.0.1 -U postgres --if-exists --force rkms_test
+    createdb -h 127.0.0.1 -U postgres rkms_test
     env_line RKMS_TEST_POSTGRES_URL "postgres://postgres@127.0.0.1:5432/rkms_test"
 }
 

@@ -21,7 +21,7 @@ step "format"
 cargo fmt --all --check
 
 step "lints"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 step "test services"
 trap 'scripts/services.sh stop' EXIT
@@ -30,8 +30,10 @@ scripts/services.sh start
 source .test-services/env
 
 step "tests"
-cargo test --workspace --all-targets --locked
-cargo test --workspace --doc --locked
+cargo test --workspace --all-targets --all-features --locked
+cargo test --workspace --doc --all-features --locked
+# A server built without optional backends refuses them by feature name.
+cargo test -p rkms-server --no-default-features --lib --locked
 
 step "embedding example"
 cargo run --quiet --locked -p rkms-core --example embed
