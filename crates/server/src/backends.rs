@@ -143,12 +143,11 @@ pub async fn open_regions(
     }
 }
 
-#[cfg(test)]
+/// Runs in builds without the postgres feature, such as `--no-default-features`.
+#[cfg(all(test, not(feature = "postgres")))]
 mod tests {
     use super::*;
 
-    /// Runs in builds without the postgres feature, such as `--no-default-features`.
-    #[cfg(not(feature = "postgres"))]
     #[tokio::test]
     async fn a_store_not_compiled_in_is_refused_by_feature_name() {
         let settings = StoreSettings::Postgres {
@@ -157,7 +156,7 @@ mod tests {
             max_connections: 1,
             timeout: std::time::Duration::from_secs(1),
         };
-        let message = open_store(&settings).await.err().expect("refused");
+        let message = open_store(&settings).await.expect_err("refused");
         assert!(message.contains("--features postgres"), "{message}");
     }
 }

@@ -13,14 +13,27 @@ fn repository_root() -> PathBuf {
 fn docker_compose_file_follows_the_compose_specification() {
     let root = repository_root();
     let text = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
-    let compose = compose_spec::Compose::options().from_yaml_str(&text).unwrap_or_else(|e| panic!("docker-compose.yml: {e}"));
-    compose.validate_all().unwrap_or_else(|e| panic!("docker-compose.yml: {e}"));
+    let compose = compose_spec::Compose::options()
+        .from_yaml_str(&text)
+        .unwrap_or_else(|e| panic!("docker-compose.yml: {e}"));
+    compose
+        .validate_all()
+        .unwrap_or_else(|e| panic!("docker-compose.yml: {e}"));
     let services: Vec<String> = compose.services.keys().map(ToString::to_string).collect();
     for expected in ["postgres", "redis", "etcd", "dynamodb", "rkms"] {
-        assert!(services.iter().any(|s| s == expected), "service {expected} in {services:?}");
+        assert!(
+            services.iter().any(|s| s == expected),
+            "service {expected} in {services:?}"
+        );
     }
-    assert!(root.join("Dockerfile").exists(), "the rkms service builds from the Dockerfile");
-    assert!(text.contains("--appendonly"), "Redis runs with AOF persistence");
+    assert!(
+        root.join("Dockerfile").exists(),
+        "the rkms service builds from the Dockerfile"
+    );
+    assert!(
+        text.contains("--appendonly"),
+        "Redis runs with AOF persistence"
+    );
 }
 
 #[test]

@@ -27,21 +27,33 @@ async fn three_servers_converge(store_section: String) {
 async fn three_servers_on_postgres_converge() {
     let url = required_env("RKMS_TEST_POSTGRES_URL");
     let schema = unique("rkms_e2e_");
-    three_servers_converge(format!("backend = \"postgres\"\nurl = {url:?}\nschema = {schema:?}\nmax_connections = 4")).await;
+    three_servers_converge(format!(
+        "backend = \"postgres\"\nurl = {url:?}\nschema = {schema:?}\nmax_connections = 4"
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_on_redis_converge() {
     let url = required_env("RKMS_TEST_REDIS_URL");
     let prefix = unique("rkms-e2e-") + ":";
-    three_servers_converge(format!("backend = \"redis\"\nurl = {url:?}\nprefix = {prefix:?}")).await;
+    three_servers_converge(format!(
+        "backend = \"redis\"\nurl = {url:?}\nprefix = {prefix:?}"
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_on_etcd_converge() {
-    let endpoints: Vec<String> = required_env("RKMS_TEST_ETCD_ENDPOINTS").split(',').map(str::to_owned).collect();
+    let endpoints: Vec<String> = required_env("RKMS_TEST_ETCD_ENDPOINTS")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
     let prefix = unique("rkms-e2e-") + "/";
-    three_servers_converge(format!("backend = \"etcd\"\nendpoints = {endpoints:?}\nprefix = {prefix:?}")).await;
+    three_servers_converge(format!(
+        "backend = \"etcd\"\nendpoints = {endpoints:?}\nprefix = {prefix:?}"
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

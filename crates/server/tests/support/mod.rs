@@ -240,7 +240,11 @@ impl Drop for RegionProxy {
 pub(crate) async fn assert_servers_converge(servers: &[Server], prefix: &str) {
     let client = reqwest::Client::new();
     let ids: Vec<String> = (0..20).map(|i| format!("{prefix}-{i}")).collect();
-    let requests = ids.iter().flat_map(|id| servers.iter().flat_map(move |server| (0..3).map(move |_| (id, server))));
+    let requests = ids.iter().flat_map(|id| {
+        servers
+            .iter()
+            .flat_map(move |server| (0..3).map(move |_| (id, server)))
+    });
     let results = futures::future::join_all(requests.map(|(id, server)| {
         let client = client.clone();
         async move { (id.clone(), key(&client, server, id).await) }
@@ -253,9 +257,16 @@ pub(crate) async fn assert_servers_converge(servers: &[Server], prefix: &str) {
     assert_eq!(keys.len(), ids.len());
     for (id, seen) in &keys {
         assert_eq!(seen.len(), servers.len() * 3);
-        assert!(seen.iter().all(|k| k == &seen[0]), "id {id} got different keys: {seen:?}");
+        assert!(
+            seen.iter().all(|k| k == &seen[0]),
+            "id {id} got different keys: {seen:?}"
+        );
         for server in servers {
-            assert_eq!(&key(&client, server, id).await, &seen[0], "id {id} read back later");
+            assert_eq!(
+                &key(&client, server, id).await,
+                &seen[0],
+                "id {id} read back later"
+            );
         }
     }
     let distinct: std::collections::BTreeSet<&String> = keys.values().map(|v| &v[0]).collect();
@@ -275,6 +286,9 @@ pub(crate) fn required_env(name: &str) -> String {
 
 /// A name unique to this test run, for prefixes, schemas and tables.
 pub(crate) fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{prefix}{}_{nanos}", std::process::id())
 }
