@@ -53,7 +53,9 @@
 //! - The record holds copies only for regions that are not configured:
 //!   [`ServiceError::NoCopyForConfiguredRegions`].
 
+mod cache;
 mod context;
+mod health;
 mod id;
 mod kms;
 mod local_kms;
@@ -63,8 +65,11 @@ mod redact;
 mod secret;
 mod service;
 mod store;
+pub mod telemetry;
 
+pub use cache::CacheOptions;
 pub use context::{EncryptionContext, ID_CONTEXT_KEY};
+pub use health::{BreakerOptions, BreakerState};
 pub use id::{InvalidId, KeyId, ID_PUNCTUATION, MAX_ID_LEN};
 pub use kms::{GeneratedKey, Kms, KmsError};
 pub use local_kms::{KeyringError, LocalKeyring, LocalKms};
@@ -73,7 +78,7 @@ pub use record::{Record, RecordError, WrappedCopy, RECORD_FORMAT};
 pub use redact::redact_url_password;
 pub use secret::DataKey;
 pub use service::{
-    BuildError, IssuedKey, KeyService, KeyServiceBuilder, KmsAction, ServiceError, ServiceOptions,
-    MAX_DATA_KEY_LEN,
+    BuildError, HedgeOptions, IssuedKey, KeyService, KeyServiceBuilder, KmsAction, RegionStatus,
+    RepairOutcome, RepairSweep, ServiceError, ServiceOptions, MAX_DATA_KEY_LEN,
 };
 pub use store::{ListPage, PutOutcome, Store, StoreError, Stored, Version};

@@ -1,139 +1,18 @@
 //! The get-or-create protocol over MemoryStore and a fault-injecting in-memory KMS.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod support;
+
+use support::{Mode, Regions};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use proptest::prelude::*;
 use rkms_core::{
-    DataKey, EncryptionContext, GeneratedKey, KeyId, KeyService, Kms, KmsAction, KmsError,
-    LocalKeyring, LocalKms, MemoryStore, PutOutcome, Record, ServiceError, ServiceOptions, Store,
-    ID_CONTEXT_KEY,
+    DataKey, EncryptionContext, KeyId, KeyService, Kms, KmsAction, KmsError, MemoryStore,
+    PutOutcome, Record, ServiceError, Store, ID_CONTEXT_KEY,
 };
-
-/// How a [`FaultyKms`] region behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Healthy,
-    Failing,
-    Hanging,
-    /// Only `generate_data_key` fails; encrypt and decrypt work.
-    FailingGenerate,
-}
-
-/// A LocalKms region that can be told to fail or hang, counting calls and recording contexts.
-#[derive(Debug)]
-struct FaultyKms {
-    inner: LocalKms,
-    mode: Mutex<Mode>,
-    calls: AtomicUsize,
-    contexts: Mutex<Vec<EncryptionContext>>,
-}
-
-impl FaultyKms {
-    fn new(inner: LocalKms) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            mode: Mutex::new(Mode::Healthy),
-            calls: AtomicUsize::new(0),
-            contexts: Mutex::default(),
-        })
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    /// Counts the call, yields so that concurrent callers interleave, then fails or hangs as told.
-    async fn enter(&self, context: &EncryptionContext, generating: bool) -> Result<(), KmsError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.contexts.lock().unwrap().push(context.clone());
-        tokio::task::yield_now().await;
-        let mode = *self.mode.lock().unwrap();
-        match mode {
-            Mode::Healthy => Ok(()),
-            Mode::FailingGenerate if !generating => Ok(()),
-            Mode::Failing | Mode::FailingGenerate => Err(KmsError::Unavailable {
-                region: self.region().into(),
-                message: "injected failure".into(),
-            }),
-            Mode::Hanging => std::future::pending().await,
-        }
-    }
-}
-
-#[async_trait]
-impl Kms for FaultyKms {
-    fn region(&self) -> &str {
-        self.inner.region()
-    }
-    fn master_key(&self) -> &str {
-        self.inner.master_key()
-    }
-    async fn generate_data_key(
-        &self,
-        len: usize,
-        context: &EncryptionContext,
-    ) -> Result<GeneratedKey, KmsError> {
-        self.enter(context, true).await?;
-        self.inner.generate_data_key(len, context).await
-    }
-    async fn encrypt(
-        &self,
-        key: &DataKey,
-        context: &EncryptionContext,
-    ) -> Result<Vec<u8>, KmsError> {
-        self.enter(context, false).await?;
-        self.inner.encrypt(key, context).await
-    }
-    async fn decrypt(
-        &self,
-        ciphertext: &[u8],
-        context: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        self.enter(context, false).await?;
-        self.inner.decrypt(ciphertext, context).await
-    }
-}
-
-/// Three regions over one keyring, shared by every service in a test (as servers share a KMS).
-struct Regions(Vec<Arc<FaultyKms>>);
-
-impl Regions {
-    fn new() -> Self {
-        let ring = LocalKeyring::generate(&["k1", "k2", "k3"]).unwrap();
-        Self(
-            [("r1", "k1"), ("r2", "k2"), ("r3", "k3")]
-                .iter()
-                .map(|(region, key)| FaultyKms::new(ring.region(region, key).unwrap()))
-                .collect(),
-        )
-    }
-
-    fn service(&self, store: Arc<dyn Store>) -> KeyService {
-        let options = ServiceOptions {
-            kms_timeout: Duration::from_millis(200),
-            ..ServiceOptions::default()
-        };
-        self.0
-            .iter()
-            .fold(KeyService::builder(store), |b, kms| {
-                b.region(Arc::clone(kms) as Arc<dyn Kms>)
-            })
-            .options(options)
-            .build()
-            .unwrap()
-    }
-
-    fn total_calls(&self) -> usize {
-        self.0.iter().map(|k| k.calls()).sum()
-    }
-}
 
 fn id(s: &str) -> KeyId {
     KeyId::parse(s).unwrap()
@@ -204,11 +83,20 @@ async fn failing_first_region_is_served_by_the_second() {
     let read = service.get_or_create(&id("a")).await.unwrap();
     assert_eq!(read.region, "r2");
     assert_eq!(read.key, created.key);
-    assert_eq!(service.usable_regions(), ["r2", "r3"]);
+    let states: Vec<_> = service
+        .region_status()
+        .into_iter()
+        .map(|r| r.breaker)
+        .collect();
+    assert_eq!(
+        states,
+        [rkms_core::BreakerState::Closed; 3],
+        "one failure does not open a breaker"
+    );
 }
 
 #[tokio::test(start_paused = true)]
-async fn hanging_first_region_is_served_by_the_second_after_the_kms_timeout() {
+async fn hanging_first_region_is_served_by_the_second_after_the_hedge_delay() {
     let regions = Regions::new();
     let service = regions.service(Arc::new(MemoryStore::new()));
     let created = service.get_or_create(&id("a")).await.unwrap();
@@ -218,9 +106,10 @@ async fn hanging_first_region_is_served_by_the_second_after_the_kms_timeout() {
     assert_eq!(read.region, "r2");
     assert_eq!(read.key, created.key);
     let waited = started.elapsed();
+    let hedge = service.options().hedge.floor;
     assert!(
-        waited >= Duration::from_millis(200) && waited < Duration::from_millis(300),
-        "{waited:?}"
+        waited >= hedge && waited < Duration::from_millis(200),
+        "hedged after {waited:?}, well before the KMS timeout"
     );
 }
 
@@ -241,11 +130,12 @@ async fn create_generates_in_the_next_region_when_the_first_cannot() {
 }
 
 #[tokio::test]
-async fn create_fails_and_writes_nothing_while_any_region_is_down() {
+async fn create_fails_and_writes_nothing_without_a_quorum() {
     let regions = Regions::new();
     let store = Arc::new(MemoryStore::new());
     let service = regions.service(store.clone());
     regions.0[0].set(Mode::Failing);
+    regions.0[1].set(Mode::Failing);
     let err = service.get_or_create(&id("a")).await.unwrap_err();
     assert!(
         matches!(
@@ -293,10 +183,14 @@ async fn every_region_failing_gives_a_clear_error_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn one_region_failing_to_wrap_writes_nothing() {
+async fn requiring_every_region_refuses_a_create_while_one_is_down() {
     let regions = Regions::new();
     let store = Arc::new(MemoryStore::new());
-    let service = regions.service(store.clone());
+    let options = rkms_core::ServiceOptions {
+        min_regions: 3,
+        ..Regions::options()
+    };
+    let service = regions.service_with(store.clone(), options);
     regions.0[2].set(Mode::Failing);
     let err = service.get_or_create(&id("a")).await.unwrap_err();
     assert!(matches!(

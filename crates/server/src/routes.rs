@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use rkms_core::{KeyId, KeyService};
+use rkms_core::{BreakerState, KeyId, KeyService};
 use serde::Serialize;
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -105,21 +105,29 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the store answers and at least one region is usable.
+/// `GET /readyz`: the store answers and at least one region's circuit breaker is not open.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.service.check_store().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness: store check failed");
         ApiError::Unavailable("the key store is not reachable".into())
     })?;
-    let regions = state.service.usable_regions();
-    if regions.is_empty() {
+    let regions = state.service.region_status();
+    if regions.iter().all(|r| r.breaker == BreakerState::Open) {
         return Err(ApiError::Unavailable(
-            "no KMS region answered its last call".into(),
+            "every KMS region's circuit breaker is open after repeated failures".into(),
         ));
     }
-    Ok(Json(
-        json!({ "status": "ready", "usable_regions": regions }),
-    ))
+    let regions: Vec<serde_json::Value> = regions
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "breaker": r.breaker.name(),
+                "latency_ms": r.latency.map(|l| l.as_secs_f64() * 1000.0),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "status": "ready", "regions": regions })))
 }
 
 /// A panic becomes a JSON 500; its payload is not echoed, since it might hold anything.

@@ -191,6 +191,10 @@ async fn regions_down_give_503_json_and_write_nothing() {
         "{body}"
     );
     assert!(store.list(None, 10).await.unwrap().ids.is_empty());
+    // Repeated failures open every region's breaker: the server reports itself not ready.
+    for _ in 0..2 {
+        call(&router, "GET", "/api/v1/key?id=new").await;
+    }
     let (status, _, _) = call(&router, "GET", "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
@@ -230,5 +234,16 @@ async fn health_and_readiness() {
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("ready"))
     );
-    assert_eq!(body["usable_regions"], serde_json::json!(["r1", "r2"]));
+    let names: Vec<&str> = body["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["r1", "r2"]);
+    assert!(body["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["breaker"] == "closed"));
 }

@@ -159,6 +159,17 @@ async fn every_region_down_gives_503_json_and_writes_nothing() {
         );
     }
     assert_eq!(deployment.stored_ids().await, ["down-existing"]);
+    // One more failed request opens every region's breaker: not ready, and answers come fast.
+    let (status, _) = get_json(&client, &server.key_url("id=down-existing")).await;
+    assert_eq!(status, 503);
     let (status, _) = get_json(&client, &format!("{}/readyz", server.base)).await;
     assert_eq!(status, 503);
+    let started = Instant::now();
+    let (status, _) = get_json(&client, &server.key_url("id=down-existing")).await;
+    assert_eq!(status, 503);
+    assert!(
+        started.elapsed() < KMS_TIMEOUT,
+        "open breakers fail fast: {:?}",
+        started.elapsed()
+    );
 }

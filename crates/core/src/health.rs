@@ -1,0 +1,313 @@
+//! `RegionHealth`: a circuit breaker and a latency estimate per KMS region.
+//!
+//! Closed: calls go through; `failure_threshold` failures in a row open the breaker. Open:
+//! the region is skipped until `open_for` has passed. Half-open: one probe call goes through;
+//! its success closes the breaker, its failure opens it again. A region that answers with a
+//! refusal (wrong context, foreign key) is healthy: refusals do not count as failures.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Settings of every region's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerOptions {
+    /// Failures (errors or timeouts) in a row that open the breaker (default 3).
+    pub failure_threshold: u32,
+    /// How long an open breaker skips its region before a probe (default 5 s).
+    pub open_for: Duration,
+}
+
+impl Default for BreakerOptions {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 3,
+            open_for: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A breaker's state, as reported in metrics and readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// One probe call is allowed.
+    HalfOpen,
+    /// The region is skipped.
+    Open,
+}
+
+impl BreakerState {
+    /// The state's name in metrics and readiness reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::HalfOpen => "half_open",
+            Self::Open => "open",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Breaker {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+#[derive(Debug)]
+struct State {
+    breaker: Breaker,
+    /// Exponentially weighted moving average of successful call latency.
+    latency: Option<Duration>,
+}
+
+/// Weight of the newest sample in the latency average.
+const LATENCY_WEIGHT: f64 = 0.2;
+
+/// One region's health. Cheap to share; every method takes a short lock.
+#[derive(Debug)]
+pub(crate) struct RegionHealth {
+    state: Mutex<State>,
+    options: BreakerOptions,
+}
+
+/// Leave to make one call to a region. Report how it went with [`Permit::succeeded`] or
+/// [`Permit::failed`]. A permit dropped without a report (a cancelled call) counts as a
+/// failure if the call had run for `slow_after` or longer (it was too slow to be of use, as a
+/// hedged call to a blackholed region is), and otherwise just frees a half-open probe slot.
+#[derive(Debug)]
+pub(crate) struct Permit<'a> {
+    health: &'a RegionHealth,
+    probe: bool,
+    reported: bool,
+    started: Instant,
+    slow_after: Option<Duration>,
+}
+
+impl RegionHealth {
+    pub(crate) fn new(options: BreakerOptions) -> Self {
+        Self {
+            state: Mutex::new(State {
+                breaker: Breaker::Closed { failures: 0 },
+                latency: None,
+            }),
+            options,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update is a single assignment, so a poisoned lock still holds a valid state.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A permit to call the region now, or `None` while its breaker is open or a probe runs.
+    pub(crate) fn try_acquire(&self) -> Option<Permit<'_>> {
+        let mut state = self.lock();
+        let probe = match state.breaker {
+            Breaker::Closed { .. } => false,
+            Breaker::Open { until } if Instant::now() < until => return None,
+            Breaker::HalfOpen { probing: true } => return None,
+            Breaker::Open { .. } | Breaker::HalfOpen { probing: false } => {
+                state.breaker = Breaker::HalfOpen { probing: true };
+                true
+            }
+        };
+        Some(Permit {
+            health: self,
+            probe,
+            reported: false,
+            started: Instant::now(),
+            slow_after: None,
+        })
+    }
+
+    /// The breaker's state now.
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.lock().breaker {
+            Breaker::Closed { .. } => BreakerState::Closed,
+            Breaker::Open { until } if Instant::now() < until => BreakerState::Open,
+            Breaker::Open { .. } | Breaker::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// The average latency of successful calls, once there has been one.
+    pub(crate) fn latency(&self) -> Option<Duration> {
+        self.lock().latency
+    }
+
+    fn record_success(&self, latency: Duration) {
+        let mut state = self.lock();
+        state.breaker = Breaker::Closed { failures: 0 };
+        state.latency = Some(match state.latency {
+            None => latency,
+            Some(average) => {
+                average.mul_f64(1.0 - LATENCY_WEIGHT) + latency.mul_f64(LATENCY_WEIGHT)
+            }
+        });
+    }
+
+    fn record_failure(&self, probe: bool) {
+        let mut state = self.lock();
+        let trip = match state.breaker {
+            Breaker::Closed { failures } if failures + 1 < self.options.failure_threshold => {
+                state.breaker = Breaker::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            Breaker::Closed { .. } => true,
+            // Late failures of calls admitted before the breaker opened change nothing; a
+            // failed probe opens it again.
+            Breaker::Open { .. } | Breaker::HalfOpen { .. } => probe,
+        };
+        if trip {
+            state.breaker = Breaker::Open {
+                until: Instant::now() + self.options.open_for,
+            };
+        }
+    }
+}
+
+impl Permit<'_> {
+    /// Counts the call as failed if it is cancelled after running for `after` or longer.
+    pub(crate) fn slow_after(mut self, after: Duration) -> Self {
+        self.slow_after = Some(after);
+        self
+    }
+
+    /// The call succeeded (or the region answered with a refusal) after `latency`.
+    pub(crate) fn succeeded(mut self, latency: Duration) {
+        self.reported = true;
+        self.health.record_success(latency);
+    }
+
+    /// The call failed or timed out.
+    pub(crate) fn failed(mut self) {
+        self.reported = true;
+        self.health.record_failure(self.probe);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.reported {
+            return;
+        }
+        if self
+            .slow_after
+            .is_some_and(|after| self.started.elapsed() >= after)
+        {
+            self.health.record_failure(self.probe);
+        } else if self.probe {
+            let mut state = self.health.lock();
+            if let Breaker::HalfOpen { probing: true } = state.breaker {
+                state.breaker = Breaker::HalfOpen { probing: false };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> RegionHealth {
+        RegionHealth::new(BreakerOptions {
+            failure_threshold: 3,
+            open_for: Duration::from_secs(5),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_repeated_failures_then_probes_and_closes() {
+        let h = health();
+        for _ in 0..2 {
+            h.try_acquire().unwrap().failed();
+            assert_eq!(h.state(), BreakerState::Closed);
+        }
+        h.try_acquire().unwrap().failed();
+        assert_eq!(h.state(), BreakerState::Open);
+        assert!(
+            h.try_acquire().is_none(),
+            "an open breaker skips the region"
+        );
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(h.state(), BreakerState::HalfOpen);
+        let probe = h.try_acquire().expect("one probe after the cool-down");
+        assert!(h.try_acquire().is_none(), "only one probe at a time");
+        probe.succeeded(Duration::from_millis(4));
+        assert_eq!(h.state(), BreakerState::Closed);
+        assert!(h.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_and_a_cancelled_probe_frees_its_slot() {
+        let h = health();
+        for _ in 0..3 {
+            h.try_acquire().unwrap().failed();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(h.try_acquire().expect("probe"));
+        let probe = h.try_acquire().expect("a cancelled probe frees the slot");
+        probe.failed();
+        assert_eq!(h.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(
+            h.try_acquire().is_none(),
+            "a failed probe starts a new cool-down"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_cancelled_call_counts_as_a_failure_and_a_quick_one_does_not() {
+        let h = health();
+        for _ in 0..3 {
+            drop(
+                h.try_acquire()
+                    .unwrap()
+                    .slow_after(Duration::from_millis(50)),
+            );
+        }
+        assert_eq!(
+            h.state(),
+            BreakerState::Closed,
+            "cancelled quickly: no failure"
+        );
+        for _ in 0..3 {
+            let permit = h
+                .try_acquire()
+                .unwrap()
+                .slow_after(Duration::from_millis(50));
+            tokio::time::advance(Duration::from_millis(60)).await;
+            drop(permit);
+        }
+        assert_eq!(
+            h.state(),
+            BreakerState::Open,
+            "cancelled after being slow: failures"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_success_resets_the_failure_count_and_feeds_the_latency_average() {
+        let h = health();
+        h.try_acquire().unwrap().failed();
+        h.try_acquire().unwrap().failed();
+        h.try_acquire()
+            .unwrap()
+            .succeeded(Duration::from_millis(10));
+        h.try_acquire().unwrap().failed();
+        h.try_acquire().unwrap().failed();
+        assert_eq!(h.state(), BreakerState::Closed);
+        h.try_acquire()
+            .unwrap()
+            .succeeded(Duration::from_millis(20));
+        assert_eq!(h.latency(), Some(Duration::from_millis(12)));
+    }
+}

@@ -1,0 +1,194 @@
+//! Creating a record: generate in one region, wrap in the others, store once a quorum holds.
+//!
+//! The key is generated in the first region (in `ordered_regions` order) that answers. Every
+//! other region wraps it concurrently. Once `min_regions` copies exist (the generator's
+//! included), stragglers get one hedge delay more; regions still without a copy are listed in
+//! the record's `missing` for repair. Fewer than `min_regions` copies: nothing is written.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use tracing::{debug, warn};
+
+use super::{KeyService, KmsAction, ServiceError};
+use crate::cache::CachedKey;
+use crate::kms::GeneratedKey;
+use crate::record::{Record, WrappedCopy, RECORD_FORMAT};
+use crate::store::PutOutcome;
+use crate::telemetry;
+use crate::{DataKey, EncryptionContext, KeyId};
+
+impl KeyService {
+    /// Creates the record for `id`, or returns the winner's key if another creator was first.
+    pub(super) async fn create(
+        &self,
+        id: &KeyId,
+        context: &EncryptionContext,
+    ) -> Result<CachedKey, ServiceError> {
+        let (
+            generator,
+            GeneratedKey {
+                plaintext,
+                ciphertext,
+            },
+        ) = self.generate(id, context).await?;
+        let (copies, missing) = self
+            .wrap_for_quorum(id, generator, &plaintext, ciphertext, context)
+            .await?;
+        let quorum_only = !missing.is_empty();
+        let record = Record {
+            format: RECORD_FORMAT,
+            id: id.as_str().to_owned(),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            copies,
+            missing,
+            wrapped_without_context: false,
+        };
+        let region = self.inner.regions[generator].name().to_owned();
+        match self
+            .store_call(
+                "put_if_absent",
+                self.inner.store.put_if_absent(id, record.encode()),
+            )
+            .await?
+        {
+            PutOutcome::Created(_) => {
+                debug!(%id, %region, missing = ?record.missing, "created data key");
+                if quorum_only {
+                    metrics::counter!(telemetry::QUORUM_CREATES).increment(1);
+                    self.mark_pending(id);
+                }
+                Ok(CachedKey::new(plaintext, region, true))
+            }
+            PutOutcome::Exists(winner) => {
+                debug!(%id, "lost a create race; returning the winner's key");
+                drop(plaintext);
+                let record = super::decode(id, &winner.bytes)?;
+                let (key, region) = self.decrypt_record(id, &record, context).await?;
+                Ok(CachedKey::new(key, region, false))
+            }
+        }
+    }
+
+    /// Generates a data key in the first region, in order, that answers.
+    async fn generate(
+        &self,
+        id: &KeyId,
+        context: &EncryptionContext,
+    ) -> Result<(usize, GeneratedKey), ServiceError> {
+        let mut failures = Vec::new();
+        for index in self.ordered_regions() {
+            let permit = match self.permit(index) {
+                Ok(permit) => permit,
+                Err(skipped) => {
+                    failures.push(skipped);
+                    continue;
+                }
+            };
+            let kms = &self.inner.regions[index].kms;
+            let call = kms.generate_data_key(self.inner.options.data_key_len, context);
+            match self.kms_call(index, permit, "generate", call).await {
+                Ok(generated) => return Ok((index, generated)),
+                Err(e) => {
+                    warn!(%id, region = kms.region(), error = %e, "generate failed; trying the next region");
+                    failures.push(e);
+                }
+            }
+        }
+        Err(ServiceError::RegionsUnavailable {
+            id: id.clone(),
+            action: KmsAction::Generate,
+            failures,
+        })
+    }
+
+    /// Wraps `key` in every region but the generator; returns the copies (the generator's
+    /// included) and the regions left without one.
+    async fn wrap_for_quorum(
+        &self,
+        id: &KeyId,
+        generator: usize,
+        key: &DataKey,
+        generator_ciphertext: Vec<u8>,
+        context: &EncryptionContext,
+    ) -> Result<(BTreeMap<String, WrappedCopy>, Vec<String>), ServiceError> {
+        let regions = &self.inner.regions;
+        let copy = |index: usize, ciphertext| {
+            let kms = &regions[index].kms;
+            (
+                kms.region().to_owned(),
+                WrappedCopy {
+                    master_key: kms.master_key().to_owned(),
+                    ciphertext,
+                },
+            )
+        };
+        let mut copies = BTreeMap::from([copy(generator, generator_ciphertext)]);
+        let mut failures = Vec::new();
+        let mut in_flight = FuturesUnordered::new();
+        for index in (0..regions.len()).filter(|i| *i != generator) {
+            match self.permit(index) {
+                Err(skipped) => failures.push(skipped),
+                Ok(permit) => {
+                    let kms = &regions[index].kms;
+                    let delay = self.hedge_delay(index);
+                    in_flight.push(async move {
+                        (
+                            index,
+                            self.kms_call(
+                                index,
+                                permit.slow_after(delay),
+                                "encrypt",
+                                kms.encrypt(key, context),
+                            )
+                            .await,
+                        )
+                    });
+                }
+            }
+        }
+        let min_regions = self.inner.options.min_regions;
+        let mut straggler_deadline = None;
+        loop {
+            if copies.len() >= min_regions && straggler_deadline.is_none() {
+                // The quorum holds: give the others as long as a healthy call takes, no more.
+                straggler_deadline =
+                    Some(tokio::time::Instant::now() + self.hedge_delay(generator));
+            }
+            let next = match straggler_deadline {
+                None => in_flight.next().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, in_flight.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((index, result)) = next else { break };
+            match result {
+                Ok(ciphertext) => {
+                    let (name, wrapped) = copy(index, ciphertext);
+                    copies.insert(name, wrapped);
+                }
+                Err(e) => {
+                    warn!(%id, region = regions[index].name(), error = %e, "wrap failed; the region will be repaired later");
+                    failures.push(e);
+                }
+            }
+        }
+        if copies.len() < min_regions {
+            return Err(ServiceError::RegionsUnavailable {
+                id: id.clone(),
+                action: KmsAction::Wrap,
+                failures,
+            });
+        }
+        let missing = regions
+            .iter()
+            .map(|r| r.name().to_owned())
+            .filter(|name| !copies.contains_key(name))
+            .collect();
+        Ok((copies, missing))
+    }
+}

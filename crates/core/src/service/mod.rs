@@ -1,0 +1,384 @@
+//! `KeyService`: the get-or-create protocol over one store and several KMS regions.
+//!
+//! `mod.rs` holds the types and the top of the protocol (cache, then store, then create);
+//! `calls.rs` times and records every KMS and store call; `read.rs` unwraps a record with a
+//! hedged decrypt; `create.rs` makes a new record with a quorum of copies; `repair.rs` adds the
+//! copies a record still lacks.
+
+mod calls;
+mod create;
+mod options;
+mod read;
+mod repair;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::cache::{CachedKey, KeyCache, Lookup};
+use crate::health::{BreakerState, RegionHealth};
+use crate::kms::{Kms, KmsError};
+use crate::record::Record;
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+use crate::{DataKey, EncryptionContext, KeyId};
+
+pub use options::{HedgeOptions, ServiceOptions};
+pub use repair::{RepairOutcome, RepairSweep};
+
+/// Largest data key a service hands out, in bytes (AWS KMS's `NumberOfBytes` limit).
+pub const MAX_DATA_KEY_LEN: usize = 1024;
+
+/// A data key handed out by [`KeyService::get_or_create`], with how it was obtained.
+#[derive(Debug)]
+pub struct IssuedKey {
+    /// The plaintext data key.
+    pub key: DataKey,
+    /// The region that generated (on create) or unwrapped (on read) the key.
+    pub region: String,
+    /// True when this call created the record.
+    pub created: bool,
+    /// True when the key came from the in-memory cache (or from another caller's concurrent
+    /// fetch) rather than from a KMS call made for this request.
+    pub from_cache: bool,
+    /// True when the key was served past its cache TTL because no region could serve.
+    pub stale: bool,
+}
+
+/// What the service was doing when every region failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsAction {
+    /// Unwrapping an existing record.
+    Decrypt,
+    /// Generating a key for a new record.
+    Generate,
+    /// Wrapping a new key in the other regions.
+    Wrap,
+}
+
+impl std::fmt::Display for KmsAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Decrypt => "decrypt",
+            Self::Generate => "generate",
+            Self::Wrap => "wrap",
+        })
+    }
+}
+
+/// Why a key could not be handed out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Not enough regions could do what was needed; nothing was written.
+    #[error("no KMS region could {action} the data key for id {id:?}: {}", summarize(.failures))]
+    RegionsUnavailable {
+        /// The id asked for.
+        id: KeyId,
+        /// The step that failed.
+        action: KmsAction,
+        /// Each region's failure, in the order tried.
+        failures: Vec<KmsError>,
+    },
+    /// The record has no copy for any configured region.
+    #[error("the record for id {id:?} has copies only for regions {in_record:?}, none of which is configured")]
+    NoCopyForConfiguredRegions {
+        /// The id asked for.
+        id: KeyId,
+        /// The regions that hold a copy.
+        in_record: Vec<String>,
+    },
+    /// The stored bytes are not a readable record.
+    #[error("the record for id {id:?} is unreadable: {reason}")]
+    CorruptRecord {
+        /// The id asked for.
+        id: KeyId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store did not answer in time.
+    #[error("the store did not answer within {0:?}")]
+    StoreTimeout(Duration),
+    /// The whole request took longer than its deadline.
+    #[error("the request exceeded its deadline of {0:?}")]
+    DeadlineExceeded(Duration),
+    /// Another caller's concurrent fetch of the same id failed; this is its error.
+    #[error(transparent)]
+    Coalesced(Arc<ServiceError>),
+}
+
+impl ServiceError {
+    /// The underlying error, looking through [`ServiceError::Coalesced`].
+    pub fn root(&self) -> &ServiceError {
+        match self {
+            Self::Coalesced(inner) => inner.root(),
+            other => other,
+        }
+    }
+
+    /// True when the failure is a dependency being down or slow (an HTTP 503), not a fault.
+    pub fn is_unavailable(&self) -> bool {
+        match self.root() {
+            Self::RegionsUnavailable { .. } | Self::StoreTimeout(_) | Self::DeadlineExceeded(_) => {
+                true
+            }
+            Self::Store(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+fn summarize(failures: &[KmsError]) -> String {
+    if failures.is_empty() {
+        return "no region was tried".to_owned();
+    }
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why a [`KeyServiceBuilder`] refused its settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No region was added.
+    #[error("at least one KMS region is required")]
+    NoRegions,
+    /// Two regions share a name.
+    #[error("KMS region {0:?} is configured twice")]
+    DuplicateRegion(String),
+    /// The data key length is out of range.
+    #[error("data key length {0} is out of range 1..={MAX_DATA_KEY_LEN}")]
+    DataKeyLength(usize),
+    /// A timeout, interval or threshold is zero.
+    #[error("{0} must be greater than zero")]
+    MustBePositive(&'static str),
+    /// The create quorum does not fit the regions.
+    #[error("min_regions is {min_regions} but {regions} region(s) are configured; it must be between 1 and the region count")]
+    MinRegions {
+        /// The quorum asked for.
+        min_regions: usize,
+        /// The regions configured.
+        regions: usize,
+    },
+}
+
+/// Builds a [`KeyService`].
+#[derive(Debug)]
+pub struct KeyServiceBuilder {
+    store: Arc<dyn Store>,
+    regions: Vec<Arc<dyn Kms>>,
+    options: ServiceOptions,
+}
+
+impl KeyServiceBuilder {
+    /// Adds a region; regions are preferred in the order added.
+    pub fn region(mut self, kms: Arc<dyn Kms>) -> Self {
+        self.regions.push(kms);
+        self
+    }
+
+    /// Replaces the options.
+    pub fn options(mut self, options: ServiceOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Checks the settings and builds the service.
+    pub fn build(self) -> Result<KeyService, BuildError> {
+        if self.regions.is_empty() {
+            return Err(BuildError::NoRegions);
+        }
+        for (i, kms) in self.regions.iter().enumerate() {
+            if self.regions[..i]
+                .iter()
+                .any(|other| other.region() == kms.region())
+            {
+                return Err(BuildError::DuplicateRegion(kms.region().to_owned()));
+            }
+        }
+        self.options.validate(self.regions.len())?;
+        let options = self.options;
+        let regions = self
+            .regions
+            .into_iter()
+            .map(|kms| Region {
+                kms,
+                health: RegionHealth::new(options.breaker),
+            })
+            .collect();
+        Ok(KeyService {
+            inner: Arc::new(Inner {
+                store: self.store,
+                regions,
+                cache: KeyCache::new(options.cache),
+                repairing: Mutex::default(),
+                pending: Mutex::default(),
+                options,
+            }),
+        })
+    }
+}
+
+/// One configured region and what the service has seen of it.
+#[derive(Debug)]
+struct Region {
+    kms: Arc<dyn Kms>,
+    health: RegionHealth,
+}
+
+impl Region {
+    fn name(&self) -> &str {
+        self.kms.region()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    regions: Vec<Region>,
+    cache: Option<KeyCache>,
+    /// Ids with a repair under way in this process, so that no second one starts.
+    repairing: Mutex<HashSet<KeyId>>,
+    /// Ids this process knows to lack copies, retried by the repairer.
+    pending: Mutex<HashSet<KeyId>>,
+    options: ServiceOptions,
+}
+
+/// One region's state, for readiness and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionStatus {
+    /// The region's name.
+    pub name: String,
+    /// Its circuit breaker.
+    pub breaker: BreakerState,
+    /// The average latency of its successful calls, once there has been one.
+    pub latency: Option<Duration>,
+}
+
+/// Hands out data keys: reads and unwraps existing records, creates missing ones, repairs
+/// records that lack a region's copy.
+///
+/// Cheap to clone (the state is shared); holds no per-id state beyond its cache, so any number
+/// of services in any number of processes can share one store. See the crate documentation.
+#[derive(Debug, Clone)]
+pub struct KeyService {
+    inner: Arc<Inner>,
+}
+
+impl KeyService {
+    /// Starts building a service over `store`.
+    pub fn builder(store: Arc<dyn Store>) -> KeyServiceBuilder {
+        KeyServiceBuilder {
+            store,
+            regions: Vec::new(),
+            options: ServiceOptions::default(),
+        }
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ServiceOptions {
+        &self.inner.options
+    }
+
+    /// Every configured region's breaker state and latency, in configured order.
+    pub fn region_status(&self) -> Vec<RegionStatus> {
+        self.inner
+            .regions
+            .iter()
+            .map(|r| RegionStatus {
+                name: r.name().to_owned(),
+                breaker: r.health.state(),
+                latency: r.health.latency(),
+            })
+            .collect()
+    }
+
+    /// Checks that the store answers a read within the store timeout.
+    pub async fn check_store(&self) -> Result<(), ServiceError> {
+        let probe = KeyId::parse("rkms-readiness-probe").expect("a valid id");
+        self.store_call("get", self.inner.store.get(&probe))
+            .await
+            .map(drop)
+    }
+
+    /// Returns the data key for `id`, creating it on first use. See the crate documentation.
+    pub async fn get_or_create(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
+        let deadline = self.inner.options.request_deadline;
+        tokio::time::timeout(deadline, self.get_or_create_within_deadline(id))
+            .await
+            .map_err(|_| ServiceError::DeadlineExceeded(deadline))?
+    }
+
+    async fn get_or_create_within_deadline(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
+        let Some(cache) = &self.inner.cache else {
+            let fetched = self.fetch(id).await?;
+            return Ok(issued(&fetched, false, false));
+        };
+        let stale = match cache.lookup(id).await {
+            Lookup::Fresh(entry) => {
+                metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "hit").increment(1);
+                return Ok(issued(&entry, true, false));
+            }
+            Lookup::Stale(entry) => Some(entry),
+            Lookup::Miss => None,
+        };
+        let (result, coalesced) = cache
+            .get_or_fetch(id, async { self.fetch(id).await.map(Arc::new) })
+            .await;
+        let result_label = if coalesced { "coalesced" } else { "miss" };
+        metrics::counter!(telemetry::CACHE_REQUESTS, "result" => result_label).increment(1);
+        match (result, stale) {
+            (Ok(entry), _) => Ok(issued(&entry, coalesced, false)),
+            (Err(error), Some(stale))
+                if matches!(error.root(), ServiceError::RegionsUnavailable { .. }) =>
+            {
+                warn!(%id, error = %error, "no region can serve; serving a stale cached key within the grace window");
+                metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "stale").increment(1);
+                Ok(issued(&stale, true, true))
+            }
+            (Err(error), _) => Err(ServiceError::Coalesced(error)),
+        }
+    }
+
+    /// Reads and unwraps the record for `id`, or creates it.
+    async fn fetch(&self, id: &KeyId) -> Result<CachedKey, ServiceError> {
+        let context = EncryptionContext::for_id(id);
+        if let Some(stored) = self.store_call("get", self.inner.store.get(id)).await? {
+            let record = decode(id, &stored.bytes)?;
+            let (key, region) = self.decrypt_record(id, &record, &context).await?;
+            if self.needs_repair(&record) && !record.wrapped_without_context {
+                self.spawn_repair(id);
+            }
+            return Ok(CachedKey::new(key, region, false));
+        }
+        self.create(id, &context).await
+    }
+}
+
+fn issued(entry: &CachedKey, from_cache: bool, stale: bool) -> IssuedKey {
+    IssuedKey {
+        key: entry.key.clone(),
+        region: entry.region.clone(),
+        created: entry.created && !from_cache,
+        from_cache,
+        stale,
+    }
+}
+
+fn decode(id: &KeyId, bytes: &[u8]) -> Result<Record, ServiceError> {
+    Record::decode(bytes).map_err(|e| {
+        warn!(%id, error = %e, "stored record is unreadable");
+        ServiceError::CorruptRecord {
+            id: id.clone(),
+            reason: e.to_string(),
+        }
+    })
+}

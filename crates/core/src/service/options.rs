@@ -1,0 +1,172 @@
+//! `ServiceOptions`: the protocol's timeouts, quorum, hedging, breakers and cache.
+
+use std::time::Duration;
+
+use super::{BuildError, MAX_DATA_KEY_LEN};
+use crate::cache::CacheOptions;
+use crate::health::BreakerOptions;
+
+/// When to send a second decrypt to the next region while the first has not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HedgeOptions {
+    /// A fixed hedge delay; `None` (the default) derives it from the waited-on region's
+    /// observed latency: `factor` times its average, within `floor..=cap`.
+    pub fixed: Option<Duration>,
+    /// Multiple of the observed average latency (default 3).
+    pub factor: u32,
+    /// Shortest derived delay (default 20 ms).
+    pub floor: Duration,
+    /// Longest derived delay, also used before a region has any latency history (default 250 ms).
+    pub cap: Duration,
+}
+
+impl Default for HedgeOptions {
+    fn default() -> Self {
+        Self {
+            fixed: None,
+            factor: 3,
+            floor: Duration::from_millis(20),
+            cap: Duration::from_millis(250),
+        }
+    }
+}
+
+impl HedgeOptions {
+    /// The delay before hedging a call to a region with average latency `latency`.
+    pub fn delay(&self, latency: Option<Duration>) -> Duration {
+        match (self.fixed, latency) {
+            (Some(fixed), _) => fixed,
+            (None, Some(latency)) => (latency * self.factor).clamp(self.floor, self.cap),
+            (None, None) => self.cap,
+        }
+    }
+}
+
+/// Tunables of a [`super::KeyService`].
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Length of generated data keys in bytes (default 32, AES-256).
+    pub data_key_len: usize,
+    /// Longest wait for one KMS call before it counts as failed (default 2 s).
+    pub kms_timeout: Duration,
+    /// Longest wait for one store call (default 2 s).
+    pub store_timeout: Duration,
+    /// Longest a whole `get_or_create` may take (default 10 s).
+    pub request_deadline: Duration,
+    /// Copies a new record needs before it is stored (default 2, or 1 with a single region);
+    /// the rest are added later by repair.
+    pub min_regions: usize,
+    /// Hedged decrypts.
+    pub hedge: HedgeOptions,
+    /// Every region's circuit breaker.
+    pub breaker: BreakerOptions,
+    /// The plaintext key cache.
+    pub cache: CacheOptions,
+    /// How often the background repairer sweeps the store (default 60 s); see
+    /// [`super::KeyService::run_repairer`].
+    pub repair_interval: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            data_key_len: 32,
+            kms_timeout: Duration::from_secs(2),
+            store_timeout: Duration::from_secs(2),
+            request_deadline: Duration::from_secs(10),
+            min_regions: 2,
+            hedge: HedgeOptions::default(),
+            breaker: BreakerOptions::default(),
+            cache: CacheOptions::default(),
+            repair_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ServiceOptions {
+    /// Checks the options against the number of regions.
+    pub(super) fn validate(&self, regions: usize) -> Result<(), BuildError> {
+        if !(1..=MAX_DATA_KEY_LEN).contains(&self.data_key_len) {
+            return Err(BuildError::DataKeyLength(self.data_key_len));
+        }
+        if !(1..=regions).contains(&self.min_regions) {
+            return Err(BuildError::MinRegions {
+                min_regions: self.min_regions,
+                regions,
+            });
+        }
+        for (name, value) in [
+            ("kms_timeout", self.kms_timeout),
+            ("store_timeout", self.store_timeout),
+            ("request_deadline", self.request_deadline),
+            ("repair_interval", self.repair_interval),
+            ("breaker.open_for", self.breaker.open_for),
+            ("cache.ttl", self.cache.ttl),
+        ] {
+            if value.is_zero() {
+                return Err(BuildError::MustBePositive(name));
+            }
+        }
+        if self.breaker.failure_threshold == 0 {
+            return Err(BuildError::MustBePositive("breaker.failure_threshold"));
+        }
+        Ok(())
+    }
+
+    /// These options with `min_regions` lowered to `regions` when there are fewer, for callers
+    /// that use the defaults with a single region.
+    pub fn fit_to(mut self, regions: usize) -> Self {
+        self.min_regions = self.min_regions.min(regions.max(1));
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hedge_delay_follows_latency_within_bounds() {
+        let hedge = HedgeOptions::default();
+        assert_eq!(hedge.delay(None), Duration::from_millis(250));
+        assert_eq!(
+            hedge.delay(Some(Duration::from_millis(1))),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            hedge.delay(Some(Duration::from_millis(30))),
+            Duration::from_millis(90)
+        );
+        assert_eq!(
+            hedge.delay(Some(Duration::from_secs(1))),
+            Duration::from_millis(250)
+        );
+        let fixed = HedgeOptions {
+            fixed: Some(Duration::from_millis(7)),
+            ..hedge
+        };
+        assert_eq!(
+            fixed.delay(Some(Duration::from_secs(1))),
+            Duration::from_millis(7)
+        );
+    }
+
+    #[test]
+    fn min_regions_is_validated_against_the_region_count() {
+        let options = ServiceOptions::default();
+        assert!(options.validate(3).is_ok());
+        assert_eq!(
+            options.validate(1),
+            Err(BuildError::MinRegions {
+                min_regions: 2,
+                regions: 1
+            })
+        );
+        assert!(options.clone().fit_to(1).validate(1).is_ok());
+        let zero = ServiceOptions {
+            min_regions: 0,
+            ..ServiceOptions::default()
+        };
+        assert!(zero.validate(3).is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! Metric names. The core records through the `metrics` facade; the server exports them as
+//! Prometheus text, and an embedding application can install any recorder it likes.
+
+/// KMS calls, by `region`, `op` (generate, encrypt, decrypt) and `outcome` (ok, refused,
+/// unavailable, cancelled).
+pub const KMS_CALLS: &str = "rkms_kms_calls_total";
+/// Latency of KMS calls that completed, by `region` and `op`, in seconds.
+pub const KMS_CALL_SECONDS: &str = "rkms_kms_call_seconds";
+/// Breaker state by `region`: 0 closed, 1 half-open, 2 open.
+pub const REGION_BREAKER_STATE: &str = "rkms_region_breaker_state";
+/// Cache lookups by `result`: hit, miss, coalesced (waited for another caller's fetch), stale
+/// (served past its TTL because no region could serve).
+pub const CACHE_REQUESTS: &str = "rkms_cache_requests_total";
+/// Store calls by `op` and `outcome` (ok, error, timeout).
+pub const STORE_CALLS: &str = "rkms_store_calls_total";
+/// Latency of store calls, by `op`, in seconds.
+pub const STORE_CALL_SECONDS: &str = "rkms_store_call_seconds";
+/// Repairs by `outcome`: repaired (copies added), pending (a region still missing), lost_race
+/// (another writer changed the record; retried).
+pub const REPAIRS: &str = "rkms_repairs_total";
+/// Records found missing a region's copy in the last repair sweep.
+pub const REPAIRS_PENDING: &str = "rkms_repairs_pending";
+/// Keys created with fewer copies than regions (quorum creates).
+pub const QUORUM_CREATES: &str = "rkms_quorum_creates_total";
