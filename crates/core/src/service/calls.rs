@@ -31,8 +31,9 @@ impl Drop for CancelCounter<'_> {
 }
 
 impl KeyService {
-    /// Region indices in the order to try them: closed breakers before half-open before open,
-    /// then by latency band (see [`LATENCY_BAND`]), then in configured order.
+    /// Region indices in the order to try them: regions whose breaker is open last, then by
+    /// latency band (see [`LATENCY_BAND`]), then in configured order. A half-open region keeps
+    /// its place, so that the next request probes it.
     pub(super) fn ordered_regions(&self) -> Vec<usize> {
         let mut order: Vec<(u8, u128, usize)> = self
             .inner
@@ -40,11 +41,7 @@ impl KeyService {
             .iter()
             .enumerate()
             .map(|(index, region)| {
-                let rank = match region.health.state() {
-                    BreakerState::Closed => 0,
-                    BreakerState::HalfOpen => 1,
-                    BreakerState::Open => 2,
-                };
+                let rank = u8::from(region.health.state() == BreakerState::Open);
                 let band = region
                     .health
                     .latency()

@@ -1,0 +1,411 @@
+//! Availability: breakers, hedging, coalescing, quorum create and repair, cache expiry and
+//! stale serving. Deterministic: a fault-injecting KMS and, where time matters, paused time.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rkms_core::{
+    BreakerState, CacheOptions, EncryptionContext, KeyId, KeyService, Kms as _, ListPage,
+    MemoryStore, PutOutcome, Record, RepairOutcome, ServiceError, ServiceOptions, Store,
+    StoreError, Stored, Version,
+};
+use support::{Mode, Regions};
+
+fn id(s: &str) -> KeyId {
+    KeyId::parse(s).unwrap()
+}
+
+fn cached(ttl: Duration, stale_grace: Option<Duration>) -> ServiceOptions {
+    ServiceOptions {
+        cache: CacheOptions {
+            enabled: true,
+            ttl,
+            stale_grace,
+            ..CacheOptions::default()
+        },
+        ..Regions::options()
+    }
+}
+
+async fn record(store: &dyn Store, key_id: &str) -> Record {
+    Record::decode(&store.get(&id(key_id)).await.unwrap().unwrap().bytes).unwrap()
+}
+
+/// Counts reads, to show that concurrent misses share one.
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    gets: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(id).await
+    }
+    async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        self.inner.put_if_absent(id, bytes).await
+    }
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        self.inner.compare_and_swap(id, expected, bytes).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+        self.inner.list(after, limit).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_region_trips_its_breaker_is_skipped_then_probed_and_closed() {
+    let regions = Regions::new();
+    let service = regions.service(Arc::new(MemoryStore::new()));
+    let created = service.get_or_create(&id("a")).await.unwrap();
+    regions.0[0].set(Mode::Failing);
+    for _ in 0..3 {
+        assert_eq!(service.get_or_create(&id("a")).await.unwrap().region, "r2");
+    }
+    assert_eq!(service.region_status()[0].breaker, BreakerState::Open);
+    let calls = regions.0[0].calls();
+    service.get_or_create(&id("a")).await.unwrap();
+    assert_eq!(
+        regions.0[0].calls(),
+        calls,
+        "an open breaker skips the region"
+    );
+
+    regions.0[0].set(Mode::Healthy);
+    tokio::time::advance(service.options().breaker.open_for).await;
+    assert_eq!(service.region_status()[0].breaker, BreakerState::HalfOpen);
+    let probed = service.get_or_create(&id("a")).await.unwrap();
+    assert_eq!(probed.key, created.key);
+    assert_eq!(
+        service.region_status()[0].breaker,
+        BreakerState::Closed,
+        "a successful probe closes it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_takes_the_fast_region_and_cancels_the_slow_one() {
+    let regions = Regions::new();
+    let service = regions.service(Arc::new(MemoryStore::new()));
+    let created = service.get_or_create(&id("a")).await.unwrap();
+    regions.0[0].set(Mode::Slow(Duration::from_secs(1)));
+    let started = tokio::time::Instant::now();
+    let read = service.get_or_create(&id("a")).await.unwrap();
+    assert_eq!((read.region.as_str(), &read.key), ("r2", &created.key));
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        regions.0[0].cancelled.load(Ordering::SeqCst),
+        1,
+        "the slow call was cancelled"
+    );
+    assert_eq!(
+        regions.0[2].calls(),
+        1,
+        "r3 only wrapped at create: two decrypts sufficed"
+    );
+}
+
+#[tokio::test]
+async fn a_cache_miss_costs_one_kms_call_when_regions_are_healthy() {
+    let regions = Regions::new();
+    let service = regions.service(Arc::new(MemoryStore::new()));
+    service.get_or_create(&id("a")).await.unwrap();
+    let before = regions.total_calls();
+    for _ in 0..20 {
+        service.get_or_create(&id("a")).await.unwrap();
+    }
+    assert_eq!(regions.total_calls() - before, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_share_one_store_read_and_one_kms_call() {
+    let regions = Regions::new();
+    let store = Arc::new(CountingStore::default());
+    regions
+        .service(store.clone())
+        .get_or_create(&id("a"))
+        .await
+        .unwrap();
+    for kms in &regions.0 {
+        kms.set(Mode::Slow(Duration::from_millis(50)));
+    }
+    let service = regions.service_with(store.clone(), cached(Duration::from_secs(300), None));
+    let (gets, calls) = (store.gets.load(Ordering::SeqCst), regions.total_calls());
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { service.get_or_create(&id("a")).await.unwrap() })
+        })
+        .collect();
+    let mut from_cache = 0;
+    for task in tasks {
+        from_cache += usize::from(task.await.unwrap().from_cache);
+    }
+    assert_eq!(
+        store.gets.load(Ordering::SeqCst) - gets,
+        1,
+        "one store read"
+    );
+    assert_eq!(regions.total_calls() - calls, 1, "one KMS call");
+    assert_eq!(from_cache, 31);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cached_keys_expire_after_the_ttl() {
+    let regions = Regions::new();
+    let service = regions.service_with(
+        Arc::new(MemoryStore::new()),
+        cached(Duration::from_secs(300), None),
+    );
+    let created = service.get_or_create(&id("a")).await.unwrap();
+    let calls = regions.total_calls();
+    let hit = service.get_or_create(&id("a")).await.unwrap();
+    assert!(hit.from_cache);
+    assert_eq!(regions.total_calls(), calls);
+    tokio::time::advance(Duration::from_secs(301)).await;
+    let refreshed = service.get_or_create(&id("a")).await.unwrap();
+    assert!(!refreshed.from_cache);
+    assert_eq!(refreshed.key, created.key);
+    assert_eq!(regions.total_calls(), calls + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_keys_are_served_only_within_the_grace_while_every_region_is_down() {
+    let regions = Regions::new();
+    let service = regions.service_with(
+        Arc::new(MemoryStore::new()),
+        cached(Duration::from_secs(10), Some(Duration::from_secs(60))),
+    );
+    let created = service.get_or_create(&id("a")).await.unwrap();
+    for kms in &regions.0 {
+        kms.set(Mode::Failing);
+    }
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let stale = service.get_or_create(&id("a")).await.unwrap();
+    assert!(stale.stale && stale.from_cache);
+    assert_eq!(stale.key, created.key);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let err = service.get_or_create(&id("a")).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}
+
+#[tokio::test]
+async fn without_stale_grace_an_expired_key_is_not_served_while_regions_are_down() {
+    let regions = Regions::new();
+    let service = regions.service_with(
+        Arc::new(MemoryStore::new()),
+        cached(Duration::from_millis(50), None),
+    );
+    service.get_or_create(&id("a")).await.unwrap();
+    for kms in &regions.0 {
+        kms.set(Mode::Failing);
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(matches!(
+        service.get_or_create(&id("a")).await.unwrap_err().root(),
+        ServiceError::RegionsUnavailable { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_create_with_a_region_down_succeeds_with_a_quorum_and_is_repaired_when_it_returns() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service(store.clone());
+    regions.0[2].set(Mode::Failing);
+    let created = service.get_or_create(&id("a")).await.unwrap();
+    assert!(created.created);
+    let partial = record(&*store, "a").await;
+    assert_eq!(partial.copies.keys().collect::<Vec<_>>(), ["r1", "r2"]);
+    assert_eq!(partial.missing, ["r3"]);
+    assert_eq!(service.pending_repairs(), [id("a")]);
+
+    assert_eq!(
+        service.repair_pending().await,
+        1,
+        "still down: still pending"
+    );
+    regions.0[2].set(Mode::Healthy);
+    assert_eq!(service.repair_pending().await, 0);
+    let repaired = record(&*store, "a").await;
+    assert!(repaired.missing.is_empty());
+    let context = EncryptionContext::for_id(&id("a"));
+    let unwrapped = regions.0[2]
+        .inner
+        .decrypt(&repaired.copies["r3"].ciphertext, &context)
+        .await
+        .unwrap();
+    assert_eq!(unwrapped, created.key, "the added copy holds the same key");
+}
+
+#[tokio::test]
+async fn a_create_with_a_blackholed_region_does_not_wait_for_it() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service(store.clone());
+    service.get_or_create(&id("warm-up")).await.unwrap();
+    regions.0[2].set(Mode::Hanging);
+    let started = std::time::Instant::now();
+    service.get_or_create(&id("a")).await.unwrap();
+    assert!(
+        started.elapsed() < service.options().kms_timeout,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(record(&*store, "a").await.missing, ["r3"]);
+}
+
+#[tokio::test]
+async fn reading_a_record_that_lacks_a_copy_repairs_it_in_the_background() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service(store.clone());
+    regions.0[1].set(Mode::Failing);
+    service.get_or_create(&id("a")).await.unwrap();
+    regions.0[1].set(Mode::Healthy);
+    let reader = regions.service(store.clone());
+    reader.get_or_create(&id("a")).await.unwrap();
+    for _ in 0..100 {
+        if record(&*store, "a").await.missing.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the read did not repair the record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_repairs_converge_without_clobbering() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    regions.0[2].set(Mode::Failing);
+    let created = regions
+        .service(store.clone())
+        .get_or_create(&id("a"))
+        .await
+        .unwrap();
+    regions.0[2].set(Mode::Slow(Duration::from_millis(20)));
+    let repairers: Vec<KeyService> = (0..4).map(|_| regions.service(store.clone())).collect();
+    let target = id("a");
+    let outcomes = futures::future::join_all(repairers.iter().map(|s| s.repair(&target))).await;
+    let repaired = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(RepairOutcome::Repaired { .. })))
+        .count();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert!(repaired >= 1, "{outcomes:?}");
+    let done = record(&*store, "a").await;
+    assert_eq!(done.copies.len(), 3);
+    assert!(done.missing.is_empty());
+    for s in &repairers {
+        assert_eq!(s.get_or_create(&id("a")).await.unwrap().key, created.key);
+    }
+}
+
+#[tokio::test]
+async fn a_repair_that_loses_a_race_rereads_and_keeps_the_other_writers_change() {
+    /// Before its first compare-and-set goes through, another writer changes the record.
+    #[derive(Debug)]
+    struct Interfering {
+        inner: MemoryStore,
+        interfered: std::sync::atomic::AtomicBool,
+    }
+    #[async_trait]
+    impl Store for Interfering {
+        async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn put_if_absent(
+            &self,
+            id: &KeyId,
+            bytes: Vec<u8>,
+        ) -> Result<PutOutcome, StoreError> {
+            self.inner.put_if_absent(id, bytes).await
+        }
+        async fn compare_and_swap(
+            &self,
+            id: &KeyId,
+            expected: Version,
+            bytes: Vec<u8>,
+        ) -> Result<Version, StoreError> {
+            if !self.interfered.swap(true, Ordering::SeqCst) {
+                let current = self.inner.get(id).await?.unwrap();
+                let mut other = Record::decode(&current.bytes).unwrap();
+                other.created_at += 1;
+                self.inner
+                    .compare_and_swap(id, current.version, other.encode())
+                    .await?;
+            }
+            self.inner.compare_and_swap(id, expected, bytes).await
+        }
+        async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+            self.inner.delete(id).await
+        }
+        async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+            self.inner.list(after, limit).await
+        }
+    }
+    let regions = Regions::new();
+    let store = Arc::new(Interfering {
+        inner: MemoryStore::new(),
+        interfered: Default::default(),
+    });
+    regions.0[2].set(Mode::Failing);
+    let service = regions.service(store.clone());
+    service.get_or_create(&id("a")).await.unwrap();
+    let created_at = record(&*store, "a").await.created_at;
+    regions.0[2].set(Mode::Healthy);
+    assert!(matches!(
+        service.repair(&id("a")).await.unwrap(),
+        RepairOutcome::Repaired { .. }
+    ));
+    let done = record(&*store, "a").await;
+    assert_eq!(
+        done.created_at,
+        created_at + 1,
+        "the other writer's change survived"
+    );
+    assert!(done.missing.is_empty() && done.copies.len() == 3);
+}
+
+#[tokio::test]
+async fn a_sweep_finds_and_repairs_records_no_process_remembers() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    regions.0[0].set(Mode::FailingGenerate);
+    regions.0[2].set(Mode::Failing);
+    let creator = regions.service(store.clone());
+    for name in ["a", "b", "c"] {
+        creator.get_or_create(&id(name)).await.unwrap();
+    }
+    regions.0[0].set(Mode::Healthy);
+    regions.0[2].set(Mode::Healthy);
+    let fresh = regions.service(store.clone());
+    assert!(fresh.pending_repairs().is_empty());
+    let sweep = fresh.repair_sweep().await.unwrap();
+    assert_eq!(
+        (sweep.scanned, sweep.repaired, sweep.pending, sweep.errors),
+        (3, 3, 0, 0)
+    );
+    for name in ["a", "b", "c"] {
+        assert!(record(&*store, name).await.missing.is_empty());
+    }
+}
