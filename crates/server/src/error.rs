@@ -33,7 +33,7 @@ impl ApiError {
     /// Maps a protocol failure to an answer, logging the details.
     pub fn from_service(error: &ServiceError) -> Self {
         error!(error = %error, "key request failed");
-        match error {
+        match error.root() {
             ServiceError::CorruptRecord { id, .. } => Self::Internal(format!(
                 "the stored record for id {id:?} is unreadable; the server log has the details"
             )),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use rkms_core::KeyService;
 use rkms_server::backends::{open_regions, open_store};
 use rkms_server::config::{LogFormat, Settings};
@@ -28,6 +29,11 @@ struct Cli {
     #[arg(long, env = "RKMS_DATA_DIR", default_value = "./rkms-data")]
     data_dir: PathBuf,
 }
+
+/// Histogram buckets for call latencies, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -94,8 +100,18 @@ async fn run(settings: Settings) -> Result<(), String> {
         .options(settings.service.clone())
         .build()
         .map_err(|e| format!("invalid service settings: {e}"))?;
+    let metrics = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| format!("cannot set up metrics: {e}"))?;
+    let service = Arc::new(service);
+    let repairer = tokio::spawn({
+        let service = Arc::clone(&service);
+        async move { service.run_repairer().await }
+    });
     let state = AppState {
-        service: Arc::new(service),
+        service,
+        metrics: Some(metrics),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -108,6 +124,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    repairer.abort();
     info!("rkms-server stopped");
     Ok(())
 }

@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use metrics_exporter_prometheus::PrometheusHandle;
 use rkms_core::{BreakerState, KeyId, KeyService};
 use serde::Serialize;
 use serde_json::json;
@@ -28,6 +29,8 @@ const MAX_QUERY_LEN: usize = 4096;
 pub struct AppState {
     /// The protocol.
     pub service: Arc<KeyService>,
+    /// Renders the process's metrics for `/metrics`; `None` serves no metrics.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 /// The whole HTTP API. `key_path` is `/api/<api_version>/key`.
@@ -36,6 +39,7 @@ pub fn app(state: AppState, key_path: &str) -> Router {
         .route(key_path, get(get_key))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -128,6 +132,17 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         })
         .collect();
     Ok(Json(json!({ "status": "ready", "regions": regions })))
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let handle = state.metrics.ok_or(ApiError::NotFound)?;
+    let mut response = handle.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(response)
 }
 
 /// A panic becomes a JSON 500; its payload is not echoed, since it might hold anything.

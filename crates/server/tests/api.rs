@@ -69,6 +69,7 @@ fn router(store: Arc<MemoryStore>, healthy: bool) -> Router {
     app(
         AppState {
             service: Arc::new(service),
+            metrics: None,
         },
         "/api/v1/key",
     )

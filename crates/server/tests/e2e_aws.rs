@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use rkms_core::{KeyId, Store};
+use rkms_core::{KeyId, Record, Store};
 use rkms_store_sqlite::{SqliteConfig, SqliteStore};
 use support::{emulated_regions, get_json, key, ProxyMode, RegionProxy, Server};
 
@@ -20,6 +20,8 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// Three regions behind proxies, the SQLite store, the cache off so that every request
+    /// reaches KMS, and a repairer that runs every second.
     async fn new() -> Self {
         let regions = emulated_regions();
         let mut proxies = Vec::new();
@@ -39,7 +41,8 @@ impl Deployment {
             .collect();
         let config = format!(
             "[kms]\nprovider = \"aws\"\nregions = [{}]\nkey_ids = {{ {} }}\ntimeout_ms = {}\nconnect_timeout_ms = 300\n\
-             [kms.endpoints]\n{}\n[store]\nbackend = \"sqlite\"\npath = {:?}\n",
+             [kms.endpoints]\n{}\n[store]\nbackend = \"sqlite\"\npath = {:?}\n\
+             [cache]\nenabled = false\n[repair]\ninterval_seconds = 1\n",
             names.join(", "),
             key_ids.join(", "),
             KMS_TIMEOUT.as_millis(),
@@ -58,12 +61,39 @@ impl Deployment {
     }
 
     async fn stored_ids(&self) -> Vec<String> {
+        self.records().await.into_iter().map(|r| r.id).collect()
+    }
+
+    async fn records(&self) -> Vec<Record> {
         let store = SqliteStore::open(&SqliteConfig::new(self.dir.path().join("rkms.sqlite3")))
             .await
             .unwrap();
-        let page = store.list(None, 1000).await.unwrap();
+        let page = store.list(None, 10_000).await.unwrap();
+        let mut records = Vec::new();
+        for id in &page.ids {
+            let stored = store.get(id).await.unwrap().unwrap();
+            records.push(Record::decode(&stored.bytes).unwrap());
+        }
         store.close().await;
-        page.ids.iter().map(|id| id.as_str().to_owned()).collect()
+        records
+    }
+
+    /// Waits until no record lacks a copy; returns the ids still lacking one after `limit`.
+    async fn wait_until_repaired(&self, limit: Duration) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let lacking: Vec<String> = self
+                .records()
+                .await
+                .into_iter()
+                .filter(|r| !r.missing.is_empty() || r.copies.len() < 3)
+                .map(|r| r.id)
+                .collect();
+            if lacking.is_empty() || started.elapsed() > limit {
+                return lacking;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -89,7 +119,7 @@ async fn keys_are_created_and_stable_across_restarts() {
         .await
         .unwrap()
         .unwrap();
-    let record = rkms_core::Record::decode(&stored.bytes).unwrap();
+    let record = Record::decode(&stored.bytes).unwrap();
     let regions: Vec<String> = emulated_regions().into_iter().map(|(r, _)| r).collect();
     assert_eq!(
         record.copies.keys().cloned().collect::<Vec<_>>(),
@@ -108,16 +138,22 @@ async fn a_refused_first_region_still_serves_existing_ids() {
     for _ in 0..3 {
         assert_eq!(key(&client, &server, "refused-existing").await, before);
     }
-    // Creating needs every region for now: a new id is refused and nothing is written.
-    let (status, body) = get_json(&client, &server.key_url("id=refused-new")).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error_type"], "ServiceUnavailable");
-    assert!(!deployment
-        .stored_ids()
+    // A create needs two of the three regions: it succeeds, and the record lists the
+    // missing region until the repairer adds its copy once the region is back.
+    let created = key(&client, &server, "refused-new").await;
+    let record = deployment
+        .records()
         .await
-        .contains(&"refused-new".to_owned()));
+        .into_iter()
+        .find(|r| r.id == "refused-new")
+        .unwrap();
+    assert_eq!(record.missing, [emulated_regions()[0].0.clone()]);
     deployment.proxies[0].set(ProxyMode::Pass).await;
-    key(&client, &server, "refused-new").await;
+    assert!(deployment
+        .wait_until_repaired(Duration::from_secs(10))
+        .await
+        .is_empty());
+    assert_eq!(key(&client, &server, "refused-new").await, created);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,13 +163,77 @@ async fn a_blackholed_first_region_still_serves_existing_ids_within_the_bound() 
     let server = deployment.server();
     let before = key(&client, &server, "blackholed-existing").await;
     deployment.proxies[0].set(ProxyMode::Blackhole).await;
-    // The documented bound: one KMS timeout for the dead region, plus a healthy region's call.
-    let bound = KMS_TIMEOUT + Duration::from_millis(1500);
-    for _ in 0..3 {
+    // The documented bound: the hedge delay (at most its 250 ms cap) plus a healthy region's
+    // call; well under the KMS timeout, which the dead region would otherwise cost.
+    let bound = Duration::from_millis(250) + Duration::from_millis(500);
+    for _ in 0..5 {
         let started = Instant::now();
         assert_eq!(key(&client, &server, "blackholed-existing").await, before);
         let took = started.elapsed();
         assert!(took < bound, "request took {took:?}, bound {bound:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_lost_and_restored_mid_run_loses_no_request_and_every_record_is_repaired() {
+    let mut deployment = Deployment::new().await;
+    let server = deployment.server();
+    let client = reqwest::Client::new();
+    let run = |phase: &'static str| {
+        let (client, url) = (client.clone(), server.key_url(""));
+        async move {
+            let mut failures = Vec::new();
+            for i in 0..30 {
+                for id in [format!("{phase}-{i}"), format!("{phase}-{}", i / 2)] {
+                    let response = client.get(format!("{url}id={id}")).send().await.unwrap();
+                    if response.status() != 200 {
+                        failures.push((id, response.status(), response.text().await.unwrap()));
+                    }
+                }
+            }
+            failures
+        }
+    };
+    assert_eq!(run("before").await, []);
+    deployment.proxies[0].set(ProxyMode::Refuse).await;
+    assert_eq!(
+        run("refused").await,
+        [],
+        "no request fails while the first region refuses"
+    );
+    deployment.proxies[0].set(ProxyMode::Blackhole).await;
+    assert_eq!(
+        run("blackholed").await,
+        [],
+        "no request fails while the first region hangs"
+    );
+    deployment.proxies[0].set(ProxyMode::Pass).await;
+    assert_eq!(run("after").await, []);
+    let lacking = deployment
+        .wait_until_repaired(Duration::from_secs(15))
+        .await;
+    assert!(
+        lacking.is_empty(),
+        "records still lacking a copy: {lacking:?}"
+    );
+    let (_, metrics) = (
+        0,
+        client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    for name in [
+        "rkms_kms_calls_total",
+        "rkms_repairs_total",
+        "rkms_region_breaker_state",
+        "rkms_store_calls_total",
+    ] {
+        assert!(metrics.contains(name), "/metrics has {name}");
     }
 }
 

@@ -23,6 +23,11 @@ pub(super) struct KmsSection {
     max_attempts: Option<u32>,
     #[serde(default)]
     endpoints: BTreeMap<String, String>,
+    pub(super) min_regions: Option<usize>,
+    #[serde(default)]
+    pub(super) hedge: super::availability::HedgeSection,
+    #[serde(default)]
+    pub(super) breaker: super::availability::BreakerSection,
 }
 
 /// Which KMS provider serves the regions.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use rkms_core::{ServiceOptions, MAX_DATA_KEY_LEN};
 use serde::Deserialize;
 
+mod availability;
 mod kms;
 mod store;
 
@@ -79,6 +80,10 @@ struct FileConfig {
     store: Option<toml::Table>,
     /// The original's section, which alone selects the DynamoDB store.
     dynamodb: Option<toml::Table>,
+    #[serde(default)]
+    cache: availability::CacheSection,
+    #[serde(default)]
+    repair: availability::RepairSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +280,15 @@ impl Settings {
             "server.request_timeout_ms",
             file.server.request_timeout_ms,
             service.request_deadline,
+        )?;
+        availability::apply(
+            &mut service,
+            regions.len(),
+            kms.min_regions,
+            kms.hedge,
+            kms.breaker,
+            file.cache,
+            file.repair,
         )?;
 
         Ok(Self {

@@ -1,0 +1,132 @@
+//! The availability settings: `[kms] min_regions`, `[kms.hedge]`, `[kms.breaker]`, `[cache]`
+//! and `[repair]`.
+
+use std::time::Duration;
+
+use rkms_core::{BreakerOptions, CacheOptions, HedgeOptions, ServiceOptions};
+use serde::Deserialize;
+
+use super::{invalid, positive_ms, ConfigError};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HedgeSection {
+    delay_ms: Option<u64>,
+    factor: Option<u32>,
+    floor_ms: Option<u64>,
+    cap_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BreakerSection {
+    failure_threshold: Option<u32>,
+    open_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheSection {
+    enabled: Option<bool>,
+    ttl_seconds: Option<u64>,
+    max_entries: Option<u64>,
+    stale_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RepairSection {
+    interval_seconds: Option<u64>,
+}
+
+fn seconds(
+    key: &'static str,
+    value: Option<u64>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    positive_ms(key, value.map(|s| s.saturating_mul(1000)), default)
+}
+
+/// Fills the availability part of `service` from the file's sections; `regions` is the count.
+pub(super) fn apply(
+    service: &mut ServiceOptions,
+    regions: usize,
+    min_regions: Option<usize>,
+    hedge: HedgeSection,
+    breaker: BreakerSection,
+    cache: CacheSection,
+    repair: RepairSection,
+) -> Result<(), ConfigError> {
+    let defaults = ServiceOptions::default();
+    service.min_regions = match min_regions {
+        None => defaults.min_regions.min(regions),
+        Some(n) if (1..=regions).contains(&n) => n,
+        Some(n) => {
+            return Err(invalid(
+                "kms.min_regions",
+                format!("{n} must be between 1 and the {regions} configured region(s)"),
+            ));
+        }
+    };
+
+    let hedge_defaults = HedgeOptions::default();
+    let floor = positive_ms("kms.hedge.floor_ms", hedge.floor_ms, hedge_defaults.floor)?;
+    let cap = positive_ms("kms.hedge.cap_ms", hedge.cap_ms, hedge_defaults.cap)?;
+    if floor > cap {
+        return Err(invalid(
+            "kms.hedge.floor_ms",
+            "must not exceed kms.hedge.cap_ms",
+        ));
+    }
+    service.hedge = HedgeOptions {
+        fixed: hedge
+            .delay_ms
+            .map(|ms| positive_ms("kms.hedge.delay_ms", Some(ms), cap))
+            .transpose()?,
+        factor: match hedge.factor {
+            Some(0) => return Err(invalid("kms.hedge.factor", "must be greater than zero")),
+            other => other.unwrap_or(hedge_defaults.factor),
+        },
+        floor,
+        cap,
+    };
+
+    let breaker_defaults = BreakerOptions::default();
+    service.breaker = BreakerOptions {
+        failure_threshold: match breaker.failure_threshold {
+            Some(0) => {
+                return Err(invalid(
+                    "kms.breaker.failure_threshold",
+                    "must be greater than zero",
+                ))
+            }
+            other => other.unwrap_or(breaker_defaults.failure_threshold),
+        },
+        open_for: positive_ms(
+            "kms.breaker.open_ms",
+            breaker.open_ms,
+            breaker_defaults.open_for,
+        )?,
+    };
+
+    let cache_defaults = CacheOptions::default();
+    service.cache = CacheOptions {
+        enabled: cache.enabled.unwrap_or(cache_defaults.enabled),
+        ttl: seconds("cache.ttl_seconds", cache.ttl_seconds, cache_defaults.ttl)?,
+        max_entries: match cache.max_entries {
+            Some(0) => return Err(invalid("cache.max_entries", "must be greater than zero")),
+            other => other.unwrap_or(cache_defaults.max_entries),
+        },
+        stale_grace: cache
+            .stale_grace_seconds
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+    };
+
+    service.repair_interval = seconds(
+        "repair.interval_seconds",
+        repair.interval_seconds,
+        defaults.repair_interval,
+    )?;
+    Ok(())
+}
