@@ -365,3 +365,77 @@ fn the_development_default_is_loopback_sqlite_and_three_local_regions() {
     };
     assert_eq!(path, Path::new("data/rkms.sqlite3"));
 }
+
+#[test]
+fn availability_settings_are_read() {
+    let settings = parse(&format!(
+        "{LOCAL}min_regions = 1\n[kms.hedge]\ndelay_ms = 40\n[kms.breaker]\nfailure_threshold = 5\nopen_ms = 900\n\
+         [cache]\nttl_seconds = 60\nmax_entries = 10\nstale_grace_seconds = 30\n[repair]\ninterval_seconds = 7\n"
+    ))
+    .unwrap();
+    let s = &settings.service;
+    assert_eq!(s.min_regions, 1);
+    assert_eq!(s.hedge.fixed, Some(std::time::Duration::from_millis(40)));
+    assert_eq!(
+        (s.breaker.failure_threshold, s.breaker.open_for.as_millis()),
+        (5, 900)
+    );
+    assert_eq!(
+        (s.cache.enabled, s.cache.ttl.as_secs(), s.cache.max_entries),
+        (true, 60, 10)
+    );
+    assert_eq!(
+        s.cache.stale_grace,
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(s.repair_interval.as_secs(), 7);
+
+    let defaults = parse(LOCAL).unwrap().service;
+    assert_eq!(defaults.min_regions, 2, "two of the regions by default");
+    assert!(defaults.cache.enabled && defaults.cache.stale_grace.is_none());
+    let single = parse("[kms]\nprovider = \"local\"\nregions = [\"a\"]\n")
+        .unwrap()
+        .service;
+    assert_eq!(single.min_regions, 1, "a single region is its own quorum");
+}
+
+#[test]
+fn invalid_availability_settings_are_refused_by_name() {
+    let cases = [
+        (format!("{LOCAL}min_regions = 3\n"), "kms.min_regions"),
+        (format!("{LOCAL}min_regions = 0\n"), "kms.min_regions"),
+        (
+            format!("{LOCAL}[kms.hedge]\nfloor_ms = 500\ncap_ms = 100\n"),
+            "kms.hedge.floor_ms",
+        ),
+        (
+            format!("{LOCAL}[kms.hedge]\nfactor = 0\n"),
+            "kms.hedge.factor",
+        ),
+        (format!("{LOCAL}[kms.hedge]\nspeed = 1\n"), "speed"),
+        (
+            format!("{LOCAL}[kms.breaker]\nfailure_threshold = 0\n"),
+            "kms.breaker.failure_threshold",
+        ),
+        (
+            format!("{LOCAL}[cache]\nttl_seconds = 0\n"),
+            "cache.ttl_seconds",
+        ),
+        (
+            format!("{LOCAL}[cache]\nmax_entries = 0\n"),
+            "cache.max_entries",
+        ),
+        (format!("{LOCAL}[cache]\nsize = 1\n"), "size"),
+        (
+            format!("{LOCAL}[repair]\ninterval_seconds = 0\n"),
+            "repair.interval_seconds",
+        ),
+    ];
+    for (text, key) in cases {
+        let message = refusal(&text);
+        assert!(
+            message.contains(key),
+            "refusal of\n{text}\nshould name {key}: {message}"
+        );
+    }
+}
