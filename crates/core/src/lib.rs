@@ -19,39 +19,53 @@
 //!
 //! 1. The id was validated when the [`KeyId`] was made (length and characters), before any I/O.
 //! 2. Every KMS call below carries the encryption context `{"rkms:id": id}`.
-//! 3. **Read** the record with [`Store::get`].
-//! 4. **Found:** decode it; in each configured region, in order of preference, that holds a
-//!    copy, call `decrypt`; the first success is the answer. A region that errors or does not
-//!    answer within the KMS timeout is skipped for the next.
-//! 5. **Absent:** call `generate_data_key` in the first region, in order of preference, that
-//!    answers. Wrap the new key with `encrypt` in every other region, concurrently. Every region
-//!    must succeed for now; otherwise nothing is written and the call fails.
-//! 6. **Store** the record with [`Store::put_if_absent`]. If this call created it, return the
+//! 3. **Cache:** a key cached less than the TTL ago is returned at once. Concurrent misses for
+//!    one id share a single fetch (one store read, one KMS call).
+//! 4. **Read** the record with [`Store::get`].
+//! 5. **Found:** decode it and decrypt a copy, starting with the best region: regions whose
+//!    circuit breaker is open go last, then lower observed latency, then configured order. If
+//!    that region has not answered within its hedge delay, the next one is asked too; a failure
+//!    moves on at once. The first success wins; the other calls are cancelled. A record that
+//!    lacks a configured region's copy is repaired in the background.
+//! 6. **Absent:** call `generate_data_key` in the best region that answers; `encrypt` the key
+//!    in every other region concurrently. Once `min_regions` copies exist (default 2),
+//!    stragglers get one hedge delay more; regions still without a copy are listed in the
+//!    record's `missing`. Fewer than `min_regions` copies: nothing is written, the call fails.
+//! 7. **Store** the record with [`Store::put_if_absent`]. If this call created it, return the
 //!    new key. If another caller created one first, drop the new key (it is zeroized and was
-//!    never handed out) and unwrap the winner's record as in step 4.
+//!    never handed out) and unwrap the winner's record as in step 5.
+//! 8. **Repair:** [`KeyService::repair`] adds missing copies when their regions answer again,
+//!    by [`Store::compare_and_swap`] on the version it read; a lost race re-reads and retries.
+//!    [`KeyService::run_repairer`] retries known gaps every `repair_interval`, and
+//!    [`KeyService::repair_sweep`] walks the whole store.
 //!
 //! # Guarantees
 //!
 //! - **First write wins.** Once any caller was handed a key for an id, every later caller,
 //!   through any service sharing the store, gets the same key: records are only created by
-//!   `put_if_absent`, and a loser returns the winner's key, never its own.
+//!   `put_if_absent`, a loser returns the winner's key, never its own, and repair changes a
+//!   record only by compare-and-set, adding copies of the same key.
 //! - **No plaintext at rest.** The store holds only wrapped copies. [`DataKey`] is zeroized on
-//!   drop and prints as `[REDACTED]`.
+//!   drop (also when the cache evicts it) and prints as `[REDACTED]`.
 //! - **Copies are bound to their id and region.** A copy moved under another id fails to
 //!   decrypt (the context differs); a copy wrapped under a foreign master key is refused.
 //! - **Bounded failure.** Each KMS and store call has a timeout and the whole call a deadline
-//!   ([`ServiceOptions`]).
+//!   ([`ServiceOptions`]); a region that keeps failing is skipped by its circuit breaker.
 //!
 //! # Failure cases
 //!
-//! - Every region holding a copy fails or times out: [`ServiceError::RegionsUnavailable`]
-//!   (`Decrypt`); retry later.
-//! - No region can generate, or some region cannot wrap: `RegionsUnavailable` (`Generate` or
-//!   `Wrap`) and nothing is written.
+//! - Every region holding a copy fails, times out or has an open breaker:
+//!   [`ServiceError::RegionsUnavailable`] (`Decrypt`); retry later. With a stale grace
+//!   configured ([`CacheOptions::stale_grace`]), a key cached within the grace is served
+//!   instead, marked [`IssuedKey::stale`].
+//! - No region can generate, or fewer than `min_regions` hold a copy:
+//!   `RegionsUnavailable` (`Generate` or `Wrap`) and nothing is written.
 //! - The store fails or is slow: [`ServiceError::Store`] or [`ServiceError::StoreTimeout`].
 //! - The stored bytes do not decode: [`ServiceError::CorruptRecord`]; other ids are unaffected.
 //! - The record holds copies only for regions that are not configured:
 //!   [`ServiceError::NoCopyForConfiguredRegions`].
+//!
+//! Metrics are recorded through the `metrics` facade under the names in [`telemetry`].
 
 mod cache;
 mod context;

@@ -1,0 +1,218 @@
+"""Load test: the release rkms-server against three emulated KMS regions, one table of figures.
+
+Usage: python3 scripts/load.py [--duration SECONDS] [--connections N] [--quick]
+
+Builds the release server, starts the test services (scripts/services.sh), and for each
+scenario starts the server with its configuration over one SQLite file, drives it with wrk,
+and reads KMS calls from the server's /metrics. Prints a Markdown table: requests/s, p50, p99,
+error rate and KMS calls per request. Everything runs on loopback; every run is bounded.
+
+Scenarios:
+  hot cached GET          cache on, 100 existing ids
+  GET, cache disabled     every request unwraps in KMS
+  create                  every request a new id (generate + 2 wraps + 1 conditional write)
+  first region refused    cache off; region 1's endpoint refuses connections
+  first region blackholed cache off; region 1's endpoint accepts and never answers
+  create, region refused  new ids while region 1 refuses (quorum create, min_regions = 2)
+"""
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER = os.path.join(ROOT, "target", "release", "rkms-server")
+
+EXISTING_LUA = """
+local ids = {}
+init = function(args)
+  for line in io.lines(args[1]) do ids[#ids + 1] = line end
+end
+request = function()
+  return wrk.format("GET", "/api/v1/key?id=" .. ids[math.random(#ids)])
+end
+"""
+
+CREATE_LUA = """
+local counter = 0
+setup = function(thread) thread:set("tid", tostring(math.random(1000000000))) end
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/api/v1/key?id=load-" .. tid .. "-" .. counter)
+end
+"""
+
+
+def run(cmd, **kwargs):
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def blackhole():
+    """A listener that accepts connections and never answers; returns its port."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    held = []
+
+    def accept():
+        while True:
+            conn, _ = listener.accept()
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def services_env():
+    env = dict(os.environ)
+    with open(os.path.join(ROOT, ".test-services", "env")) as f:
+        for line in f:
+            name, value = line.strip().removeprefix("export ").split("=", 1)
+            env[name] = value
+    return env
+
+
+def config(env, data_dir, endpoints, cache):
+    regions = env["RKMS_TEST_KMS_REGIONS"].split(",")
+    key_ids = ", ".join(f'{r} = "alias/rkms-{r}"' for r in regions)
+    lines = [
+        "[logger]", 'level = "warn"',
+        "[kms]", 'provider = "aws"', "regions = [" + ", ".join(f'"{r}"' for r in regions) + "]",
+        "key_ids = { " + key_ids + " }", "timeout_ms = 1000", "connect_timeout_ms = 300",
+        "[kms.endpoints]", *[f'{r} = "{e}"' for r, e in zip(regions, endpoints)],
+        "[store]", 'backend = "sqlite"', f'path = "{data_dir}/rkms.sqlite3"',
+        "[cache]", f"enabled = {'true' if cache else 'false'}",
+    ]
+    path = os.path.join(data_dir, "rkms.toml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+class Server:
+    def __init__(self, env, config_path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [SERVER, "--config", config_path, "--listen", f"127.0.0.1:{self.port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(self.base + "/healthz", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("rkms-server did not start")
+
+    def get(self, path):
+        return urllib.request.urlopen(self.base + path, timeout=10).read().decode()
+
+    def kms_calls(self):
+        text = self.get("/metrics")
+        return sum(float(m) for m in re.findall(r"^rkms_kms_calls_total\{[^}]*\} (\S+)$", text, re.M))
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def parse_wrk(output):
+    def millis(text):
+        value, unit = float(re.match(r"[\d.]+", text).group()), re.search(r"[a-z]+", text).group()
+        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    p50 = millis(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))
+    p99 = millis(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = int(bad.group(1)) if bad else 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return requests, rps, p50, p99, errors
+
+
+def wrk(server, lua, args, duration, connections):
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "--latency",
+         "-s", script.name, server.base, "--", *args],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    os.unlink(script.name)
+    return parse_wrk(output)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32, help="for the cached scenario")
+    parser.add_argument("--kms-connections", type=int, default=8, help="for scenarios that call KMS")
+    args = parser.parse_args()
+
+    if shutil.which("wrk") is None:
+        run(["apt-get", "install", "-y", "-qq", "wrk"])
+    run(["cargo", "build", "--release", "--locked", "-p", "rkms-server"], cwd=ROOT)
+    run([os.path.join(ROOT, "scripts", "services.sh"), "start"])
+    try:
+        env = services_env()
+        endpoints = env["RKMS_TEST_KMS_ENDPOINTS"].split(",")
+        refused = [f"http://127.0.0.1:{free_port()}"] + endpoints[1:]
+        blackholed = [f"http://127.0.0.1:{blackhole()}"] + endpoints[1:]
+        data_dir = tempfile.mkdtemp(prefix="rkms-load-")
+        ids_file = os.path.join(data_dir, "ids.txt")
+
+        seed = Server(env, config(env, data_dir, endpoints, cache=False))
+        ids = [f"existing-{i}" for i in range(100)]
+        for key_id in ids:
+            seed.get(f"/api/v1/key?id={key_id}")
+        seed.stop()
+        with open(ids_file, "w") as f:
+            f.write("\n".join(ids) + "\n")
+
+        scenarios = [
+            ("hot cached GET", endpoints, True, EXISTING_LUA, [ids_file], args.connections),
+            ("GET, cache disabled", endpoints, False, EXISTING_LUA, [ids_file], args.kms_connections),
+            ("create (always-new ids)", endpoints, False, CREATE_LUA, [], args.kms_connections),
+            ("first region refused", refused, False, EXISTING_LUA, [ids_file], args.kms_connections),
+            ("first region blackholed", blackholed, False, EXISTING_LUA, [ids_file], args.kms_connections),
+            ("create, first region refused", refused, False, CREATE_LUA, [], args.kms_connections),
+        ]
+        rows = []
+        for name, scenario_endpoints, cache, lua, lua_args, connections in scenarios:
+            server = Server(env, config(env, data_dir, scenario_endpoints, cache))
+            before = server.kms_calls()
+            requests, rps, p50, p99, errors = wrk(server, lua, lua_args, args.duration, connections)
+            calls = server.kms_calls() - before
+            server.stop()
+            rows.append((name, connections, rps, p50, p99, 100.0 * errors / max(requests, 1), calls / max(requests, 1)))
+            print(f"done: {name}", file=sys.stderr)
+
+        print(f"\nwrk, {args.duration} s per scenario, 2 threads; three moto KMS regions; SQLite store\n")
+        print("| scenario | connections | requests/s | p50 ms | p99 ms | errors % | KMS calls/request |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, connections, rps, p50, p99, error_rate, calls in rows:
+            print(f"| {name} | {connections} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {error_rate:.2f} | {calls:.2f} |")
+    finally:
+        run([os.path.join(ROOT, "scripts", "services.sh"), "stop"])
+
+
+if __name__ == "__main__":
+    main()
