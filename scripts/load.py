@@ -41,11 +41,16 @@ end
 """
 
 CREATE_LUA = """
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", tostring(threads))
+end
 local counter = 0
-setup = function(thread) thread:set("tid", tostring(math.random(1000000000))) end
+init = function(args) prefix = args[1] end
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "/api/v1/key?id=load-" .. tid .. "-" .. counter)
+  return wrk.format("GET", "/api/v1/key?id=" .. prefix .. "-" .. tid .. "-" .. counter)
 end
 """
 
@@ -163,8 +168,9 @@ def wrk(server, lua, args, duration, connections):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32, help="for the cached scenario")
+    parser.add_argument("--connections", type=int, default=8, help="for the cached scenario")
     parser.add_argument("--kms-connections", type=int, default=8, help="for scenarios that call KMS")
+    parser.add_argument("--only", help="run only the scenarios whose name contains this")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -190,13 +196,15 @@ def main():
         scenarios = [
             ("hot cached GET", endpoints, True, EXISTING_LUA, [ids_file], args.connections),
             ("GET, cache disabled", endpoints, False, EXISTING_LUA, [ids_file], args.kms_connections),
-            ("create (always-new ids)", endpoints, False, CREATE_LUA, [], args.kms_connections),
+            ("create (always-new ids)", endpoints, False, CREATE_LUA, ["new"], args.kms_connections),
             ("first region refused", refused, False, EXISTING_LUA, [ids_file], args.kms_connections),
             ("first region blackholed", blackholed, False, EXISTING_LUA, [ids_file], args.kms_connections),
-            ("create, first region refused", refused, False, CREATE_LUA, [], args.kms_connections),
+            ("create, first region refused", refused, False, CREATE_LUA, ["refused"], args.kms_connections),
         ]
         rows = []
         for name, scenario_endpoints, cache, lua, lua_args, connections in scenarios:
+            if args.only and args.only not in name:
+                continue
             server = Server(env, config(env, data_dir, scenario_endpoints, cache))
             before = server.kms_calls()
             requests, rps, p50, p99, errors = wrk(server, lua, lua_args, args.duration, connections)
