@@ -12,40 +12,52 @@ use rkms_core::{CacheOptions, KeyId, KeyService, Kms, LocalKeyring, MemoryStore,
 fn service(cache: bool) -> KeyService {
     let ring = LocalKeyring::generate(&["k1", "k2", "k3"]).unwrap();
     let options = ServiceOptions {
-        cache: CacheOptions { enabled: cache, ..CacheOptions::default() },
+        cache: CacheOptions {
+            enabled: cache,
+            ..CacheOptions::default()
+        },
         ..ServiceOptions::default()
     };
     [("r1", "k1"), ("r2", "k2"), ("r3", "k3")]
         .iter()
-        .fold(KeyService::builder(Arc::new(MemoryStore::new())), |b, (region, key)| {
-            b.region(Arc::new(ring.region(region, key).unwrap()) as Arc<dyn Kms>)
-        })
+        .fold(
+            KeyService::builder(Arc::new(MemoryStore::new())),
+            |b, (region, key)| {
+                b.region(Arc::new(ring.region(region, key).unwrap()) as Arc<dyn Kms>)
+            },
+        )
         .options(options)
         .build()
         .unwrap()
 }
 
 fn hot_paths(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let id = KeyId::parse("bench").unwrap();
 
     let cached = service(true);
     runtime.block_on(cached.get_or_create(&id)).unwrap();
     c.bench_function("get_or_create/cache_hit", |b| {
-        b.to_async(&runtime).iter(|| async { cached.get_or_create(&id).await.unwrap() })
+        b.to_async(&runtime)
+            .iter(|| async { cached.get_or_create(&id).await.unwrap() })
     });
 
     let uncached = service(false);
     runtime.block_on(uncached.get_or_create(&id)).unwrap();
     c.bench_function("get_or_create/cache_miss", |b| {
-        b.to_async(&runtime).iter(|| async { uncached.get_or_create(&id).await.unwrap() })
+        b.to_async(&runtime)
+            .iter(|| async { uncached.get_or_create(&id).await.unwrap() })
     });
 
     let creator = service(false);
     let counter = AtomicU64::new(0);
     c.bench_function("get_or_create/create", |b| {
         b.to_async(&runtime).iter(|| async {
-            let id = KeyId::parse(&format!("new-{}", counter.fetch_add(1, Ordering::Relaxed))).unwrap();
+            let id =
+                KeyId::parse(&format!("new-{}", counter.fetch_add(1, Ordering::Relaxed))).unwrap();
             creator.get_or_create(&id).await.unwrap()
         })
     });
