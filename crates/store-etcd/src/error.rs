@@ -19,7 +19,9 @@ const UNAVAILABLE_CODES: [Code; 5] = [
 pub(crate) fn from_etcd(error: etcd_client::Error) -> StoreError {
     let unavailable = match &error {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => UNAVAILABLE_CODES.contains(&status.code()),
+        etcd_client::Error::GRpcStatus(status) => {
+            UNAVAILABLE_CODES.contains(&status.code()) || carries_transport_error(status)
+        }
         _ => false,
     };
     if unavailable {
@@ -33,6 +35,12 @@ pub(crate) fn from_etcd(error: etcd_client::Error) -> StoreError {
             source: Box::new(error),
         }
     }
+}
+
+/// A connection cut mid-call surfaces as status `Unknown` wrapping the transport's error.
+fn carries_transport_error(status: &tonic::Status) -> bool {
+    std::error::Error::source(status)
+        .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
 pub(crate) fn timed_out(limit: Duration) -> StoreError {
