@@ -95,4 +95,6 @@ pub use service::{
     BuildError, HedgeOptions, IssuedKey, KeyService, KeyServiceBuilder, KmsAction, RegionStatus,
     RepairOutcome, RepairSweep, ServiceError, ServiceOptions, MAX_DATA_KEY_LEN,
 };
-pub use store::{ListPage, PutOutcome, Store, StoreError, Stored, Version};
+pub use store::{
+    stored_id, within_limit, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+};

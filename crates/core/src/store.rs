@@ -1,6 +1,8 @@
 //! The `Store` trait: where wrapped records live, with first-write-wins and compare-and-set.
 
 use std::fmt;
+use std::future::Future;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -51,6 +53,33 @@ pub enum PutOutcome {
     Created(Version),
     /// A record already existed; it is returned untouched and the new bytes were discarded.
     Exists(Stored),
+}
+
+impl Version {
+    /// A backend's signed native version (an SQL `BIGINT`, an etcd revision); a negative one
+    /// means the stored data is damaged.
+    pub fn from_signed(store: &'static str, raw: i64) -> Result<Self, StoreError> {
+        u64::try_from(raw)
+            .map(Self)
+            .map_err(|_| StoreError::corrupt(store, format!("negative version {raw}")))
+    }
+}
+
+/// Parses an id read back from a backend; one that fails the id rules means damaged data.
+pub fn stored_id(store: &'static str, raw: &str) -> Result<KeyId, StoreError> {
+    KeyId::parse(raw).map_err(|e| StoreError::corrupt(store, format!("stored id is invalid: {e}")))
+}
+
+/// Runs one backend call under `limit`; a call still running then is
+/// [`StoreError::timed_out`], so that a store that stops answering cannot hang its caller.
+pub async fn within_limit<T>(
+    store: &'static str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::timed_out(store, limit)))
 }
 
 /// One page of ids from [`Store::list`].
@@ -115,6 +144,22 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A call that got no answer within `limit`: the backend is unavailable.
+    pub fn timed_out(store: &'static str, limit: Duration) -> Self {
+        Self::Unavailable {
+            store,
+            source: format!("no answer within {limit:?}").into(),
+        }
+    }
+
+    /// Stored data that cannot be read back; `message` must describe it without quoting it.
+    pub fn corrupt(store: &'static str, message: impl Into<String>) -> Self {
+        Self::Corrupt {
+            store,
+            message: message.into(),
+        }
+    }
+
     /// True when the same call may succeed later (the backend was down or slow).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable { .. })

@@ -57,10 +57,3 @@ where
         }
     }
 }
-
-pub(crate) fn corrupt(message: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        store: STORE,
-        message: message.into(),
-    }
-}

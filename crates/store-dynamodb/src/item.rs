@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rkms_core::{Record, StoreError, Stored, Version, WrappedCopy, RECORD_FORMAT};
 
-use crate::error::corrupt;
+use crate::error::STORE;
 
 pub(crate) const ID: &str = "id";
 pub(crate) const RECORD: &str = "record";
@@ -26,21 +26,24 @@ pub(crate) fn stored_from_item(
         (Some(record), Some(version), _) => {
             let bytes = record
                 .as_b()
-                .map_err(|_| corrupt("`record` is not binary"))?
+                .map_err(|_| StoreError::corrupt(STORE, "`record` is not binary"))?
                 .as_ref()
                 .to_vec();
             let version = version
                 .as_n()
                 .ok()
                 .and_then(|n| n.parse::<u64>().ok())
-                .ok_or_else(|| corrupt("`version` is not a non-negative number"))?;
+                .ok_or_else(|| {
+                    StoreError::corrupt(STORE, "`version` is not a non-negative number")
+                })?;
             Ok(Stored {
                 bytes,
                 version: Version::new(version),
             })
         }
         (None, None, Some(keys)) => legacy_record(item, keys),
-        _ => Err(corrupt(
+        _ => Err(StoreError::corrupt(
+            STORE,
             "the item has neither `record` and `version` nor the original's `keys`",
         )),
     }
@@ -54,18 +57,18 @@ fn legacy_record(
     let id = item
         .get(ID)
         .and_then(|v| v.as_s().ok())
-        .ok_or_else(|| corrupt("a legacy item without a string `id`"))?;
+        .ok_or_else(|| StoreError::corrupt(STORE, "a legacy item without a string `id`"))?;
     let keys = keys
         .as_m()
-        .map_err(|_| corrupt("legacy `keys` is not a map"))?;
+        .map_err(|_| StoreError::corrupt(STORE, "legacy `keys` is not a map"))?;
     let mut copies = BTreeMap::new();
     for (region, value) in keys {
-        let text = value
-            .as_s()
-            .map_err(|_| corrupt(format!("legacy copy for {region:?} is not a string")))?;
-        let ciphertext = BASE64
-            .decode(text)
-            .map_err(|_| corrupt(format!("legacy copy for {region:?} is not base64")))?;
+        let text = value.as_s().map_err(|_| {
+            StoreError::corrupt(STORE, format!("legacy copy for {region:?} is not a string"))
+        })?;
+        let ciphertext = BASE64.decode(text).map_err(|_| {
+            StoreError::corrupt(STORE, format!("legacy copy for {region:?} is not base64"))
+        })?;
         // The original did not record which master key wrapped a copy.
         copies.insert(
             region.clone(),

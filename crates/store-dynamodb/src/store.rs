@@ -13,9 +13,11 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use aws_sdk_dynamodb::Client;
-use rkms_core::{KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
+use rkms_core::{
+    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+};
 
-use crate::error::{code, corrupt, from_sdk, CONDITIONAL_CHECK_FAILED, STORE};
+use crate::error::{code, from_sdk, CONDITIONAL_CHECK_FAILED, STORE};
 use crate::item::{stored_from_item, ID, LEGACY_VERSION, RECORD, VERSION};
 use crate::DynamoDbConfig;
 
@@ -32,13 +34,6 @@ impl std::fmt::Debug for DynamoDbStore {
         f.debug_struct("DynamoDbStore")
             .field("table", &self.table)
             .finish_non_exhaustive()
-    }
-}
-
-fn timed_out(limit: Duration) -> StoreError {
-    StoreError::Unavailable {
-        store: STORE,
-        source: format!("no answer within {limit:?}").into(),
     }
 }
 
@@ -96,14 +91,14 @@ impl DynamoDbStore {
                     .attribute_name(ID)
                     .attribute_type(ScalarAttributeType::S)
                     .build()
-                    .map_err(|e| corrupt(e.to_string()))?,
+                    .map_err(|e| StoreError::corrupt(STORE, e.to_string()))?,
             )
             .key_schema(
                 KeySchemaElement::builder()
                     .attribute_name(ID)
                     .key_type(KeyType::Hash)
                     .build()
-                    .map_err(|e| corrupt(e.to_string()))?,
+                    .map_err(|e| StoreError::corrupt(STORE, e.to_string()))?,
             )
             .send()
             .await;
@@ -121,9 +116,7 @@ impl DynamoDbStore {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or_else(|_| Err(timed_out(self.timeout)))
+        within_limit(STORE, self.timeout, call).await
     }
 
     async fn read(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
@@ -259,9 +252,8 @@ impl Store for DynamoDbStore {
                     let raw = item
                         .get(ID)
                         .and_then(|v| v.as_s().ok())
-                        .ok_or_else(|| corrupt("an item without a string id"))?;
-                    let id = KeyId::parse(raw)
-                        .map_err(|e| corrupt(format!("stored id is invalid: {e}")))?;
+                        .ok_or_else(|| StoreError::corrupt(STORE, "an item without a string id"))?;
+                    let id = stored_id(STORE, raw)?;
                     if after.is_none_or(|a| &id > a) {
                         ids.push(id);
                     }

@@ -1,7 +1,5 @@
 //! etcd's native errors, normalised into the core's `StoreError`.
 
-use std::time::Duration;
-
 use rkms_core::StoreError;
 use tonic::Code;
 
@@ -41,18 +39,4 @@ pub(crate) fn from_etcd(error: etcd_client::Error) -> StoreError {
 fn carries_transport_error(status: &tonic::Status) -> bool {
     std::error::Error::source(status)
         .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
-}
-
-pub(crate) fn timed_out(limit: Duration) -> StoreError {
-    StoreError::Unavailable {
-        store: STORE,
-        source: format!("no answer within {limit:?}").into(),
-    }
-}
-
-pub(crate) fn corrupt(message: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        store: STORE,
-        message: message.into(),
-    }
 }

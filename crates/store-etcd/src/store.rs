@@ -7,9 +7,11 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse,
 };
-use rkms_core::{KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
+use rkms_core::{
+    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+};
 
-use crate::error::{corrupt, from_etcd, timed_out};
+use crate::error::{from_etcd, STORE};
 use crate::EtcdConfig;
 
 /// An [`Store`] on etcd. See the crate documentation.
@@ -26,12 +28,6 @@ impl std::fmt::Debug for EtcdStore {
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
-}
-
-fn version_from(revision: i64) -> Result<Version, StoreError> {
-    u64::try_from(revision)
-        .map(Version::new)
-        .map_err(|_| corrupt(format!("negative revision {revision}")))
 }
 
 impl EtcdStore {
@@ -54,7 +50,7 @@ impl EtcdStore {
         };
         let client = tokio::time::timeout(config.operation_timeout, connect)
             .await
-            .unwrap_or_else(|_| Err(timed_out(config.operation_timeout)))?;
+            .unwrap_or_else(|_| Err(StoreError::timed_out(STORE, config.operation_timeout)))?;
         let store = Self {
             kv: client.kv_client(),
             prefix: config.prefix.clone(),
@@ -75,9 +71,7 @@ impl EtcdStore {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or_else(|_| Err(timed_out(self.timeout)))
+        within_limit(STORE, self.timeout, call).await
     }
 }
 
@@ -97,7 +91,7 @@ impl Store for EtcdStore {
                 .map(|kv| {
                     Ok(Stored {
                         bytes: kv.value().to_vec(),
-                        version: version_from(kv.mod_revision())?,
+                        version: Version::from_signed(STORE, kv.mod_revision())?,
                     })
                 })
                 .transpose()
@@ -117,8 +111,8 @@ impl Store for EtcdStore {
                 let revision = response
                     .header()
                     .map(|h| h.revision())
-                    .ok_or_else(|| corrupt("transaction without a header"))?;
-                return Ok(PutOutcome::Created(version_from(revision)?));
+                    .ok_or_else(|| StoreError::corrupt(STORE, "transaction without a header"))?;
+                return Ok(PutOutcome::Created(Version::from_signed(STORE, revision)?));
             }
             let existing = response.op_responses().into_iter().find_map(|op| match op {
                 TxnOpResponse::Get(get) => get
@@ -130,9 +124,10 @@ impl Store for EtcdStore {
             match existing {
                 Some((bytes, revision)) => Ok(PutOutcome::Exists(Stored {
                     bytes,
-                    version: version_from(revision)?,
+                    version: Version::from_signed(STORE, revision)?,
                 })),
-                None => Err(corrupt(
+                None => Err(StoreError::corrupt(
+                    STORE,
                     "the create lost to a record that could not be read back",
                 )),
             }
@@ -165,8 +160,8 @@ impl Store for EtcdStore {
             let revision = response
                 .header()
                 .map(|h| h.revision())
-                .ok_or_else(|| corrupt("transaction without a header"))?;
-            version_from(revision)
+                .ok_or_else(|| StoreError::corrupt(STORE, "transaction without a header"))?;
+            Version::from_signed(STORE, revision)
         })
         .await
     }
@@ -213,11 +208,13 @@ impl Store for EtcdStore {
                 .kvs()
                 .iter()
                 .map(|kv| {
-                    let raw = kv.key_str().map_err(|_| corrupt("a key is not UTF-8"))?;
+                    let raw = kv
+                        .key_str()
+                        .map_err(|_| StoreError::corrupt(STORE, "a key is not UTF-8"))?;
                     let id = raw
                         .strip_prefix(self.prefix.as_str())
-                        .ok_or_else(|| corrupt("a key outside the prefix"))?;
-                    KeyId::parse(id).map_err(|e| corrupt(format!("stored id is invalid: {e}")))
+                        .ok_or_else(|| StoreError::corrupt(STORE, "a key outside the prefix"))?;
+                    stored_id(STORE, id)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ListPage::from_overfetched(ids, limit))

@@ -43,11 +43,3 @@ pub(crate) fn from_sqlx(error: sqlx::Error) -> StoreError {
         }
     }
 }
-
-/// The error for a call that did not finish within the operation timeout.
-pub(crate) fn timed_out(limit: std::time::Duration) -> StoreError {
-    StoreError::Unavailable {
-        store: STORE,
-        source: format!("no answer within {limit:?}").into(),
-    }
-}

@@ -4,10 +4,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rkms_core::{KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
+use rkms_core::{
+    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::error::{from_sqlx, timed_out, STORE};
+use crate::error::{from_sqlx, STORE};
 use crate::schema::{migrate, quoted_schema};
 use crate::PostgresConfig;
 
@@ -80,9 +82,7 @@ impl PostgresStore {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or_else(|_| Err(timed_out(self.timeout)))
+        within_limit(STORE, self.timeout, call).await
     }
 
     async fn read(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
@@ -94,20 +94,11 @@ impl PostgresStore {
         row.map(|(bytes, version)| {
             Ok(Stored {
                 bytes,
-                version: version_from(version)?,
+                version: Version::from_signed(STORE, version)?,
             })
         })
         .transpose()
     }
-}
-
-fn version_from(raw: i64) -> Result<Version, StoreError> {
-    u64::try_from(raw)
-        .map(Version::new)
-        .map_err(|_| StoreError::Corrupt {
-            store: STORE,
-            message: format!("negative version {raw}"),
-        })
 }
 
 #[async_trait]
@@ -126,7 +117,7 @@ impl Store for PostgresStore {
                     .await
                     .map_err(from_sqlx)?;
                 if let Some(version) = inserted {
-                    return Ok(PutOutcome::Created(version_from(version)?));
+                    return Ok(PutOutcome::Created(Version::from_signed(STORE, version)?));
                 }
                 // Another writer's record is there; return it. If it was deleted meanwhile, retry.
                 if let Some(existing) = self.read(id).await? {
@@ -155,7 +146,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(from_sqlx)?;
             match updated {
-                Some(version) => version_from(version),
+                Some(version) => Version::from_signed(STORE, version),
                 None => Err(StoreError::PreconditionFailed { expected }),
             }
         })
@@ -188,12 +179,7 @@ impl Store for PostgresStore {
                 .map_err(from_sqlx)?;
             let ids = rows
                 .iter()
-                .map(|raw| {
-                    KeyId::parse(raw).map_err(|e| StoreError::Corrupt {
-                        store: STORE,
-                        message: format!("stored id is invalid: {e}"),
-                    })
-                })
+                .map(|raw| stored_id(STORE, raw))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ListPage::from_overfetched(ids, limit))
         })

@@ -1,7 +1,5 @@
 //! Redis's native errors, normalised into the core's `StoreError`.
 
-use std::time::Duration;
-
 use redis::RedisError;
 use rkms_core::StoreError;
 
@@ -28,19 +26,5 @@ pub(crate) fn from_redis(error: RedisError) -> StoreError {
             store: STORE,
             source: Box::new(error),
         }
-    }
-}
-
-pub(crate) fn timed_out(limit: Duration) -> StoreError {
-    StoreError::Unavailable {
-        store: STORE,
-        source: format!("no answer within {limit:?}").into(),
-    }
-}
-
-pub(crate) fn corrupt(message: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        store: STORE,
-        message: message.into(),
     }
 }

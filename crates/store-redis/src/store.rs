@@ -6,9 +6,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
-use rkms_core::{KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
+use rkms_core::{
+    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+};
 
-use crate::error::{corrupt, from_redis, timed_out};
+use crate::error::{from_redis, STORE};
 use crate::RedisConfig;
 
 /// Bytes of the version that starts every stored value.
@@ -71,7 +73,7 @@ impl RedisStore {
         };
         let connection = tokio::time::timeout(config.operation_timeout, connect)
             .await
-            .unwrap_or_else(|_| Err(timed_out(config.operation_timeout)))?;
+            .unwrap_or_else(|_| Err(StoreError::timed_out(STORE, config.operation_timeout)))?;
         Ok(Self {
             connection,
             prefix: config.prefix.clone(),
@@ -94,9 +96,7 @@ impl RedisStore {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or_else(|_| Err(timed_out(self.timeout)))
+        within_limit(STORE, self.timeout, call).await
     }
 }
 
@@ -109,9 +109,10 @@ fn encode(version: u64, record: &[u8]) -> Vec<u8> {
 
 fn decode(id: &KeyId, value: Vec<u8>) -> Result<Stored, StoreError> {
     if value.len() < VERSION_LEN {
-        return Err(corrupt(format!(
-            "value of {id:?} is shorter than its version"
-        )));
+        return Err(StoreError::corrupt(
+            STORE,
+            format!("value of {id:?} is shorter than its version"),
+        ));
     }
     let (version, record) = value.split_at(VERSION_LEN);
     let version = u64::from_be_bytes(version.try_into().expect("eight bytes"));
@@ -152,7 +153,10 @@ impl Store for RedisStore {
             match reply {
                 Value::Int(1) => Ok(PutOutcome::Created(Version::new(version))),
                 Value::BulkString(existing) => Ok(PutOutcome::Exists(decode(id, existing)?)),
-                other => Err(corrupt(format!("unexpected reply to create: {other:?}"))),
+                other => Err(StoreError::corrupt(
+                    STORE,
+                    format!("unexpected reply to create: {other:?}"),
+                )),
             }
         })
         .await
@@ -213,9 +217,7 @@ impl Store for RedisStore {
                 .map_err(from_redis)?;
             let ids = raw
                 .iter()
-                .map(|r| {
-                    KeyId::parse(r).map_err(|e| corrupt(format!("indexed id is invalid: {e}")))
-                })
+                .map(|r| stored_id(STORE, r))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ListPage::from_overfetched(ids, limit))
         })

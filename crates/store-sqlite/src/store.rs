@@ -1,7 +1,7 @@
 //! `SqliteStore`: the `Store` trait over one SQLite file.
 
 use async_trait::async_trait;
-use rkms_core::{KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
+use rkms_core::{stored_id, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -55,15 +55,6 @@ impl SqliteStore {
     }
 }
 
-fn version_from(raw: i64) -> Result<Version, StoreError> {
-    u64::try_from(raw)
-        .map(Version::new)
-        .map_err(|_| StoreError::Corrupt {
-            store: STORE,
-            message: format!("negative version {raw}"),
-        })
-}
-
 fn raw_version(version: Version) -> Option<i64> {
     i64::try_from(version.get()).ok()
 }
@@ -84,7 +75,7 @@ impl Store for SqliteStore {
             let version = row.try_get::<i64, _>("version").map_err(from_sqlx)?;
             Ok(Stored {
                 bytes,
-                version: version_from(version)?,
+                version: Version::from_signed(STORE, version)?,
             })
         })
         .transpose()
@@ -104,7 +95,7 @@ impl Store for SqliteStore {
             .await
             .map_err(from_sqlx)?;
             if let Some(version) = inserted {
-                return Ok(PutOutcome::Created(version_from(version)?));
+                return Ok(PutOutcome::Created(Version::from_signed(STORE, version)?));
             }
             // Someone else's record is there; return it. If it was deleted in between, retry.
             if let Some(existing) = self.get(id).await? {
@@ -133,7 +124,7 @@ impl Store for SqliteStore {
         .await
         .map_err(from_sqlx)?;
         match updated {
-            Some(version) => version_from(version),
+            Some(version) => Version::from_signed(STORE, version),
             None => Err(StoreError::PreconditionFailed { expected }),
         }
     }
@@ -161,12 +152,7 @@ impl Store for SqliteStore {
                 .map_err(from_sqlx)?;
         let ids = rows
             .iter()
-            .map(|raw| {
-                KeyId::parse(raw).map_err(|e| StoreError::Corrupt {
-                    store: STORE,
-                    message: format!("stored id is invalid: {e}"),
-                })
-            })
+            .map(|raw| stored_id(STORE, raw))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ListPage::from_overfetched(ids, limit))
     }
