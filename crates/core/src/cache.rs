@@ -60,50 +60,52 @@ impl CachedKey {
     }
 }
 
-/// What the cache holds for an id.
-#[derive(Debug)]
-pub(crate) enum Lookup {
-    /// A key younger than the TTL.
-    Fresh(Arc<CachedKey>),
-    /// A key past the TTL but within the stale grace; it has been removed from the cache and
-    /// may be served only if fetching a fresh one fails for lack of regions.
-    Stale(Arc<CachedKey>),
-    /// Nothing usable.
-    Miss,
-}
-
 /// The cache. See the module documentation.
 #[derive(Debug)]
 pub(crate) struct KeyCache {
+    /// Keys younger than the TTL (older ones are moved out on lookup).
     entries: Cache<KeyId, Arc<CachedKey>>,
+    /// With a stale grace: keys past the TTL, kept until the grace ends, to be served only
+    /// while no region can serve a fresh one.
+    expired: Option<Cache<KeyId, Arc<CachedKey>>>,
     options: CacheOptions,
 }
 
 impl KeyCache {
     /// A cache as `options` say, or `None` when caching is off.
     pub(crate) fn new(options: CacheOptions) -> Option<Self> {
-        options.enabled.then(|| Self {
-            entries: Cache::builder()
+        let cache = |ttl| {
+            Cache::builder()
                 .max_capacity(options.max_entries)
-                .time_to_live(options.ttl + options.stale_grace.unwrap_or_default())
-                .build(),
+                .time_to_live(ttl)
+                .build()
+        };
+        options.enabled.then(|| Self {
+            entries: cache(options.ttl),
+            expired: options.stale_grace.map(|grace| cache(options.ttl + grace)),
             options,
         })
     }
 
-    pub(crate) async fn lookup(&self, id: &KeyId) -> Lookup {
-        let Some(entry) = self.entries.get(id).await else {
-            return Lookup::Miss;
-        };
-        let age = entry.fetched.elapsed();
-        if age < self.options.ttl {
-            return Lookup::Fresh(entry);
+    /// A key younger than the TTL, if the cache holds one. An older one is moved to the
+    /// expired set (with a stale grace) or dropped.
+    pub(crate) async fn fresh(&self, id: &KeyId) -> Option<Arc<CachedKey>> {
+        let entry = self.entries.get(id).await?;
+        if entry.fetched.elapsed() < self.options.ttl {
+            return Some(entry);
         }
         self.entries.invalidate(id).await;
-        match self.options.stale_grace {
-            Some(grace) if age < self.options.ttl + grace => Lookup::Stale(entry),
-            _ => Lookup::Miss,
+        if let Some(expired) = &self.expired {
+            expired.insert(id.clone(), entry).await;
         }
+        None
+    }
+
+    /// A key past the TTL but within the stale grace, for when no region can serve.
+    pub(crate) async fn stale(&self, id: &KeyId) -> Option<Arc<CachedKey>> {
+        let (expired, grace) = (self.expired.as_ref()?, self.options.stale_grace?);
+        let entry = expired.get(id).await?;
+        (entry.fetched.elapsed() < self.options.ttl + grace).then_some(entry)
     }
 
     /// Returns the entry for `id`, running `fetch` to fill it unless a concurrent caller is
@@ -122,12 +124,15 @@ impl KeyCache {
                 fetch.await
             })
             .await;
+        if let (Ok(_), Some(expired)) = (&result, &self.expired) {
+            expired.invalidate(id).await;
+        }
         (result, !ran.load(Ordering::Relaxed))
     }
 
     /// Runs the cache's pending evictions now (tests).
     #[cfg(test)]
-    pub(crate) async fn run_pending_tasks(&self) {
+    async fn run_pending_tasks(&self) {
         self.entries.run_pending_tasks().await;
     }
 }
@@ -158,23 +163,42 @@ mod tests {
         let cache = KeyCache::new(options).unwrap();
         let (filled, _) = cache.get_or_fetch(&id("a"), async { Ok(entry(1)) }).await;
         filled.unwrap();
-        assert!(matches!(cache.lookup(&id("a")).await, Lookup::Fresh(_)));
-        tokio::time::advance(Duration::from_secs(301)).await;
-        assert!(matches!(cache.lookup(&id("a")).await, Lookup::Stale(_)));
+        assert!(cache.fresh(&id("a")).await.is_some());
         assert!(
-            matches!(cache.lookup(&id("a")).await, Lookup::Miss),
-            "a stale entry is removed"
+            cache.stale(&id("a")).await.is_none(),
+            "a fresh key is not stale"
+        );
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert!(
+            cache.fresh(&id("a")).await.is_none(),
+            "past the TTL it is not fresh"
+        );
+        assert!(
+            cache.stale(&id("a")).await.is_some(),
+            "within the grace, for every caller"
+        );
+        assert!(cache.stale(&id("a")).await.is_some());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            cache.stale(&id("a")).await.is_none(),
+            "past the grace it is not served"
         );
 
-        cache
+        let no_grace = KeyCache::new(CacheOptions {
+            stale_grace: None,
+            ..options
+        })
+        .unwrap();
+        no_grace
             .get_or_fetch(&id("b"), async { Ok(entry(2)) })
             .await
             .0
             .unwrap();
-        tokio::time::advance(Duration::from_secs(361)).await;
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert!(no_grace.fresh(&id("b")).await.is_none());
         assert!(
-            matches!(cache.lookup(&id("b")).await, Lookup::Miss),
-            "past the grace it is gone"
+            no_grace.stale(&id("b")).await.is_none(),
+            "no grace, no stale keys"
         );
     }
 

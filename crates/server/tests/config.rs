@@ -370,7 +370,7 @@ fn the_development_default_is_loopback_sqlite_and_three_local_regions() {
 fn availability_settings_are_read() {
     let settings = parse(&format!(
         "{LOCAL}min_regions = 1\n[kms.hedge]\ndelay_ms = 40\n[kms.breaker]\nfailure_threshold = 5\nopen_ms = 900\n\
-         [cache]\nttl_seconds = 60\nmax_entries = 10\nstale_grace_seconds = 30\n[repair]\ninterval_seconds = 7\n"
+         [cache]\nttl_seconds = 60\nmax_entries = 10\nstale_grace_seconds = 30\n[repair]\ninterval_seconds = 7\nsweep_interval_seconds = 0\n"
     ))
     .unwrap();
     let s = &settings.service;
@@ -389,6 +389,7 @@ fn availability_settings_are_read() {
         Some(std::time::Duration::from_secs(30))
     );
     assert_eq!(s.repair_interval.as_secs(), 7);
+    assert_eq!(s.sweep_interval, None, "0 turns the full sweep off");
 
     let defaults = parse(LOCAL).unwrap().service;
     assert_eq!(defaults.min_regions, 2, "two of the regions by default");

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::cache::{CachedKey, KeyCache, Lookup};
+use crate::cache::{CachedKey, KeyCache};
 use crate::health::{BreakerState, RegionHealth};
 use crate::kms::{Kms, KmsError};
 use crate::record::Record;
@@ -322,30 +322,27 @@ impl KeyService {
             let fetched = self.fetch(id).await?;
             return Ok(issued(&fetched, false, false));
         };
-        let stale = match cache.lookup(id).await {
-            Lookup::Fresh(entry) => {
-                metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "hit").increment(1);
-                return Ok(issued(&entry, true, false));
-            }
-            Lookup::Stale(entry) => Some(entry),
-            Lookup::Miss => None,
-        };
+        if let Some(entry) = cache.fresh(id).await {
+            metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "hit").increment(1);
+            return Ok(issued(&entry, true, false));
+        }
         let (result, coalesced) = cache
             .get_or_fetch(id, async { self.fetch(id).await.map(Arc::new) })
             .await;
         let result_label = if coalesced { "coalesced" } else { "miss" };
         metrics::counter!(telemetry::CACHE_REQUESTS, "result" => result_label).increment(1);
-        match (result, stale) {
-            (Ok(entry), _) => Ok(issued(&entry, coalesced, false)),
-            (Err(error), Some(stale))
-                if matches!(error.root(), ServiceError::RegionsUnavailable { .. }) =>
-            {
+        let error = match result {
+            Ok(entry) => return Ok(issued(&entry, coalesced, false)),
+            Err(error) => error,
+        };
+        if matches!(error.root(), ServiceError::RegionsUnavailable { .. }) {
+            if let Some(stale) = cache.stale(id).await {
                 warn!(%id, error = %error, "no region can serve; serving a stale cached key within the grace window");
                 metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "stale").increment(1);
-                Ok(issued(&stale, true, true))
+                return Ok(issued(&stale, true, true));
             }
-            (Err(error), _) => Err(ServiceError::Coalesced(error)),
         }
+        Err(ServiceError::Coalesced(error))
     }
 
     /// Reads and unwraps the record for `id`, or creates it.
@@ -355,7 +352,7 @@ impl KeyService {
             let record = decode(id, &stored.bytes)?;
             let (key, region) = self.decrypt_record(id, &record, &context).await?;
             if self.needs_repair(&record) && !record.wrapped_without_context {
-                self.spawn_repair(id);
+                self.spawn_repair(id, &record);
             }
             return Ok(CachedKey::new(key, region, false));
         }

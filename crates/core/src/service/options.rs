@@ -62,9 +62,12 @@ pub struct ServiceOptions {
     pub breaker: BreakerOptions,
     /// The plaintext key cache.
     pub cache: CacheOptions,
-    /// How often the background repairer sweeps the store (default 60 s); see
-    /// [`super::KeyService::run_repairer`].
+    /// How often the background repairer retries the records this process knows to lack a
+    /// copy (default 60 s); see [`super::KeyService::run_repairer`].
     pub repair_interval: Duration,
+    /// How often it also reads the whole store for records nobody here knows about (default
+    /// 6 h; `None` never). Every record is read, so mind the cost on a large store.
+    pub sweep_interval: Option<Duration>,
 }
 
 impl Default for ServiceOptions {
@@ -79,6 +82,7 @@ impl Default for ServiceOptions {
             breaker: BreakerOptions::default(),
             cache: CacheOptions::default(),
             repair_interval: Duration::from_secs(60),
+            sweep_interval: Some(Duration::from_secs(6 * 3600)),
         }
     }
 }

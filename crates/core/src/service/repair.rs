@@ -17,6 +17,7 @@ use futures::future::join_all;
 use tracing::{debug, info, warn};
 
 use super::{KeyService, ServiceError};
+use crate::health::BreakerState;
 use crate::record::{Record, WrappedCopy};
 use crate::store::StoreError;
 use crate::telemetry;
@@ -96,9 +97,23 @@ impl KeyService {
             .collect()
     }
 
-    /// Repairs `id` in the background unless a repair of it is already running here.
-    pub(super) fn spawn_repair(&self, id: &KeyId) {
+    /// Repairs `id` in the background, unless a repair of it is already running here or every
+    /// region it lacks has an open breaker (the repairer retries it later).
+    pub(super) fn spawn_repair(&self, id: &KeyId, record: &Record) {
         self.mark_pending(id);
+        let reachable = self
+            .regions_missing_from(record)
+            .iter()
+            .any(|i| self.inner.regions[*i].health.state() != BreakerState::Open);
+        let running = self
+            .inner
+            .repairing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id);
+        if !reachable || running {
+            return;
+        }
         let service = self.clone();
         let id = id.clone();
         tokio::spawn(async move {
@@ -260,16 +275,29 @@ impl KeyService {
         self.pending_repairs().len()
     }
 
-    /// Runs forever: every `repair_interval`, retries the pending repairs. Spawn it on the
-    /// runtime and abort it at shutdown.
+    /// Runs forever: every `repair_interval`, retries the pending repairs, and every
+    /// `sweep_interval` (if set) sweeps the whole store. Spawn it on the runtime and abort it
+    /// at shutdown.
     pub async fn run_repairer(&self) {
-        let mut ticks = tokio::time::interval(self.inner.options.repair_interval);
+        let options = &self.inner.options;
+        let mut ticks = tokio::time::interval(options.repair_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
             ticks.tick().await;
             let left = self.repair_pending().await;
             if left > 0 {
                 debug!(left, "records still lack copies");
+            }
+            if options
+                .sweep_interval
+                .is_some_and(|every| last_sweep.elapsed() >= every)
+            {
+                last_sweep = tokio::time::Instant::now();
+                match self.repair_sweep().await {
+                    Ok(sweep) => info!(?sweep, "repair sweep done"),
+                    Err(e) => warn!(error = %e, "repair sweep failed; it runs again next interval"),
+                }
             }
         }
     }

@@ -37,6 +37,7 @@ pub(super) struct CacheSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct RepairSection {
     interval_seconds: Option<u64>,
+    sweep_interval_seconds: Option<u64>,
 }
 
 fn seconds(
@@ -128,5 +129,10 @@ pub(super) fn apply(
         repair.interval_seconds,
         defaults.repair_interval,
     )?;
+    service.sweep_interval = match repair.sweep_interval_seconds {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => defaults.sweep_interval,
+    };
     Ok(())
 }
