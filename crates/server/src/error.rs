@@ -56,6 +56,15 @@ impl ApiError {
         }
     }
 
+    /// The `error_type` a protocol failure is answered with, without logging it.
+    pub fn kind_of(error: &ServiceError) -> &'static str {
+        if error.is_unavailable() {
+            "ServiceUnavailable"
+        } else {
+            "InternalError"
+        }
+    }
+
     fn parts(&self) -> (StatusCode, &str, &str) {
         match self {
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "BadRequest", message),

@@ -4,6 +4,7 @@
 //! opens the store and KMS regions it names, and [`routes::app`] is the HTTP API over a
 //! [`rkms_core::KeyService`]. `main.rs` wires them together with logging and shutdown.
 
+pub mod audit;
 pub mod backends;
 pub mod config;
 pub mod error;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use rkms_core::KeyService;
+use rkms_server::audit::{self, AuditLog};
 use rkms_server::backends::{open_regions, open_store};
 use rkms_server::config::{LogFormat, Settings};
 use rkms_server::routes::{app, AppState};
@@ -18,6 +19,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file. Without one, the server runs the embedded development default
     /// (SQLite and three local software KMS regions under --data-dir).
     #[arg(long, env = "RKMS_CONFIG")]
@@ -30,6 +33,24 @@ struct Cli {
     data_dir: PathBuf,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AuditAction {
+    /// Checks an audit log's hash chain: exit 0 if intact, 1 at the first broken line.
+    Verify {
+        /// The audit log file.
+        file: PathBuf,
+    },
+}
+
 /// Histogram buckets for call latencies, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
@@ -38,6 +59,21 @@ const LATENCY_BUCKETS: [f64; 14] = [
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Audit {
+        action: AuditAction::Verify { file },
+    }) = &cli.command
+    {
+        return match audit::verify(file) {
+            Ok(lines) => {
+                println!("{}: {lines} lines, chain intact", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut settings = match &cli.config {
         Some(path) => match Settings::from_file(path, &cli.data_dir) {
             Ok(settings) => settings,
@@ -109,9 +145,12 @@ async fn run(settings: Settings) -> Result<(), String> {
         let service = Arc::clone(&service);
         async move { service.run_repairer().await }
     });
+    let audit = AuditLog::open(&settings.audit)
+        .map_err(|e| format!("cannot open the audit log {:?}: {e}", settings.audit))?;
     let state = AppState {
         service,
         metrics: Some(metrics),
+        audit: Some(Arc::new(audit)),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen)

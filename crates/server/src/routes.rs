@@ -19,7 +19,11 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditEvent, AuditLog};
 use crate::error::ApiError;
+
+/// The principal of every request until authentication exists.
+const ANONYMOUS: &str = "anonymous";
 
 /// Longest query string the key endpoint reads; anything longer cannot hold a valid id.
 const MAX_QUERY_LEN: usize = 4096;
@@ -31,6 +35,8 @@ pub struct AppState {
     pub service: Arc<KeyService>,
     /// Renders the process's metrics for `/metrics`; `None` serves no metrics.
     pub metrics: Option<PrometheusHandle>,
+    /// Where every key operation is recorded; `None` records nothing (tests of the API alone).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// The whole HTTP API. `key_path` is `/api/<api_version>/key`.
@@ -59,11 +65,38 @@ async fn get_key(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let id = id_from_query(query.as_deref().unwrap_or_default())?;
-    let issued = state
-        .service
-        .get_or_create(&id)
-        .await
-        .map_err(|e| ApiError::from_service(&e))?;
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    let result = state.service.get_or_create(&id).await;
+    if let Some(audit) = &state.audit {
+        let event = match &result {
+            Ok(issued) => AuditEvent {
+                request_id: &request_id,
+                principal: ANONYMOUS,
+                operation: if issued.created { "create" } else { "get" },
+                id: id.as_str(),
+                outcome: "ok",
+                region: Some(&issued.region),
+                cache_hit: issued.from_cache,
+                created: issued.created,
+            },
+            Err(error) => AuditEvent {
+                request_id: &request_id,
+                principal: ANONYMOUS,
+                operation: "get_or_create",
+                id: id.as_str(),
+                outcome: ApiError::kind_of(error),
+                region: None,
+                cache_hit: false,
+                created: false,
+            },
+        };
+        // A key is handed out only once its release is on record.
+        audit.record(&event).map_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log");
+            ApiError::Internal("the audit log cannot be written; no key was handed out".into())
+        })?;
+    }
+    let issued = result.map_err(|e| ApiError::from_service(&e))?;
     let encoded = Zeroizing::new(BASE64.encode(issued.key.expose_secret()));
     let body = Zeroizing::new(
         serde_json::to_vec(&KeyResponse {

@@ -70,6 +70,7 @@ fn router(store: Arc<MemoryStore>, healthy: bool) -> Router {
         AppState {
             service: Arc::new(service),
             metrics: None,
+            audit: None,
         },
         "/api/v1/key",
     )

@@ -440,3 +440,29 @@ fn invalid_availability_settings_are_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn the_audit_log_goes_to_a_file_or_standard_output() {
+    use rkms_server::audit::AuditTarget;
+    let default = parse(LOCAL).unwrap().audit;
+    assert_eq!(
+        default,
+        AuditTarget::File(Path::new("/var/lib/rkms/audit.log").to_owned())
+    );
+    let file = parse(&format!(
+        "{LOCAL}[audit]\npath = \"/var/log/rkms/audit.log\"\n"
+    ))
+    .unwrap()
+    .audit;
+    assert_eq!(
+        file,
+        AuditTarget::File(Path::new("/var/log/rkms/audit.log").to_owned())
+    );
+    assert_eq!(
+        parse(&format!("{LOCAL}[audit]\npath = \"-\"\n"))
+            .unwrap()
+            .audit,
+        AuditTarget::Stdout
+    );
+    assert!(refusal(&format!("{LOCAL}[audit]\nfile = \"x\"\n")).contains("file"));
+}

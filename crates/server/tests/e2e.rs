@@ -141,3 +141,79 @@ async fn the_development_default_warns_and_answers_health_checks() {
         .iter()
         .any(|l| l.contains("DEVELOPMENT MODE")));
 }
+
+#[tokio::test]
+async fn every_key_operation_is_audited_in_a_verifiable_chain_without_key_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = Server::development(dir.path());
+    let mut handed_out = Vec::new();
+    for id in ["audited-1", "audited-2", "audited-1"] {
+        handed_out.push(key(&client, &server, id).await);
+    }
+    let (status, _) = get_json(&client, &server.key_url("id=bad%20id")).await;
+    assert_eq!(status, 400);
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(server.stop().success());
+
+    let audit_path = dir.path().join("audit.log");
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let operations: Vec<(&str, &str, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["operation"].as_str().unwrap(),
+                l["id"].as_str().unwrap(),
+                l["cache_hit"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            ("create", "audited-1", false),
+            ("create", "audited-2", false),
+            ("get", "audited-1", true)
+        ],
+        "one line per key operation; malformed requests are not key operations"
+    );
+    for line in &lines {
+        assert_eq!(line["principal"], "anonymous");
+        assert_eq!(line["outcome"], "ok");
+        assert!(line["request_id"].as_str().is_some_and(|r| r.len() == 16));
+    }
+    for key in &handed_out {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap();
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        for text in [&audit, &log] {
+            assert!(
+                !text.contains(key.as_str()) && !text.contains(&hex),
+                "a handed-out key leaked"
+            );
+        }
+    }
+
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+            .args(["audit", "verify", path.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let intact = verify(&audit_path);
+    assert!(
+        intact.status.success(),
+        "{}",
+        String::from_utf8_lossy(&intact.stderr)
+    );
+    assert!(String::from_utf8_lossy(&intact.stdout).contains("3 lines, chain intact"));
+    std::fs::write(&audit_path, audit.replacen("audited-2", "audited-9", 1)).unwrap();
+    let edited = verify(&audit_path);
+    assert_eq!(edited.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&edited.stderr).contains("line 3"));
+}

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rkms_core::{ServiceOptions, MAX_DATA_KEY_LEN};
+
+use crate::audit::AuditTarget;
 use serde::Deserialize;
 
 mod availability;
@@ -84,6 +86,26 @@ struct FileConfig {
     cache: availability::CacheSection,
     #[serde(default)]
     repair: availability::RepairSection,
+    #[serde(default)]
+    audit: AuditSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    /// The audit log file, or "-" for standard output; default `<data-dir>/audit.log`.
+    path: Option<PathBuf>,
+}
+
+/// Audit log file name under the data directory.
+pub const AUDIT_FILE: &str = "audit.log";
+
+fn audit_target(path: Option<PathBuf>, data_dir: &Path) -> AuditTarget {
+    match path {
+        Some(path) if path.as_os_str() == "-" => AuditTarget::Stdout,
+        Some(path) => AuditTarget::File(path),
+        None => AuditTarget::File(data_dir.join(AUDIT_FILE)),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +166,8 @@ pub struct Settings {
     pub development_mode: bool,
     /// Things about the configuration worth a line in the log at start.
     pub notices: Vec<String>,
+    /// Where key operations are recorded.
+    pub audit: AuditTarget,
 }
 
 impl Settings {
@@ -169,6 +193,7 @@ impl Settings {
             service: ServiceOptions::default(),
             development_mode: true,
             notices: Vec::new(),
+            audit: audit_target(None, data_dir),
         }
     }
 
@@ -302,6 +327,7 @@ impl Settings {
             service,
             development_mode: false,
             notices,
+            audit: audit_target(file.audit.path, data_dir),
         })
     }
 }

@@ -18,12 +18,19 @@ pub(crate) struct Server {
     pub(crate) base: String,
     /// Every log line the server wrote so far.
     pub(crate) log: Arc<Mutex<Vec<String>>>,
+    /// A data directory of its own (audit log, defaults) when the caller gave none.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// Starts the server with `args` (plus `--listen 127.0.0.1:0`) and waits until it listens.
     pub(crate) fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        let own_data_dir = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().unwrap());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rkms-server"));
+        if let Some(dir) = &own_data_dir {
+            command.arg("--data-dir").arg(dir.path());
+        }
+        let mut child = command
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
@@ -63,6 +70,7 @@ impl Server {
             child,
             base: format!("http://{addr}"),
             log,
+            _data_dir: own_data_dir,
         }
     }
 
