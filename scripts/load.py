@@ -101,6 +101,7 @@ def config(env, data_dir, endpoints, cache):
         "[kms.endpoints]", *[f'{r} = "{e}"' for r, e in zip(regions, endpoints)],
         "[store]", 'backend = "sqlite"', f'path = "{data_dir}/rkms.sqlite3"',
         "[cache]", f"enabled = {'true' if cache else 'false'}",
+        "[audit]", f'path = "{data_dir}/audit.log"',
     ]
     path = os.path.join(data_dir, "rkms.toml")
     with open(path, "w") as f:
