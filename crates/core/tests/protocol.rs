@@ -39,6 +39,23 @@ async fn same_id_gives_the_same_key_and_different_ids_differ() {
 }
 
 #[tokio::test]
+async fn get_existing_never_creates_and_reads_what_exists() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service(store.clone());
+    assert!(service.get_existing(&id("a")).await.unwrap().is_none());
+    assert_eq!(record_count(&store).await, 0);
+    let created = service.get_or_create(&id("a")).await.unwrap();
+    let read = service.get_existing(&id("a")).await.unwrap().unwrap();
+    assert!(!read.created);
+    assert_eq!(read.key, created.key);
+    let uncached = regions.service(store.clone());
+    let read = uncached.get_existing(&id("a")).await.unwrap().unwrap();
+    assert!(!read.created && !read.from_cache);
+    assert_eq!(read.key, created.key);
+}
+
+#[tokio::test]
 async fn a_new_record_holds_one_copy_per_region_and_no_plaintext() {
     let regions = Regions::new();
     let store = Arc::new(MemoryStore::new());

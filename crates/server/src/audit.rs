@@ -29,15 +29,16 @@ pub enum AuditTarget {
 /// One key operation, as audited.
 #[derive(Debug, Serialize)]
 pub struct AuditEvent<'a> {
-    /// Per-request id, also in the server's log lines for the request.
+    /// Per-request id, also sent to the client in the `x-request-id` header.
     pub request_id: &'a str,
     /// Who asked.
     pub principal: &'a str,
-    /// `get` (existing key) or `create` (this request created it); `get_or_create` when it failed.
+    /// `get` (existing key) or `create` (this request created it); when refused or failed, what
+    /// was attempted (`get_or_create` when the principal could do either).
     pub operation: &'a str,
     /// The key id.
     pub id: &'a str,
-    /// `ok`, or the error type answered.
+    /// `ok`, `denied` (403), or the error type answered.
     pub outcome: &'a str,
     /// The region that generated or unwrapped the key.
     pub region: Option<&'a str>,

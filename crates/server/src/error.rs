@@ -1,5 +1,8 @@
 //! `ApiError`: the one JSON error shape of the HTTP API, `{"error_type", "error_message"}`.
 
+use std::borrow::Cow;
+use std::time::Duration;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +16,18 @@ use tracing::error;
 pub enum ApiError {
     /// 400: the request is malformed (missing or invalid id, ...).
     BadRequest(String),
+    /// 401: no valid credentials.
+    Unauthorized(String),
+    /// 403: the principal may not do this.
+    Forbidden(String),
+    /// 413: a request body; no endpoint takes one.
+    PayloadTooLarge,
+    /// 414: the path and query are longer than this many bytes.
+    UriTooLong(usize),
+    /// 429: the principal's rate limit is spent; retry after this long.
+    TooManyRequests(Duration),
+    /// 431: the headers are larger than this many bytes.
+    HeadersTooLarge(usize),
     /// 404: no such path.
     NotFound,
     /// 405: the path exists but not for this method.
@@ -65,23 +80,49 @@ impl ApiError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &str, &str) {
+    fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
         match self {
-            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "BadRequest", message),
-            Self::NotFound => (StatusCode::NOT_FOUND, "NotFound", "no such endpoint"),
+            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "BadRequest", message.into()),
+            Self::Unauthorized(message) => {
+                (StatusCode::UNAUTHORIZED, "Unauthorized", message.into())
+            }
+            Self::Forbidden(message) => (StatusCode::FORBIDDEN, "Forbidden", message.into()),
+            Self::NotFound => (StatusCode::NOT_FOUND, "NotFound", "no such endpoint".into()),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
-                "method not allowed for this endpoint",
+                "method not allowed for this endpoint".into(),
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                "requests to this API take no body".into(),
+            ),
+            Self::UriTooLong(limit) => (
+                StatusCode::URI_TOO_LONG,
+                "UriTooLong",
+                format!("the path and query string are longer than {limit} bytes").into(),
+            ),
+            Self::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "rate limit exceeded for this principal; retry after the Retry-After delay".into(),
+            ),
+            Self::HeadersTooLarge(limit) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HeadersTooLarge",
+                format!("the request headers are larger than {limit} bytes").into(),
             ),
             Self::Unavailable(message) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
-                message,
+                message.into(),
             ),
-            Self::Internal(message) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
-            }
+            Self::Internal(message) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                message.into(),
+            ),
         }
     }
 }
@@ -93,13 +134,25 @@ impl IntoResponse for ApiError {
             status,
             Json(ErrorBody {
                 error_type,
-                error_message,
+                error_message: &error_message,
             }),
         )
             .into_response();
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"rkms\""),
+                );
+            }
+            Self::TooManyRequests(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            }
+            _ => {}
+        }
         response
     }
 }

@@ -2,10 +2,16 @@
 //!
 //! [`config`] reads the TOML file (or builds the embedded development default), [`backends`]
 //! opens the store and KMS regions it names, and [`routes::app`] is the HTTP API over a
-//! [`rkms_core::KeyService`]. `main.rs` wires them together with logging and shutdown.
+//! [`rkms_core::KeyService`]: [`auth`] says who calls and what they may do, [`limits`] bounds
+//! each request, [`audit`] records every key operation. [`serve`] runs the connections, over
+//! [`tls`] when configured. `main.rs` wires them together with logging and shutdown.
 
 pub mod audit;
+pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod routes;
+pub mod serve;
+pub mod tls;

@@ -9,9 +9,12 @@ use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use rkms_core::KeyService;
 use rkms_server::audit::{self, AuditLog};
+use rkms_server::auth::{self, Authenticator, TokenHash};
 use rkms_server::backends::{open_regions, open_store};
 use rkms_server::config::{LogFormat, Settings};
 use rkms_server::routes::{app, AppState};
+use rkms_server::serve::serve;
+use rkms_server::tls::TlsConfig;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -40,6 +43,19 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Bearer token tools.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenAction {
+    /// Makes a random token: the token goes to its client, the hash into `token_sha256`.
+    New,
+    /// Reads a token from standard input and prints its hash for `token_sha256`.
+    Hash,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -59,20 +75,23 @@ const LATENCY_BUCKETS: [f64; 14] = [
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Audit {
-        action: AuditAction::Verify { file },
-    }) = &cli.command
-    {
-        return match audit::verify(file) {
-            Ok(lines) => {
-                println!("{}: {lines} lines, chain intact", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                ExitCode::FAILURE
-            }
-        };
+    match &cli.command {
+        Some(Command::Audit {
+            action: AuditAction::Verify { file },
+        }) => {
+            return match audit::verify(file) {
+                Ok(lines) => {
+                    println!("{}: {lines} lines, chain intact", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Token { action }) => return token_command(action),
+        None => {}
     }
     let mut settings = match &cli.config {
         Some(path) => match Settings::from_file(path, &cli.data_dir) {
@@ -87,6 +106,14 @@ async fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         settings.listen = listen;
     }
+    let exposure_warnings = match settings.check_exposure() {
+        Ok(warnings) => warnings,
+        Err(e) => {
+            eprintln!("rkms-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    settings.notices.extend(exposure_warnings);
     init_logging(&settings);
     match run(settings).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +121,31 @@ async fn main() -> ExitCode {
             tracing::error!(error = %e, "rkms-server stopped");
             eprintln!("rkms-server: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn token_command(action: &TokenAction) -> ExitCode {
+    match action {
+        TokenAction::New => {
+            let token = auth::new_token();
+            println!("token:        {}", token.as_str());
+            println!("token_sha256: {}", TokenHash::of(&token).to_hex());
+            ExitCode::SUCCESS
+        }
+        TokenAction::Hash => {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("rkms-server: cannot read a token from standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            let token = line.trim();
+            if token.is_empty() {
+                eprintln!("rkms-server: no token on standard input");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", TokenHash::of(token).to_hex());
+            ExitCode::SUCCESS
         }
     }
 }
@@ -117,6 +169,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         warn!(
             "DEVELOPMENT MODE: no --config given; using the embedded default (SQLite store and three \
              local software KMS regions whose master keys sit unprotected in a keyring file). \
+             Anyone who can reach the loopback address gets any key, without credentials. \
              Do not use this for real keys."
         );
     }
@@ -151,19 +204,42 @@ async fn run(settings: Settings) -> Result<(), String> {
         service,
         metrics: Some(metrics),
         audit: Some(Arc::new(audit)),
+        auth: Arc::new(Authenticator::new(&settings.principals)),
     };
+    let tls = match &settings.tls {
+        None => None,
+        Some(tls) => Some(Arc::new(
+            TlsConfig::load(tls.clone()).map_err(|e| e.to_string())?,
+        )),
+    };
+    let tls_watcher = tls
+        .as_ref()
+        .map(|tls| tokio::spawn(Arc::clone(tls).watch()));
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let regions: Vec<String> = settings.regions.iter().map(ToString::to_string).collect();
-    info!(%addr, key_path = %settings.key_path, ?regions, "rkms-server listening");
-    axum::serve(listener, app(state, &settings.key_path))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    let principals: Vec<&str> = settings
+        .principals
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    info!(%addr, tls = tls.is_some(), key_path = %settings.key_path, ?regions, ?principals, "rkms-server listening");
+    let router = app(state, &settings.key_path, settings.limits.clone());
+    serve(
+        listener,
+        router,
+        tls,
+        settings.limits.clone(),
+        shutdown_signal(),
+    )
+    .await;
     repairer.abort();
+    if let Some(watcher) = tls_watcher {
+        watcher.abort();
+    }
     info!("rkms-server stopped");
     Ok(())
 }

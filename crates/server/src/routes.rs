@@ -4,29 +4,37 @@ use std::any::Any;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rkms_core::{BreakerState, KeyId, KeyService};
+use rkms_core::{BreakerState, IssuedKey, KeyId, KeyService, ServiceError};
 use serde::Serialize;
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use tracing::warn;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, AuditLog};
+use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
-
-/// The principal of every request until authentication exists.
-const ANONYMOUS: &str = "anonymous";
+use crate::limits::{self, Limits};
+use crate::serve::Peer;
 
 /// Longest query string the key endpoint reads; anything longer cannot hold a valid id.
 const MAX_QUERY_LEN: usize = 4096;
+
+/// Requests refused before reaching a handler, labelled by `reason`.
+pub const REJECTIONS: &str = "rkms_http_rejections_total";
+
+/// The header that carries a key request's id, as in the audit log.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -37,20 +45,54 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Where every key operation is recorded; `None` records nothing (tests of the API alone).
     pub audit: Option<Arc<AuditLog>>,
+    /// Who may call.
+    pub auth: Arc<Authenticator>,
 }
 
-/// The whole HTTP API. `key_path` is `/api/<api_version>/key`.
-pub fn app(state: AppState, key_path: &str) -> Router {
-    Router::new()
+/// The whole HTTP API. `key_path` is `/api/<api_version>/key`. The key endpoint and
+/// `/metrics` need an authenticated principal; the health checks do not.
+pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
+    let protected = Router::new()
         .route(key_path, get(get_key))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(protected)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// Finds the request's principal (401 without one) and takes a request from its rate limit
+/// (429 when spent).
+async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let peer = request.extensions().get::<Peer>();
+    let certificate = peer.and_then(|p| p.certificate.as_deref());
+    let principal = state
+        .auth
+        .authenticate(request.headers().get(header::AUTHORIZATION), certificate)
+        .map_err(|e| {
+            let remote = peer.map(|p| p.remote.to_string()).unwrap_or_default();
+            warn!(%remote, reason = %e, path = request.uri().path(), "request not authenticated");
+            ::metrics::counter!(REJECTIONS, "reason" => "unauthenticated").increment(1);
+            ApiError::Unauthorized(e.to_string())
+        })?;
+    principal.admit().map_err(|wait| {
+        ::metrics::counter!(REJECTIONS, "reason" => "rate_limited").increment(1);
+        ApiError::TooManyRequests(wait)
+    })?;
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
 }
 
 #[derive(Serialize)]
@@ -59,44 +101,134 @@ struct KeyResponse<'a> {
     key: &'a str,
 }
 
-/// `GET /api/<v>/key?id=ID`: the data key for ID, created on first use.
+/// `GET /api/<v>/key?id=ID`: the data key for ID, created on first use when the principal may
+/// create it. Every outcome past id validation is audited; the answer carries `x-request-id`.
 async fn get_key(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let id = id_from_query(query.as_deref().unwrap_or_default())?;
+) -> Response {
     let request_id = format!("{:016x}", rand::random::<u64>());
-    let result = state.service.get_or_create(&id).await;
-    if let Some(audit) = &state.audit {
-        let event = match &result {
-            Ok(issued) => AuditEvent {
-                request_id: &request_id,
-                principal: ANONYMOUS,
-                operation: if issued.created { "create" } else { "get" },
-                id: id.as_str(),
-                outcome: "ok",
-                region: Some(&issued.region),
-                cache_hit: issued.from_cache,
-                created: issued.created,
-            },
-            Err(error) => AuditEvent {
-                request_id: &request_id,
-                principal: ANONYMOUS,
-                operation: "get_or_create",
-                id: id.as_str(),
-                outcome: ApiError::kind_of(error),
-                region: None,
-                cache_hit: false,
-                created: false,
-            },
+    let mut response = match issue_key(&state, &principal, query.as_deref(), &request_id).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+async fn issue_key(
+    state: &AppState,
+    principal: &Principal,
+    query: Option<&str>,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let id = id_from_query(query.unwrap_or_default())?;
+    let audit = Audit {
+        state,
+        principal,
+        id: &id,
+        request_id,
+    };
+    let allowed = principal.policy.allowed(&id);
+    if allowed.is_empty() {
+        audit.denied("get_or_create")?;
+        return Err(ApiError::Forbidden(format!(
+            "principal {:?} may not use id {:?}",
+            principal.name,
+            id.as_str()
+        )));
+    }
+    let result = if allowed.create {
+        state.service.get_or_create(&id).await.map(Some)
+    } else {
+        state.service.get_existing(&id).await
+    };
+    let issued = match result {
+        Err(error) => {
+            let operation = if allowed.create {
+                "get_or_create"
+            } else {
+                "get"
+            };
+            audit.failed(operation, &error)?;
+            return Err(ApiError::from_service(&error));
+        }
+        Ok(None) => {
+            audit.denied("create")?;
+            return Err(ApiError::Forbidden(format!(
+                "no key exists for id {:?}, and principal {:?} may not create one",
+                id.as_str(),
+                principal.name
+            )));
+        }
+        Ok(Some(issued)) if !issued.created && !allowed.get => {
+            audit.denied("get")?;
+            return Err(ApiError::Forbidden(format!(
+                "the key for id {:?} exists, and principal {:?} may create keys for it but not read existing ones",
+                id.as_str(),
+                principal.name
+            )));
+        }
+        Ok(Some(issued)) => issued,
+    };
+    // A key is handed out only once its release is on record.
+    audit.issued(&issued)?;
+    key_response(&id, &issued)
+}
+
+/// Writes one key request's audit line.
+struct Audit<'a> {
+    state: &'a AppState,
+    principal: &'a Principal,
+    id: &'a KeyId,
+    request_id: &'a str,
+}
+
+impl Audit<'_> {
+    fn issued(&self, issued: &IssuedKey) -> Result<(), ApiError> {
+        let operation = if issued.created { "create" } else { "get" };
+        self.write(operation, "ok", Some(issued))
+    }
+
+    fn denied(&self, operation: &str) -> Result<(), ApiError> {
+        ::metrics::counter!(REJECTIONS, "reason" => "forbidden").increment(1);
+        self.write(operation, "denied", None)
+    }
+
+    fn failed(&self, operation: &str, error: &ServiceError) -> Result<(), ApiError> {
+        self.write(operation, ApiError::kind_of(error), None)
+    }
+
+    fn write(
+        &self,
+        operation: &str,
+        outcome: &str,
+        issued: Option<&IssuedKey>,
+    ) -> Result<(), ApiError> {
+        let Some(audit) = &self.state.audit else {
+            return Ok(());
         };
-        // A key is handed out only once its release is on record.
+        let event = AuditEvent {
+            request_id: self.request_id,
+            principal: &self.principal.name,
+            operation,
+            id: self.id.as_str(),
+            outcome,
+            region: issued.map(|i| i.region.as_str()),
+            cache_hit: issued.is_some_and(|i| i.from_cache),
+            created: issued.is_some_and(|i| i.created),
+        };
         audit.record(&event).map_err(|e| {
             tracing::error!(error = %e, "cannot write the audit log");
             ApiError::Internal("the audit log cannot be written; no key was handed out".into())
-        })?;
+        })
     }
-    let issued = result.map_err(|e| ApiError::from_service(&e))?;
+}
+
+fn key_response(id: &KeyId, issued: &IssuedKey) -> Result<Response, ApiError> {
     let encoded = Zeroizing::new(BASE64.encode(issued.key.expose_secret()));
     let body = Zeroizing::new(
         serde_json::to_vec(&KeyResponse {
@@ -167,8 +299,17 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     Ok(Json(json!({ "status": "ready", "regions": regions })))
 }
 
-/// `GET /metrics`: Prometheus text.
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// `GET /metrics`: Prometheus text, for principals allowed to read it.
+async fn metrics(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> Result<Response, ApiError> {
+    if !principal.metrics {
+        return Err(ApiError::Forbidden(format!(
+            "principal {:?} may not read metrics",
+            principal.name
+        )));
+    }
     let handle = state.metrics.ok_or(ApiError::NotFound)?;
     let mut response = handle.render().into_response();
     response.headers_mut().insert(

@@ -1,16 +1,24 @@
-//! The HTTP API in process (`oneshot`), over MemoryStore and local regions.
+//! The HTTP API in process (`oneshot`), over MemoryStore and local regions: answers,
+//! authentication, authorization, limits and the audit lines they leave.
 
+use std::num::NonZeroU32;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::body::{to_bytes, Body};
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use base64::Engine as _;
 use rkms_core::{
     DataKey, EncryptionContext, GeneratedKey, KeyId, KeyService, Kms, KmsError, LocalKeyring,
     MemoryStore, Store,
 };
+use rkms_server::audit::{self, AuditLog, AuditTarget};
+use rkms_server::auth::{
+    Authenticator, IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash,
+};
+use rkms_server::limits::Limits;
 use rkms_server::routes::{app, AppState};
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -51,7 +59,7 @@ impl DownRegion {
     }
 }
 
-fn router(store: Arc<MemoryStore>, healthy: bool) -> Router {
+fn service(store: Arc<MemoryStore>, healthy: bool) -> KeyService {
     let ring = LocalKeyring::generate(&["k1", "k2"]).unwrap();
     let regions: Vec<Arc<dyn Kms>> = if healthy {
         vec![
@@ -61,19 +69,92 @@ fn router(store: Arc<MemoryStore>, healthy: bool) -> Router {
     } else {
         vec![Arc::new(DownRegion("r1")), Arc::new(DownRegion("r2"))]
     };
-    let service = regions
+    regions
         .into_iter()
         .fold(KeyService::builder(store), |b, k| b.region(k))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// A principal allowed `operations` on ids matching `patterns`.
+fn principal(name: &str, patterns: &[&str], operations: Operations) -> PrincipalSpec {
+    PrincipalSpec {
+        name: name.into(),
+        tokens: vec![TokenHash::of(&token_of(name))],
+        certificate_names: Vec::new(),
+        anonymous: false,
+        metrics: false,
+        policy: Policy::new(vec![Rule {
+            ids: patterns
+                .iter()
+                .map(|p| IdPattern::parse(p).unwrap())
+                .collect(),
+            operations,
+        }]),
+        rate_limit: None,
+    }
+}
+
+/// The bearer token the tests give principal `name`.
+fn token_of(name: &str) -> String {
+    format!("rkms_test-token-of-{name}")
+}
+
+const BOTH: Operations = Operations {
+    get: true,
+    create: true,
+};
+
+fn router_for(
+    store: Arc<MemoryStore>,
+    healthy: bool,
+    principals: &[PrincipalSpec],
+    audit: Option<&Path>,
+) -> Router {
     app(
         AppState {
-            service: Arc::new(service),
+            service: Arc::new(service(store, healthy)),
             metrics: None,
-            audit: None,
+            audit: audit
+                .map(|path| Arc::new(AuditLog::open(&AuditTarget::File(path.to_owned())).unwrap())),
+            auth: Arc::new(Authenticator::new(principals)),
         },
         "/api/v1/key",
+        Limits::default(),
     )
+}
+
+/// A router whose anonymous callers may do anything, as in development.
+fn router(store: Arc<MemoryStore>, healthy: bool) -> Router {
+    let anyone = PrincipalSpec {
+        anonymous: true,
+        tokens: Vec::new(),
+        ..principal("anyone", &["*"], BOTH)
+    };
+    router_for(store, healthy, &[anyone], None)
+}
+
+async fn send(router: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    (status, headers, body)
+}
+
+/// GETs `uri` as principal `name` (by its token), or anonymously with `None`.
+async fn get_as(router: &Router, name: Option<&str>, uri: &str) -> (StatusCode, Value) {
+    let mut request = Request::builder().uri(uri);
+    if let Some(name) = name {
+        request = request.header("authorization", format!("Bearer {}", token_of(name)));
+    }
+    let (status, _, body) = send(router, request.body(Body::empty()).unwrap()).await;
+    (status, body)
 }
 
 async fn call(router: &Router, method: &str, uri: &str) -> (StatusCode, Option<String>, Value) {
@@ -82,18 +163,10 @@ async fn call(router: &Router, method: &str, uri: &str) -> (StatusCode, Option<S
         .uri(uri)
         .body(Body::empty())
         .unwrap();
-    let response = router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let cache = response
-        .headers()
+    let (status, headers, body) = send(router, request).await;
+    let cache = headers
         .get("cache-control")
         .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("a JSON body")
-    };
     (status, cache, body)
 }
 
@@ -148,7 +221,7 @@ async fn bad_requests_get_4xx_json_and_touch_nothing() {
         (
             "GET",
             format!("/api/v1/key?id={huge}"),
-            StatusCode::BAD_REQUEST,
+            StatusCode::URI_TOO_LONG,
         ),
         (
             "POST",
@@ -248,4 +321,271 @@ async fn health_and_readiness() {
         .unwrap()
         .iter()
         .all(|r| r["breaker"] == "closed"));
+}
+
+fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn callers_without_valid_credentials_get_401_json() {
+    let store = Arc::new(MemoryStore::new());
+    let router = router_for(
+        store.clone(),
+        true,
+        &[principal("orders", &["orders/*"], BOTH)],
+        None,
+    );
+    let wrong = |header: &str| {
+        Request::builder()
+            .uri("/api/v1/key?id=orders/1")
+            .header("authorization", header)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let requests = [
+        Request::builder()
+            .uri("/api/v1/key?id=orders/1")
+            .body(Body::empty())
+            .unwrap(),
+        wrong("Bearer rkms_not-a-token"),
+        wrong(&format!("Bearer {}x", token_of("orders"))),
+        wrong("Basic b3JkZXJzOg=="),
+        wrong("Bearer "),
+        Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap(),
+    ];
+    for request in requests {
+        let described = format!("{:?}", request.headers().get("authorization"));
+        let (status, headers, body) = send(&router, request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{described}");
+        assert_eq!(body["error_type"], "Unauthorized", "{described}");
+        assert_eq!(headers["www-authenticate"], "Bearer realm=\"rkms\"");
+        assert!(!body.to_string().contains("rkms_not-a-token"));
+    }
+    assert!(store.list(None, 10).await.unwrap().ids.is_empty());
+    // Health checks stay open to load balancers.
+    assert_eq!(call(&router, "GET", "/healthz").await.0, StatusCode::OK);
+    // The right token works.
+    let (status, body) = get_as(&router, Some("orders"), "/api/v1/key?id=orders/1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn ids_outside_a_principals_patterns_get_403_and_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.log");
+    let store = Arc::new(MemoryStore::new());
+    let router = router_for(
+        store.clone(),
+        true,
+        &[
+            principal("orders", &["orders/*"], BOTH),
+            principal("billing", &["billing/*"], BOTH),
+        ],
+        Some(&audit_path),
+    );
+    let (status, body) = get_as(&router, Some("orders"), "/api/v1/key?id=billing/7").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error_type"], "Forbidden");
+    assert!(store.list(None, 10).await.unwrap().ids.is_empty());
+    let (status, _) = get_as(&router, Some("billing"), "/api/v1/key?id=billing/7").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get_as(&router, Some("orders"), "/api/v1/key?id=billing/7").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an existing key is refused too"
+    );
+
+    let lines = audit_lines(&audit_path);
+    let summary: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["principal"].as_str().unwrap(),
+                l["operation"].as_str().unwrap(),
+                l["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("orders", "get_or_create", "denied"),
+            ("billing", "create", "ok"),
+            ("orders", "get_or_create", "denied"),
+        ]
+    );
+    assert!(lines.iter().all(|l| l["id"] == "billing/7"));
+    audit::verify(&audit_path).unwrap();
+}
+
+#[tokio::test]
+async fn readers_never_create_and_creators_never_read_existing_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.log");
+    let store = Arc::new(MemoryStore::new());
+    let router = router_for(
+        store.clone(),
+        true,
+        &[
+            principal(
+                "reader",
+                &["*"],
+                Operations {
+                    get: true,
+                    create: false,
+                },
+            ),
+            principal(
+                "maker",
+                &["*"],
+                Operations {
+                    get: false,
+                    create: true,
+                },
+            ),
+        ],
+        Some(&audit_path),
+    );
+    let (status, body) = get_as(&router, Some("reader"), "/api/v1/key?id=k").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(store.list(None, 10).await.unwrap().ids.is_empty());
+    let (status, made) = get_as(&router, Some("maker"), "/api/v1/key?id=k").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, read) = get_as(&router, Some("reader"), "/api/v1/key?id=k").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read["key"], made["key"]);
+    let (status, body) = get_as(&router, Some("maker"), "/api/v1/key?id=k").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.get("key").is_none());
+    let outcomes: Vec<(String, String)> = audit_lines(&audit_path)
+        .iter()
+        .map(|l| {
+            (
+                l["operation"].as_str().unwrap().to_owned(),
+                l["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("create", "denied"),
+        ("create", "ok"),
+        ("get", "ok"),
+        ("get", "denied"),
+    ];
+    assert_eq!(
+        outcomes,
+        expected.map(|(o, r)| (o.to_owned(), r.to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn metrics_need_a_principal_allowed_to_read_them() {
+    let router = router_for(
+        Arc::new(MemoryStore::new()),
+        true,
+        &[
+            principal("orders", &["*"], BOTH),
+            PrincipalSpec {
+                metrics: true,
+                ..principal("prometheus", &["none"], Operations::default())
+            },
+        ],
+        None,
+    );
+    let (status, body) = get_as(&router, Some("orders"), "/metrics").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // This router renders no metrics: an allowed principal gets past authorization to a 404.
+    let (status, _) = get_as(&router, Some("prometheus"), "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_principal_past_its_rate_limit_gets_429_with_retry_after() {
+    let limited = PrincipalSpec {
+        rate_limit: Some(RateLimit {
+            per_second: NonZeroU32::new(1).unwrap(),
+            burst: NonZeroU32::new(3).unwrap(),
+        }),
+        ..principal("busy", &["*"], BOTH)
+    };
+    let router = router_for(
+        Arc::new(MemoryStore::new()),
+        true,
+        &[limited, principal("calm", &["*"], BOTH)],
+        None,
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            get_as(&router, Some("busy"), "/api/v1/key?id=a").await.0,
+            StatusCode::OK
+        );
+    }
+    let request = Request::builder()
+        .uri("/api/v1/key?id=a")
+        .header("authorization", format!("Bearer {}", token_of("busy")))
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = send(&router, request).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error_type"], "TooManyRequests");
+    assert_eq!(headers["retry-after"], "1");
+    // Another principal is not affected.
+    assert_eq!(
+        get_as(&router, Some("calm"), "/api/v1/key?id=a").await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn oversized_requests_get_4xx_json() {
+    let store = Arc::new(MemoryStore::new());
+    let router = router(store.clone(), true);
+    let limits = Limits::default();
+    let big_header = Request::builder()
+        .uri("/api/v1/key?id=a")
+        .header("x-filler", "f".repeat(limits.max_header_bytes))
+        .body(Body::empty())
+        .unwrap();
+    let many_headers = (0..200)
+        .fold(Request::builder().uri("/api/v1/key?id=a"), |r, i| {
+            r.header(format!("x-filler-{i}"), "f".repeat(100))
+        })
+        .body(Body::empty())
+        .unwrap();
+    let with_body = Request::builder()
+        .uri("/api/v1/key?id=a")
+        .header("content-length", "5")
+        .body(Body::from("hello"))
+        .unwrap();
+    let chunked = Request::builder()
+        .uri("/api/v1/key?id=a")
+        .header("transfer-encoding", "chunked")
+        .body(Body::from("hello"))
+        .unwrap();
+    let long_path = Request::builder()
+        .uri(format!("/{}", "p".repeat(limits.max_uri_bytes)))
+        .body(Body::empty())
+        .unwrap();
+    let cases = [
+        (big_header, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        (many_headers, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        (with_body, StatusCode::PAYLOAD_TOO_LARGE),
+        (chunked, StatusCode::PAYLOAD_TOO_LARGE),
+        (long_path, StatusCode::URI_TOO_LONG),
+    ];
+    for (request, expected) in cases {
+        let (status, _, body) = send(&router, request).await;
+        assert_eq!(status, expected, "{body}");
+        assert!(body["error_message"].is_string(), "{body}");
+    }
+    assert!(store.list(None, 10).await.unwrap().ids.is_empty());
 }

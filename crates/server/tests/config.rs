@@ -35,8 +35,22 @@ const ORIGINAL: &str = r#"[server]
   cache_cleanup_internal_in_minutes = 10
 "#;
 
+/// A principal for files that name none: every file needs one.
+const A_PRINCIPAL: &str = r#"
+[[principals]]
+name = "app"
+token_sha256 = ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+allow = [{ ids = ["*"], operations = ["get", "create"] }]
+"#;
+
+/// Parses `text`, with [`A_PRINCIPAL`] added unless it configures principals itself.
 fn parse(text: &str) -> Result<Settings, ConfigError> {
-    Settings::from_toml(text, Path::new("/var/lib/rkms"))
+    let text = if text.contains("[[principals]]") {
+        text.to_owned()
+    } else {
+        format!("{text}{A_PRINCIPAL}")
+    };
+    Settings::from_toml(&text, Path::new("/var/lib/rkms"))
 }
 
 fn refusal(text: &str) -> String {
@@ -465,4 +479,186 @@ fn the_audit_log_goes_to_a_file_or_standard_output() {
         AuditTarget::Stdout
     );
     assert!(refusal(&format!("{LOCAL}[audit]\nfile = \"x\"\n")).contains("file"));
+}
+
+const LOCAL_KMS: &str = "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\n";
+const HASH_A: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const HASH_B: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+
+#[test]
+fn a_file_without_principals_is_refused() {
+    let error = Settings::from_toml(ORIGINAL, Path::new("/var/lib/rkms"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no [[principals]]"), "{error}");
+}
+
+#[test]
+fn principals_policies_and_limits_are_read() {
+    let settings = parse(&format!(
+        r#"{LOCAL_KMS}
+[server]
+host = "127.0.0.1"
+[server.tls]
+certificate = "/etc/rkms/server.crt"
+private_key = "/etc/rkms/server.key"
+client_ca = "/etc/rkms/clients.crt"
+reload_interval_seconds = 5
+
+[limits]
+max_uri_bytes = 2048
+max_header_bytes = 8192
+header_read_timeout_seconds = 3
+max_connections = 64
+rate_limit_per_second = 10
+
+[[principals]]
+name = "orders"
+token_sha256 = ["{HASH_A}", "{}"]
+allow = [
+  {{ ids = ["orders/*"], operations = ["get", "create"] }},
+  {{ ids = ["shared/*"], operations = ["get"] }},
+]
+
+[[principals]]
+name = "billing"
+client_certificate_names = ["billing.internal", "spiffe://corp/billing"]
+rate_limit_per_second = 0
+allow = [{{ ids = ["billing/*"], operations = ["create"] }}]
+
+[[principals]]
+name = "prometheus"
+token_sha256 = ["{HASH_B}"]
+metrics = true
+rate_limit_burst = 5
+"#,
+        HASH_A.to_uppercase().replace('9', "8")
+    ))
+    .unwrap();
+    let tls = settings.tls.as_ref().unwrap();
+    assert_eq!(
+        tls.client_ca.as_deref(),
+        Some(Path::new("/etc/rkms/clients.crt"))
+    );
+    assert_eq!(tls.reload_interval.as_secs(), 5);
+    assert_eq!(settings.limits.max_uri_bytes, 2048);
+    assert_eq!(settings.limits.max_header_bytes, 8192);
+    assert_eq!(settings.limits.header_read_timeout.as_secs(), 3);
+    assert_eq!(settings.limits.max_connections, 64);
+    let names: Vec<&str> = settings
+        .principals
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["orders", "billing", "prometheus"]);
+    let [orders, billing, prometheus] = &settings.principals[..] else {
+        unreachable!()
+    };
+    assert_eq!(orders.tokens.len(), 2);
+    let rate = orders.rate_limit.unwrap();
+    assert_eq!((rate.per_second.get(), rate.burst.get()), (10, 20));
+    let id = |s| rkms_core::KeyId::parse(s).unwrap();
+    let allowed = orders.policy.allowed(&id("shared/x"));
+    assert!(allowed.get && !allowed.create);
+    assert!(orders.policy.allowed(&id("billing/x")).is_empty());
+    assert_eq!(billing.certificate_names.len(), 2);
+    assert!(billing.rate_limit.is_none(), "0 turns the limit off");
+    assert!(prometheus.metrics && prometheus.policy.is_empty());
+    let rate = prometheus.rate_limit.unwrap();
+    assert_eq!((rate.per_second.get(), rate.burst.get()), (10, 5));
+}
+
+/// One `[[principals]]` entry named `name` with `lines`.
+fn principal(name: &str, lines: &str) -> String {
+    format!("[[principals]]\nname = \"{name}\"\n{lines}\n")
+}
+
+const ALLOW_GET: &str = "allow = [{ ids = [\"*\"], operations = [\"get\"] }]";
+
+#[test]
+fn bad_principals_are_refused_with_the_reason() {
+    let token = |hash: &str| format!("token_sha256 = [\"{hash}\"]\n{ALLOW_GET}");
+    let anonymous = format!("anonymous = true\n{ALLOW_GET}");
+    let cases = [
+        (principal("a", ALLOW_GET), "needs token_sha256"),
+        (principal("a", &token("abc")), "64 hexadecimal digits"),
+        (
+            principal("a", &format!("token_sha256 = [\"{HASH_A}\"]")),
+            "allowed nothing",
+        ),
+        (
+            principal(
+                "a",
+                &format!("token_sha256 = [\"{HASH_A}\"]\nallow = [{{ ids = [\"a b\"], operations = [\"get\"] }}]"),
+            ),
+            "no id can contain",
+        ),
+        (
+            principal(
+                "a",
+                &format!("token_sha256 = [\"{HASH_A}\"]\nallow = [{{ ids = [\"*\"], operations = [\"delete\"] }}]"),
+            ),
+            "unknown operation",
+        ),
+        (
+            principal("a", &token(HASH_A)) + &principal("b", &token(HASH_A)),
+            "configured twice",
+        ),
+        (
+            principal("a", &token(HASH_A)) + &principal("a", &token(HASH_B)),
+            "used twice",
+        ),
+        (
+            principal("a", &anonymous) + &principal("b", &anonymous),
+            "already the anonymous principal",
+        ),
+        (
+            principal("a", &format!("anonymous = true\n{}", token(HASH_A))),
+            "takes no tokens",
+        ),
+        (
+            principal(
+                "a",
+                &format!("client_certificate_names = [\"a.internal\"]\n{ALLOW_GET}"),
+            ),
+            "client_ca",
+        ),
+        (principal("a b", &token(HASH_A)), "1 to 64 letters"),
+        (principal("a", "token = \"plain\""), "unknown field"),
+        (
+            "[limits]\nmax_connections = 0\n".to_owned(),
+            "limits.max_connections",
+        ),
+    ];
+    for (section, expected) in cases {
+        let error = refusal(&format!("{LOCAL_KMS}{section}"));
+        assert!(error.contains(expected), "{section}\n=> {error}");
+    }
+}
+
+#[test]
+fn plain_http_beyond_loopback_needs_an_explicit_allowance() {
+    let exposed = |extra: &str| {
+        let mut settings =
+            parse(&format!("[server]\nhost = \"0.0.0.0\"\n{extra}{LOCAL_KMS}")).unwrap();
+        settings.listen.set_ip("10.0.0.5".parse().unwrap());
+        settings.check_exposure()
+    };
+    let error = exposed("").unwrap_err().to_string();
+    assert!(error.contains("allow_insecure_http"), "{error}");
+    let warnings = exposed("allow_insecure_http = true\n").unwrap();
+    assert!(warnings[0].contains("plain HTTP"), "{warnings:?}");
+    let tls = "[server.tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n";
+    assert!(exposed(tls).unwrap().is_empty());
+
+    let mut loopback = parse(LOCAL_KMS).unwrap();
+    loopback.listen = "127.0.0.1:8080".parse().unwrap();
+    assert!(loopback.check_exposure().unwrap().is_empty());
+
+    let mut development = Settings::development(Path::new("/tmp/rkms"));
+    assert!(development.check_exposure().is_ok());
+    assert!(development.principals[0].anonymous);
+    development.listen = "0.0.0.0:8080".parse().unwrap();
+    let error = development.check_exposure().unwrap_err().to_string();
+    assert!(error.contains("loopback only"), "{error}");
 }

@@ -3,7 +3,7 @@
 mod support;
 
 use base64::Engine as _;
-use support::{assert_servers_converge, get_json, key, Server};
+use support::{assert_servers_converge, get_json, key, Server, ANONYMOUS_PRINCIPAL};
 
 #[tokio::test]
 async fn same_id_same_key_and_different_ids_different_keys() {
@@ -97,7 +97,7 @@ async fn a_config_file_is_used_and_a_bad_one_is_refused_at_start() {
         &config,
         format!(
             "[server]\napi_version = \"v1\"\n[kms]\nprovider = \"local\"\nregions = [\"eu\", \"us\"]\nkeyring_path = {keyring:?}\n\
-             [store]\nbackend = \"sqlite\"\npath = {db:?}\n"
+             [store]\nbackend = \"sqlite\"\npath = {db:?}\n{ANONYMOUS_PRINCIPAL}"
         ),
     )
     .unwrap();

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use rkms_core::{KeyId, Record, Store};
 use rkms_store_sqlite::{SqliteConfig, SqliteStore};
-use support::{emulated_regions, get_json, key, ProxyMode, RegionProxy, Server};
+use support::{
+    emulated_regions, get_json, key, ProxyMode, RegionProxy, Server, ANONYMOUS_PRINCIPAL,
+};
 
 /// The KMS operation timeout the tests configure.
 const KMS_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -42,12 +44,13 @@ impl Deployment {
         let config = format!(
             "[kms]\nprovider = \"aws\"\nregions = [{}]\nkey_ids = {{ {} }}\ntimeout_ms = {}\nconnect_timeout_ms = 300\n\
              [kms.endpoints]\n{}\n[store]\nbackend = \"sqlite\"\npath = {:?}\n\
-             [cache]\nenabled = false\n[repair]\ninterval_seconds = 1\n",
+             [cache]\nenabled = false\n[repair]\ninterval_seconds = 1\n{}",
             names.join(", "),
             key_ids.join(", "),
             KMS_TIMEOUT.as_millis(),
             endpoints.join("\n"),
             dir.path().join("rkms.sqlite3"),
+            ANONYMOUS_PRINCIPAL,
         );
         std::fs::write(dir.path().join("rkms.toml"), config).unwrap();
         Self { dir, proxies }

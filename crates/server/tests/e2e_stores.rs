@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{assert_servers_converge, required_env, unique, Server};
+use support::{assert_servers_converge, required_env, unique, Server, ANONYMOUS_PRINCIPAL};
 
 async fn three_servers_converge(store_section: String) {
     let dir = tempfile::tempdir().unwrap();
@@ -14,7 +14,7 @@ async fn three_servers_converge(store_section: String) {
     std::fs::write(
         &config,
         format!(
-            "[kms]\nprovider = \"local\"\nregions = [\"local-1\", \"local-2\", \"local-3\"]\nkeyring_path = {:?}\n\n[store]\n{store_section}\n",
+            "[kms]\nprovider = \"local\"\nregions = [\"local-1\", \"local-2\", \"local-3\"]\nkeyring_path = {:?}\n\n[store]\n{store_section}\n{ANONYMOUS_PRINCIPAL}",
             dir.path().join("keyring.json")
         ),
     )

@@ -317,6 +317,32 @@ impl KeyService {
             .map_err(|_| ServiceError::DeadlineExceeded(deadline))?
     }
 
+    /// Returns the data key for `id` if its record exists, and never creates one: for callers
+    /// allowed to read keys but not to make them. `Ok(None)` means no record exists.
+    ///
+    /// A cache miss reads the store once on its own before the shared fetch, so a reader never
+    /// starts a create that concurrent callers would then join.
+    pub async fn get_existing(&self, id: &KeyId) -> Result<Option<IssuedKey>, ServiceError> {
+        let deadline = self.inner.options.request_deadline;
+        tokio::time::timeout(deadline, async {
+            if let Some(cache) = &self.inner.cache {
+                if cache.fresh(id).await.is_some() {
+                    return self.get_or_create_within_deadline(id).await.map(Some);
+                }
+            }
+            if self
+                .store_call("get", self.inner.store.get(id))
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            self.get_or_create_within_deadline(id).await.map(Some)
+        })
+        .await
+        .map_err(|_| ServiceError::DeadlineExceeded(deadline))?
+    }
+
     async fn get_or_create_within_deadline(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
         let Some(cache) = &self.inner.cache else {
             let fetched = self.fetch(id).await?;

@@ -12,8 +12,12 @@ use std::time::Duration;
 use rkms_core::{ServiceOptions, MAX_DATA_KEY_LEN};
 
 use crate::audit::AuditTarget;
+use crate::auth::PrincipalSpec;
+use crate::limits::Limits;
+use crate::tls::TlsSettings;
 use serde::Deserialize;
 
+mod access;
 mod availability;
 mod kms;
 mod store;
@@ -88,6 +92,10 @@ struct FileConfig {
     repair: availability::RepairSection,
     #[serde(default)]
     audit: AuditSection,
+    #[serde(default)]
+    limits: access::LimitsSection,
+    #[serde(default)]
+    principals: Vec<access::PrincipalSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +124,8 @@ struct ServerSection {
     host: Option<IpAddr>,
     api_version: Option<String>,
     request_timeout_ms: Option<u64>,
+    allow_insecure_http: Option<bool>,
+    tls: Option<access::TlsSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +178,14 @@ pub struct Settings {
     pub notices: Vec<String>,
     /// Where key operations are recorded.
     pub audit: AuditTarget,
+    /// Server TLS; `None` serves plain HTTP.
+    pub tls: Option<TlsSettings>,
+    /// Plain HTTP on a non-loopback address was asked for explicitly.
+    pub allow_insecure_http: bool,
+    /// Request size, time and connection limits.
+    pub limits: Limits,
+    /// Who may call, and what each may do.
+    pub principals: Vec<PrincipalSpec>,
 }
 
 impl Settings {
@@ -194,6 +212,10 @@ impl Settings {
             development_mode: true,
             notices: Vec::new(),
             audit: audit_target(None, data_dir),
+            tls: None,
+            allow_insecure_http: false,
+            limits: Limits::default(),
+            principals: vec![access::development_principal()],
         }
     }
 
@@ -316,6 +338,11 @@ impl Settings {
             file.repair,
         )?;
 
+        let tls = access::resolve_tls(file.server.tls)?;
+        let (limits, default_rate) = access::resolve_limits(file.limits)?;
+        let client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let principals = access::resolve_principals(file.principals, default_rate, client_ca)?;
+
         Ok(Self {
             listen: SocketAddr::new(host, port),
             key_path: key_path(&api_version),
@@ -328,7 +355,54 @@ impl Settings {
             development_mode: false,
             notices,
             audit: audit_target(file.audit.path, data_dir),
+            tls,
+            allow_insecure_http: file.server.allow_insecure_http.unwrap_or(false),
+            limits,
+            principals,
         })
+    }
+
+    /// Checks that the address to listen on (after any `--listen`) is safe to serve: plain HTTP
+    /// beyond loopback only with `allow_insecure_http`, the development default only on
+    /// loopback. Returns warnings worth logging.
+    pub fn check_exposure(&self) -> Result<Vec<String>, ConfigError> {
+        let addr = self.listen;
+        if addr.ip().is_loopback() {
+            return Ok(Vec::new());
+        }
+        if self.development_mode {
+            return Err(invalid(
+                "server.host",
+                format!(
+                    "the development default serves anonymous callers on loopback only; to listen \
+                     on {addr}, write a configuration file with [[principals]] and [server.tls]"
+                ),
+            ));
+        }
+        let mut warnings = Vec::new();
+        if self.tls.is_none() {
+            if !self.allow_insecure_http {
+                return Err(invalid(
+                    "server.allow_insecure_http",
+                    format!(
+                        "refusing to serve keys over plain HTTP on {addr}, which is not a loopback \
+                         address: configure [server.tls], or set allow_insecure_http = true when a \
+                         TLS-terminating proxy in front of this server is the only way in"
+                    ),
+                ));
+            }
+            warnings.push(format!(
+                "serving plain HTTP on {addr} (allow_insecure_http = true): keys and tokens cross \
+                 the network unencrypted up to the next TLS hop"
+            ));
+        }
+        if let Some(anonymous) = self.principals.iter().find(|p| p.anonymous) {
+            warnings.push(format!(
+                "anonymous callers on {addr} act as principal {:?}",
+                anonymous.name
+            ));
+        }
+        Ok(warnings)
     }
 }
 

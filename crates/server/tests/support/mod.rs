@@ -11,6 +11,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+/// A `[[principals]]` entry for test configurations: anonymous callers (the tests run on
+/// loopback) may get and create any id and read metrics, without a rate limit.
+pub(crate) const ANONYMOUS_PRINCIPAL: &str = "\n[[principals]]\nname = \"tests\"\nanonymous = true\n\
+     metrics = true\nrate_limit_per_second = 0\nallow = [{ ids = [\"*\"], operations = [\"get\", \"create\"] }]\n";
+
 /// A running server process, killed on drop.
 pub(crate) struct Server {
     child: Child,

@@ -1,0 +1,307 @@
+//! Who may reach the server and how: `[server.tls]`, `[limits]` and `[[principals]]`.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, ConfigError};
+use crate::auth::{IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash};
+use crate::limits::Limits;
+use crate::tls::TlsSettings;
+
+/// Default per-principal rate limit of a configuration file, per server process.
+const DEFAULT_RATE_PER_SECOND: u32 = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsSection {
+    certificate: PathBuf,
+    private_key: PathBuf,
+    client_ca: Option<PathBuf>,
+    reload_interval_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsSection {
+    max_uri_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
+    header_read_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PrincipalSection {
+    name: String,
+    #[serde(default)]
+    token_sha256: Vec<String>,
+    #[serde(default)]
+    client_certificate_names: Vec<String>,
+    #[serde(default)]
+    anonymous: bool,
+    #[serde(default)]
+    metrics: bool,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    #[serde(default)]
+    allow: Vec<AllowSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowSection {
+    ids: Vec<String>,
+    operations: Vec<String>,
+}
+
+pub(super) fn resolve_tls(section: Option<TlsSection>) -> Result<Option<TlsSettings>, ConfigError> {
+    let Some(tls) = section else {
+        return Ok(None);
+    };
+    let reload_interval = match tls.reload_interval_seconds {
+        None => Duration::from_secs(30),
+        Some(0) => {
+            return Err(invalid(
+                "server.tls.reload_interval_seconds",
+                "must be greater than zero",
+            ))
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    Ok(Some(TlsSettings {
+        certificate: tls.certificate,
+        private_key: tls.private_key,
+        client_ca: tls.client_ca,
+        reload_interval,
+    }))
+}
+
+/// The limits, and the default rate limit of principals that set none (`None`: unlimited).
+pub(super) fn resolve_limits(
+    section: LimitsSection,
+) -> Result<(Limits, Option<RateLimit>), ConfigError> {
+    let defaults = Limits::default();
+    let positive = |key: &'static str, value: Option<usize>, default: usize| match value {
+        Some(0) => Err(invalid(key, "must be greater than zero")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let limits = Limits {
+        max_uri_bytes: positive(
+            "limits.max_uri_bytes",
+            section.max_uri_bytes,
+            defaults.max_uri_bytes,
+        )?,
+        max_header_bytes: positive(
+            "limits.max_header_bytes",
+            section.max_header_bytes,
+            defaults.max_header_bytes,
+        )?,
+        header_read_timeout: match section.header_read_timeout_seconds {
+            Some(0) => {
+                return Err(invalid(
+                    "limits.header_read_timeout_seconds",
+                    "must be greater than zero",
+                ))
+            }
+            Some(s) => Duration::from_secs(s),
+            None => defaults.header_read_timeout,
+        },
+        max_connections: positive(
+            "limits.max_connections",
+            section.max_connections,
+            defaults.max_connections,
+        )?,
+    };
+    let rate = rate_limit(
+        "limits.rate_limit_burst",
+        Some(
+            section
+                .rate_limit_per_second
+                .unwrap_or(DEFAULT_RATE_PER_SECOND),
+        ),
+        section.rate_limit_burst,
+    )?;
+    Ok((limits, rate))
+}
+
+/// `per_second = 0` turns the limit off; the burst defaults to twice the rate.
+fn rate_limit(
+    burst_key: &'static str,
+    per_second: Option<u32>,
+    burst: Option<u32>,
+) -> Result<Option<RateLimit>, ConfigError> {
+    let Some(per_second) = per_second.and_then(NonZeroU32::new) else {
+        return Ok(None);
+    };
+    let burst = match burst {
+        Some(0) => return Err(invalid(burst_key, "must be greater than zero")),
+        Some(b) => NonZeroU32::new(b),
+        None => NonZeroU32::new(per_second.get().saturating_mul(2)),
+    }
+    .unwrap_or(per_second);
+    Ok(Some(RateLimit { per_second, burst }))
+}
+
+fn principal_error(name: &str, message: impl std::fmt::Display) -> ConfigError {
+    invalid("principals", format!("principal {name:?}: {message}"))
+}
+
+/// Checks every principal and their relations: unique names, tokens and certificate names, at
+/// most one anonymous principal, certificate names only with a client CA.
+pub(super) fn resolve_principals(
+    sections: Vec<PrincipalSection>,
+    default_rate: Option<RateLimit>,
+    client_ca: bool,
+) -> Result<Vec<PrincipalSpec>, ConfigError> {
+    if sections.is_empty() {
+        return Err(invalid(
+            "principals",
+            "no [[principals]] are configured, so every request would be refused; add one per \
+             client (see README, Authentication)",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut tokens = HashSet::new();
+    let mut certificate_names = HashSet::new();
+    let mut anonymous = None;
+    let mut specs = Vec::with_capacity(sections.len());
+    for section in sections {
+        let name = section.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(principal_error(
+                &name,
+                "a name is 1 to 64 letters, digits, '.', '_' or '-'",
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(principal_error(&name, "the name is used twice"));
+        }
+        let hashes = section
+            .token_sha256
+            .iter()
+            .map(|hex| TokenHash::parse_hex(hex).map_err(|e| principal_error(&name, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for hash in &hashes {
+            if !tokens.insert(hash.to_hex()) {
+                return Err(principal_error(&name, "a token hash is configured twice"));
+            }
+        }
+        for certificate_name in &section.client_certificate_names {
+            if !client_ca {
+                return Err(principal_error(
+                    &name,
+                    "client_certificate_names need [server.tls] client_ca to verify certificates",
+                ));
+            }
+            if certificate_name.is_empty() || !certificate_names.insert(certificate_name.clone()) {
+                return Err(principal_error(
+                    &name,
+                    format!("client certificate name {certificate_name:?} is empty or used twice"),
+                ));
+            }
+        }
+        let has_credentials = !hashes.is_empty() || !section.client_certificate_names.is_empty();
+        if section.anonymous {
+            if has_credentials {
+                return Err(principal_error(
+                    &name,
+                    "an anonymous principal takes no tokens or certificate names",
+                ));
+            }
+            if let Some(other) = anonymous.replace(name.clone()) {
+                return Err(principal_error(
+                    &name,
+                    format!("{other:?} is already the anonymous principal"),
+                ));
+            }
+        } else if !has_credentials {
+            return Err(principal_error(
+                &name,
+                "needs token_sha256, client_certificate_names, or anonymous = true",
+            ));
+        }
+        let rules = section
+            .allow
+            .into_iter()
+            .map(|allow| rule(&name, allow))
+            .collect::<Result<Vec<_>, _>>()?;
+        let policy = Policy::new(rules);
+        if policy.is_empty() && !section.metrics {
+            return Err(principal_error(
+                &name,
+                "is allowed nothing: add allow = [{ ids = [...], operations = [...] }] or metrics = true",
+            ));
+        }
+        let rate = match (section.rate_limit_per_second, section.rate_limit_burst) {
+            (None, None) => default_rate,
+            (per_second, burst) => rate_limit(
+                "principals",
+                per_second.or(default_rate.map(|r| r.per_second.get())),
+                burst,
+            )?,
+        };
+        specs.push(PrincipalSpec {
+            name,
+            tokens: hashes,
+            certificate_names: section.client_certificate_names,
+            anonymous: section.anonymous,
+            metrics: section.metrics,
+            policy,
+            rate_limit: rate,
+        });
+    }
+    Ok(specs)
+}
+
+fn rule(principal: &str, allow: AllowSection) -> Result<Rule, ConfigError> {
+    if allow.ids.is_empty() || allow.operations.is_empty() {
+        return Err(principal_error(
+            principal,
+            "each allow entry needs ids and operations",
+        ));
+    }
+    let ids = allow
+        .ids
+        .iter()
+        .map(|p| IdPattern::parse(p).map_err(|e| principal_error(principal, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut operations = Operations::default();
+    for operation in &allow.operations {
+        operations
+            .add(operation)
+            .map_err(|e| principal_error(principal, e))?;
+    }
+    Ok(Rule { ids, operations })
+}
+
+/// The development default's one principal: anonymous callers may get and create any id
+/// and read metrics, without a rate limit. Only ever served on loopback.
+pub(super) fn development_principal() -> PrincipalSpec {
+    PrincipalSpec {
+        name: "anonymous".into(),
+        tokens: Vec::new(),
+        certificate_names: Vec::new(),
+        anonymous: true,
+        metrics: true,
+        policy: Policy::new(vec![Rule {
+            ids: vec![IdPattern::parse("*").expect("a valid pattern")],
+            operations: Operations {
+                get: true,
+                create: true,
+            },
+        }]),
+        rate_limit: None,
+    }
+}

@@ -1,0 +1,240 @@
+//! Server TLS: the certificate, its key and the client CA, read from PEM files and reloaded on
+//! SIGHUP or when the files change; and the names a verified client certificate carries.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use sha2::{Digest as _, Sha256};
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+/// Where the server's TLS material lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// PEM CA certificates that client certificates must chain to; `None` asks for none.
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// TLS material that cannot be used; the message names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+/// The server's TLS configuration in force, swapped whole when the files change.
+#[derive(Debug)]
+pub struct TlsConfig {
+    settings: TlsSettings,
+    current: RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    config: Arc<ServerConfig>,
+    /// SHA-256 over the files' bytes, to notice a change.
+    fingerprint: [u8; 32],
+}
+
+impl TlsConfig {
+    /// Reads and checks the files.
+    pub fn load(settings: TlsSettings) -> Result<Self, TlsError> {
+        let loaded = build(&settings)?;
+        Ok(Self {
+            settings,
+            current: RwLock::new(loaded),
+        })
+    }
+
+    /// An acceptor for the configuration in force; connections keep the one they started with.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        TlsAcceptor::from(Arc::clone(&current.config))
+    }
+
+    /// Re-reads the files; `Ok(true)` when they changed and the new configuration is in force.
+    /// On an error the configuration in force stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let loaded = build(&self.settings)?;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.fingerprint == loaded.fingerprint {
+            return Ok(false);
+        }
+        *current = loaded;
+        Ok(true)
+    }
+
+    /// Reloads on SIGHUP and whenever a check (every `reload_interval`) finds changed files.
+    pub async fn watch(self: Arc<Self>) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; TLS files are still checked for changes");
+                None
+            }
+        };
+        let mut ticks = tokio::time::interval(self.settings.reload_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            let signalled = tokio::select! {
+                _ = ticks.tick() => false,
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(signal) => signal.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            match self.reload() {
+                Ok(true) => info!("TLS certificate and key reloaded"),
+                Ok(false) if signalled => info!("SIGHUP: TLS files unchanged"),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "TLS reload failed; the certificate in force stays"),
+            }
+        }
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, TlsError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| TlsError(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+fn certificates(
+    pem: &[u8],
+    path: &Path,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(format!("the {what} {} is not PEM: {e}", path.display())))?;
+    if certificates.is_empty() {
+        return Err(TlsError(format!(
+            "the {what} {} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certificates)
+}
+
+fn build(settings: &TlsSettings) -> Result<Loaded, TlsError> {
+    let chain_pem = read(&settings.certificate, "certificate")?;
+    let key_pem = read(&settings.private_key, "private key")?;
+    let ca_pem = match &settings.client_ca {
+        Some(path) => Some(read(path, "client CA")?),
+        None => None,
+    };
+    let mut hash = Sha256::new();
+    for part in [Some(&chain_pem), Some(&key_pem), ca_pem.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_slice());
+    }
+
+    let chain = certificates(&chain_pem, &settings.certificate, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        TlsError(format!(
+            "the private key {} is not a PEM private key: {e}",
+            settings.private_key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS setup: {e}")))?;
+    let builder = match (&settings.client_ca, &ca_pem) {
+        (Some(path), Some(pem)) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(pem, path, "client CA")? {
+                roots.add(certificate).map_err(|e| {
+                    TlsError(format!(
+                        "the client CA {} is not usable: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+            // Callers without a certificate may still present a token; the API answers 401
+            // when they have neither.
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError(format!("client CA {}: {e}", path.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        TlsError(format!(
+            "the certificate {} and key {} do not make a usable pair: {e}",
+            settings.certificate.display(),
+            settings.private_key.display()
+        ))
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Loaded {
+        config: Arc::new(config),
+        fingerprint: hash.finalize().into(),
+    })
+}
+
+/// The names of a client certificate the TLS handshake verified: the subject's common names,
+/// then its DNS and URI subject alternative names. Principals are configured by these names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    names: Vec<String>,
+}
+
+impl ClientCertificate {
+    /// Reads the names of a verified leaf certificate. A certificate rustls accepted parses;
+    /// should one not, it carries no names and authenticates no one.
+    pub fn from_der(der: &[u8]) -> Self {
+        let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+            return Self { names: Vec::new() };
+        };
+        let mut names: Vec<String> = certificate
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+            .collect();
+        if let Ok(Some(san)) = certificate.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => {
+                        names.push((*dns).to_owned());
+                    }
+                    x509_parser::extensions::GeneralName::URI(uri) => {
+                        names.push((*uri).to_owned());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Self { names }
+    }
+
+    /// A certificate carrying these names, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_names(names: Vec<String>) -> Self {
+        Self { names }
+    }
+
+    /// Common names, then DNS names, then URIs.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
