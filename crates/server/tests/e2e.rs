@@ -216,4 +216,14 @@ async fn every_key_operation_is_audited_in_a_verifiable_chain_without_key_materi
     let edited = verify(&audit_path);
     assert_eq!(edited.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&edited.stderr).contains("line 3"));
+    let without_second: Vec<&str> = audit
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&audit_path, without_second.join("\n") + "\n").unwrap();
+    let removed = verify(&audit_path);
+    assert_eq!(removed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&removed.stderr).contains("line 2"));
 }

@@ -21,6 +21,8 @@ pub(crate) struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub(crate) base: String,
+    /// `127.0.0.1:PORT`.
+    pub(crate) addr: String,
     /// Every log line the server wrote so far.
     pub(crate) log: Arc<Mutex<Vec<String>>>,
     /// A data directory of its own (audit log, defaults) when the caller gave none.
@@ -30,6 +32,11 @@ pub(crate) struct Server {
 impl Server {
     /// Starts the server with `args` (plus `--listen 127.0.0.1:0`) and waits until it listens.
     pub(crate) fn start(args: &[&str]) -> Self {
+        Self::start_logging(args, "info")
+    }
+
+    /// [`Server::start`] with `RUST_LOG` set to `log_level`.
+    pub(crate) fn start_logging(args: &[&str], log_level: &str) -> Self {
         let own_data_dir = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().unwrap());
         let mut command = Command::new(env!("CARGO_BIN_EXE_rkms-server"));
         if let Some(dir) = &own_data_dir {
@@ -38,7 +45,7 @@ impl Server {
         let mut child = command
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             // Never fall through to instance metadata, an address outside this machine.
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
@@ -74,6 +81,7 @@ impl Server {
         Self {
             child,
             base: format!("http://{addr}"),
+            addr,
             log,
             _data_dir: own_data_dir,
         }
@@ -98,11 +106,18 @@ impl Server {
         format!("{}/api/v1/key?{query}", self.base)
     }
 
+    /// Sends `signal` (`HUP`, `TERM`, ...) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub(crate) fn stop(mut self) -> ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal("TERM");
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;

@@ -1,0 +1,382 @@
+//! The built server over TLS with client certificates and tokens, certificate reloads, the
+//! refusal to serve plain HTTP beyond loopback, and hostile store contents.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rkms_core::{KeyId, Store as _};
+use rkms_server::auth::TokenHash;
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::{get_json, Server, ANONYMOUS_PRINCIPAL};
+
+/// A certificate authority for one test.
+struct Authority(CertifiedIssuer<'static, KeyPair>);
+
+/// A certificate and its key, PEM, with the certificate's DER.
+struct Leaf {
+    certificate: String,
+    key: String,
+    der: Vec<u8>,
+}
+
+impl Authority {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+    }
+
+    fn pem(&self) -> String {
+        self.0.pem()
+    }
+
+    fn issue(&self, common_name: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.0).unwrap();
+        Leaf {
+            certificate: certificate.pem(),
+            key: key.serialize_pem(),
+            der: certificate.der().to_vec(),
+        }
+    }
+
+    fn server(&self, common_name: &str) -> Leaf {
+        self.issue(
+            common_name,
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn client(&self, common_name: &str) -> Leaf {
+        self.issue(common_name, &[], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+/// A data directory with a TLS configuration: server certificate files, the client CA, a
+/// certificate principal and a token principal.
+struct TlsSetup {
+    dir: tempfile::TempDir,
+    ca: Authority,
+    token: String,
+}
+
+impl TlsSetup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::new("rkms test CA");
+        let setup = Self {
+            dir,
+            ca,
+            token: "rkms_batch-test-token".into(),
+        };
+        setup.install_server_certificate(&setup.ca.server("first"));
+        std::fs::write(setup.path("clients-ca.pem"), setup.ca.pem()).unwrap();
+        let config = format!(
+            "[server.tls]\ncertificate = {:?}\nprivate_key = {:?}\nclient_ca = {:?}\nreload_interval_seconds = 1\n\
+             [kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\nkeyring_path = {:?}\n\
+             [store]\nbackend = \"sqlite\"\npath = {:?}\n[audit]\npath = {:?}\n\
+             [[principals]]\nname = \"orders\"\nclient_certificate_names = [\"orders.internal\"]\n\
+             allow = [{{ ids = [\"orders/*\"], operations = [\"get\", \"create\"] }}]\n\
+             [[principals]]\nname = \"batch\"\ntoken_sha256 = [\"{}\"]\n\
+             allow = [{{ ids = [\"batch/*\"], operations = [\"get\", \"create\"] }}]\n",
+            setup.path("server.pem"),
+            setup.path("server.key"),
+            setup.path("clients-ca.pem"),
+            setup.path("ring.json"),
+            setup.path("keys.db"),
+            setup.path("audit.log"),
+            TokenHash::of(&setup.token).to_hex(),
+        );
+        std::fs::write(setup.path("rkms.toml"), config).unwrap();
+        setup
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn install_server_certificate(&self, leaf: &Leaf) {
+        // The key first: a reload between the two writes sees a mismatched pair and keeps
+        // the certificate in force.
+        std::fs::write(self.path("server.key"), &leaf.key).unwrap();
+        std::fs::write(self.path("server.pem"), &leaf.certificate).unwrap();
+    }
+
+    fn start(&self) -> Server {
+        let config = self.path("rkms.toml");
+        Server::start_logging(&["--config", config.to_str().unwrap()], "debug")
+    }
+
+    /// An HTTPS client that trusts the test CA and presents `identity`, if given.
+    fn client(&self, identity: Option<&Leaf>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).unwrap(),
+            );
+        if let Some(leaf) = identity {
+            let pem = format!("{}{}", leaf.certificate, leaf.key);
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+}
+
+fn https(server: &Server, path_and_query: &str) -> String {
+    format!("https://{}{path_and_query}", server.addr)
+}
+
+#[tokio::test]
+async fn tls_clients_are_known_by_certificate_or_token_and_nothing_leaks() {
+    let setup = TlsSetup::new();
+    let server = setup.start();
+    let orders = setup.ca.client("orders.internal");
+    let stranger = setup.ca.client("stranger.internal");
+    let impostor = Authority::new("another CA").client("orders.internal");
+    let mut handed_out = Vec::new();
+
+    // A trusted certificate that names a principal: its ids only.
+    let client = setup.client(Some(&orders));
+    let (status, body) = get_json(&client, &https(&server, "/api/v1/key?id=orders/1")).await;
+    assert_eq!(status, 200, "{body}");
+    handed_out.push(body["key"].as_str().unwrap().to_owned());
+    let (status, body) = get_json(&client, &https(&server, "/api/v1/key?id=batch/1")).await;
+    assert_eq!(
+        (status, body["error_type"].as_str()),
+        (403, Some("Forbidden"))
+    );
+
+    // A certificate from an untrusted CA does not get past the handshake.
+    let refused = setup
+        .client(Some(&impostor))
+        .get(https(&server, "/api/v1/key?id=orders/1"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "an untrusted certificate was accepted");
+
+    // A trusted certificate that names no principal, or no credentials at all: 401.
+    for client in [setup.client(Some(&stranger)), setup.client(None)] {
+        let (status, body) = get_json(&client, &https(&server, "/api/v1/key?id=orders/1")).await;
+        assert_eq!(
+            (status, body["error_type"].as_str()),
+            (401, Some("Unauthorized"))
+        );
+    }
+
+    // A token over TLS, and a wrong one.
+    let client = setup.client(None);
+    let response = client
+        .get(https(&server, "/api/v1/key?id=batch/1"))
+        .bearer_auth(&setup.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    handed_out.push(body["key"].as_str().unwrap().to_owned());
+    let response = client
+        .get(https(&server, "/api/v1/key?id=batch/1"))
+        .bearer_auth("rkms_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(server.stop().success());
+    let audit = std::fs::read_to_string(setup.path("audit.log")).unwrap();
+    let principals: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|l| format!("{} {} {}", l["principal"], l["operation"], l["outcome"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        principals,
+        [
+            "orders create ok",
+            "orders get_or_create denied",
+            "batch create ok"
+        ]
+    );
+    assert!(!log.contains(&setup.token) && !audit.contains(&setup.token));
+    for key in &handed_out {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap();
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        for text in [&log, &audit] {
+            assert!(
+                !text.contains(key.as_str()) && !text.contains(&hex),
+                "a key leaked"
+            );
+        }
+    }
+}
+
+/// The leaf certificate the server at `addr` presents.
+async fn served_certificate(addr: &str, ca: &Authority) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca.0.der().to_vec()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+async fn wait_for_certificate(server: &Server, ca: &Authority, expected: &Leaf) {
+    let started = Instant::now();
+    while served_certificate(&server.addr, ca).await != expected.der {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new certificate was not served; log:\n{}",
+            server.log.lock().unwrap().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn certificates_are_reloaded_on_sighup_and_on_change_and_bad_files_are_ignored() {
+    let setup = TlsSetup::new();
+    let first = setup.ca.server("first");
+    setup.install_server_certificate(&first);
+    let server = setup.start();
+    assert_eq!(served_certificate(&server.addr, &setup.ca).await, first.der);
+
+    let second = setup.ca.server("second");
+    setup.install_server_certificate(&second);
+    server.signal("HUP");
+    wait_for_certificate(&server, &setup.ca, &second).await;
+
+    // Broken files are refused and the certificate in force stays.
+    std::fs::write(setup.path("server.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        served_certificate(&server.addr, &setup.ca).await,
+        second.der
+    );
+    assert!(server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("TLS reload failed")));
+
+    // Without a signal, the periodic check picks up a change.
+    let third = setup.ca.server("third");
+    setup.install_server_certificate(&third);
+    wait_for_certificate(&server, &setup.ca, &third).await;
+}
+
+fn run_server(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plain_http_beyond_loopback_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"a\"]\nkeyring_path = {:?}\n{ANONYMOUS_PRINCIPAL}",
+            dir.path().join("ring.json")
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let output = run_server(&["--config", config, "--listen", "0.0.0.0:0"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("allow_insecure_http"), "{stderr}");
+
+    let data = dir.path().to_str().unwrap();
+    let output = run_server(&["--data-dir", data, "--listen", "0.0.0.0:0"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("loopback only"), "{stderr}");
+}
+
+async fn put_raw(db: &Path, id: &str, bytes: &[u8]) {
+    let store = rkms_store_sqlite::SqliteStore::open(&rkms_store_sqlite::SqliteConfig::new(db))
+        .await
+        .unwrap();
+    store
+        .put_if_absent(&KeyId::parse(id).unwrap(), bytes.to_vec())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupted_record_gives_500_json_and_other_ids_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let config = dir.path().join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\nkeyring_path = {:?}\n\
+             [store]\nbackend = \"sqlite\"\npath = {db:?}\n{ANONYMOUS_PRINCIPAL}",
+            dir.path().join("ring.json")
+        ),
+    )
+    .unwrap();
+    put_raw(&db, "broken", b"\x00\xffnot a record").await;
+    put_raw(&db, "truncated", br#"{"format":1,"copies":{"a":"#).await;
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    for id in ["broken", "truncated"] {
+        let (status, body) = get_json(&client, &server.key_url(&format!("id={id}"))).await;
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["error_type"], "InternalError");
+        let message = body["error_message"].as_str().unwrap();
+        assert!(
+            message.contains(id) && message.contains("unreadable"),
+            "{message}"
+        );
+    }
+    let (status, body) = get_json(&client, &server.key_url("id=healthy")).await;
+    assert_eq!(status, 200, "{body}");
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("stored record is unreadable"), "{log}");
+    assert!(!log.contains("panicked"));
+}
