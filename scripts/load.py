@@ -4,7 +4,8 @@ Usage: python3 scripts/load.py [--duration SECONDS] [--connections N] [--quick]
 
 Builds the release server, starts the test services (scripts/services.sh), and for each
 scenario starts the server with its configuration over one SQLite file, drives it with wrk,
-and reads KMS calls from the server's /metrics. Prints a Markdown table: requests/s, p50, p99,
+and reads KMS calls from the server's /metrics. Every request authenticates with a bearer token
+(a principal without a rate limit) and is written to the audit log, as in production. Prints a Markdown table: requests/s, p50, p99,
 error rate and KMS calls per request. Everything runs on loopback; every run is bounded.
 
 Scenarios:
@@ -16,6 +17,7 @@ Scenarios:
   create, region refused  new ids while region 1 refuses (quorum create, min_regions = 2)
 """
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -29,6 +31,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "target", "release", "rkms-server")
+TOKEN = "rkms_load-test-token"
+AUTHORIZATION = f"Authorization: Bearer {TOKEN}"
 
 EXISTING_LUA = """
 local ids = {}
@@ -102,6 +106,9 @@ def config(env, data_dir, endpoints, cache):
         "[store]", 'backend = "sqlite"', f'path = "{data_dir}/rkms.sqlite3"',
         "[cache]", f"enabled = {'true' if cache else 'false'}",
         "[audit]", f'path = "{data_dir}/audit.log"',
+        "[[principals]]", 'name = "load"', f'token_sha256 = ["{hashlib.sha256(TOKEN.encode()).hexdigest()}"]',
+        "metrics = true", "rate_limit_per_second = 0",
+        'allow = [{ ids = ["*"], operations = ["get", "create"] }]',
     ]
     path = os.path.join(data_dir, "rkms.toml")
     with open(path, "w") as f:
@@ -126,7 +133,8 @@ class Server:
         raise SystemExit("rkms-server did not start")
 
     def get(self, path):
-        return urllib.request.urlopen(self.base + path, timeout=10).read().decode()
+        request = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {TOKEN}"})
+        return urllib.request.urlopen(request, timeout=10).read().decode()
 
     def kms_calls(self):
         text = self.get("/metrics")
@@ -159,7 +167,7 @@ def wrk(server, lua, args, duration, connections):
         script.write(lua)
     output = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "--latency",
-         "-s", script.name, server.base, "--", *args],
+         "-H", AUTHORIZATION, "-s", script.name, server.base, "--", *args],
         check=True, capture_output=True, text=True,
     ).stdout
     os.unlink(script.name)

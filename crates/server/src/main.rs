@@ -212,9 +212,7 @@ async fn run(settings: Settings) -> Result<(), String> {
             TlsConfig::load(tls.clone()).map_err(|e| e.to_string())?,
         )),
     };
-    let tls_watcher = tls
-        .as_ref()
-        .map(|tls| tokio::spawn(Arc::clone(tls).watch()));
+    let reloader = tokio::spawn(reload_on_hangup(tls.clone()));
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -237,11 +235,24 @@ async fn run(settings: Settings) -> Result<(), String> {
     )
     .await;
     repairer.abort();
-    if let Some(watcher) = tls_watcher {
-        watcher.abort();
-    }
+    reloader.abort();
     info!("rkms-server stopped");
     Ok(())
+}
+
+/// Reloads TLS files on SIGHUP and when they change. Without TLS, SIGHUP (as sent by
+/// `systemctl reload` and the like) is logged rather than left to end the process.
+async fn reload_on_hangup(tls: Option<Arc<TlsConfig>>) {
+    if let Some(tls) = tls {
+        return tls.watch().await;
+    }
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        info!("SIGHUP: nothing to reload without [server.tls]");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM; in-flight requests then finish before the server exits.

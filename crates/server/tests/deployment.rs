@@ -41,4 +41,14 @@ fn the_compose_server_configuration_loads() {
     let text = std::fs::read_to_string(repository_root().join("deploy/compose.toml")).unwrap();
     let settings = Settings::from_toml(&text, Path::new("/var/lib/rkms")).unwrap();
     assert!(matches!(settings.store, StoreSettings::Postgres { .. }));
+    settings
+        .check_exposure()
+        .expect("the compose server may listen on its network");
+    let token = "rkms_compose-development-token-change-me";
+    assert!(
+        text.contains(token),
+        "the file tells users the development token"
+    );
+    let hash = rkms_server::auth::TokenHash::of(token).to_hex();
+    assert!(settings.principals[0].tokens[0].to_hex() == hash);
 }

@@ -113,8 +113,7 @@ impl TlsSetup {
     }
 
     fn install_server_certificate(&self, leaf: &Leaf) {
-        // The key first: a reload between the two writes sees a mismatched pair and keeps
-        // the certificate in force.
+        // A reload between the two writes sees a mismatched pair and keeps the one in force.
         std::fs::write(self.path("server.key"), &leaf.key).unwrap();
         std::fs::write(self.path("server.pem"), &leaf.certificate).unwrap();
     }
