@@ -379,3 +379,71 @@ async fn a_corrupted_record_gives_500_json_and_other_ids_are_served() {
     assert!(log.contains("stored record is unreadable"), "{log}");
     assert!(!log.contains("panicked"));
 }
+
+/// Sends `request` as raw bytes and returns the status code and the body.
+async fn raw_exchange(addr: &str, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn oversized_requests_over_the_wire_get_4xx_json_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\nkeyring_path = {:?}\n\
+             [store]\nbackend = \"sqlite\"\npath = {:?}\n{ANONYMOUS_PRINCIPAL}",
+            dir.path().join("ring.json"),
+            dir.path().join("keys.db"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let request = |target: &str, extra: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: rkms\r\nConnection: close\r\n{extra}\r\n")
+            .into_bytes()
+    };
+    let cases = [
+        (
+            request(&format!("/api/v1/key?id={}", "a".repeat(5000)), ""),
+            414,
+        ),
+        (
+            request(
+                "/api/v1/key?id=a",
+                &format!("X-Filler: {}\r\n", "f".repeat(20_000)),
+            ),
+            431,
+        ),
+        (
+            request("/api/v1/key?id=a", "Content-Length: 5\r\n\r\nhello"),
+            413,
+        ),
+        (request("/api/v1/key?id=a%zz", ""), 400),
+        (request("/api/v1/key?id=a&id=b", ""), 400),
+    ];
+    for (bytes, expected) in cases {
+        let (status, body) = raw_exchange(&server.addr, &bytes).await;
+        assert_eq!(status, expected, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+        assert!(body["error_type"].is_string(), "{body}");
+    }
+    let (status, body) =
+        get_json(&reqwest::Client::new(), &server.key_url("id=still-serving")).await;
+    assert_eq!(status, 200, "{body}");
+}
