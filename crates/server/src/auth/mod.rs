@@ -196,11 +196,6 @@ impl Authenticator {
         authenticator
     }
 
-    /// True when requests without credentials are served.
-    pub fn allows_anonymous(&self) -> bool {
-        self.anonymous.is_some()
-    }
-
     /// Who is calling. A token, when sent, decides alone (a wrong one is refused even with a
     /// good certificate); then a client certificate; then the anonymous principal.
     pub fn authenticate(
@@ -318,7 +313,6 @@ mod tests {
             anonymous: true,
             ..spec("dev")
         }]);
-        assert!(authenticator.allows_anonymous());
         assert_eq!(authenticator.authenticate(None, None).unwrap().name, "dev");
         assert!(authenticator
             .authenticate(Some(&bearer("rkms_x")), None)
