@@ -9,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::error::ApiError;
+use crate::routes::REJECTIONS;
 
 /// Size, time and connection limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,7 @@ pub async fn enforce(
         .path_and_query()
         .map_or(0, |pq| pq.as_str().len());
     if uri_len > limits.max_uri_bytes {
+        metrics::counter!(REJECTIONS, "reason" => "too_large").increment(1);
         return Err(ApiError::UriTooLong(limits.max_uri_bytes));
     }
     let header_bytes: usize = request
@@ -64,6 +66,7 @@ pub async fn enforce(
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if header_bytes > limits.max_header_bytes {
+        metrics::counter!(REJECTIONS, "reason" => "too_large").increment(1);
         return Err(ApiError::HeadersTooLarge(limits.max_header_bytes));
     }
     Ok(next.run(request).await)
@@ -77,6 +80,7 @@ pub async fn refuse_body(request: Request, next: Next) -> Result<Response, ApiEr
             .get(header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0");
     if declares_body {
+        metrics::counter!(REJECTIONS, "reason" => "too_large").increment(1);
         return Err(ApiError::PayloadTooLarge);
     }
     Ok(next.run(request).await)

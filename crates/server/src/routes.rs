@@ -30,7 +30,8 @@ use crate::serve::Peer;
 /// Longest query string the key endpoint reads; anything longer cannot hold a valid id.
 const MAX_QUERY_LEN: usize = 4096;
 
-/// Requests refused before reaching a handler, labelled by `reason`.
+/// Requests refused by authentication, authorization, limits or the TLS handshake, labelled
+/// by `reason`.
 pub const REJECTIONS: &str = "rkms_http_rejections_total";
 
 /// The header that carries a key request's id, as in the audit log.

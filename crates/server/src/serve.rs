@@ -18,6 +18,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use crate::limits::Limits;
+use crate::routes::REJECTIONS;
 use crate::tls::{ClientCertificate, TlsConfig};
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -85,8 +86,14 @@ pub async fn serve(
                     .await
                 {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return info!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_) => return info!(%remote, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        metrics::counter!(REJECTIONS, "reason" => "tls_handshake").increment(1);
+                        return info!(%remote, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics::counter!(REJECTIONS, "reason" => "tls_handshake").increment(1);
+                        return info!(%remote, "TLS handshake timed out");
+                    }
                 };
             let certificate = stream
                 .get_ref()
