@@ -76,10 +76,13 @@ impl std::fmt::Debug for Chain {
 }
 
 fn hash(line: &[u8]) -> String {
+    use std::fmt::Write as _;
     Sha256::digest(line)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 impl AuditLog {
@@ -124,16 +127,17 @@ impl AuditLog {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
-        let line = serde_json::to_vec(&Line {
+        let mut line = serde_json::to_vec(&Line {
             time_ms,
             event,
             prev: &chain.prev,
         })
         .map_err(io::Error::other)?;
+        let next = hash(&line);
+        line.push(b'\n');
         chain.out.write_all(&line)?;
-        chain.out.write_all(b"\n")?;
         chain.out.flush()?;
-        chain.prev = hash(&line);
+        chain.prev = next;
         Ok(())
     }
 }
