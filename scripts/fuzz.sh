@@ -11,8 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cases="${1:-100000}"
 seconds="${2:-1800}"
-cargo build --release --locked -p rkms-core -p rkms-server --all-features --tests
+core=(cargo test --release --locked -p rkms-core --test fuzz)
+server=(cargo test --release --locked -p rkms-server --all-features --test fuzz)
+# Build first, so that the time bound is spent fuzzing.
+"${core[@]}" --no-run
+"${server[@]}" --no-run
 export RKMS_FUZZ_CASES="$cases"
-timeout --foreground "$seconds" cargo test --release --locked -p rkms-core --test fuzz
-timeout --foreground "$seconds" cargo test --release --locked -p rkms-server --all-features --test fuzz
+timeout --foreground "$seconds" "${core[@]}"
+timeout --foreground "$seconds" "${server[@]}"
 echo "fuzz: $cases cases per target passed"

@@ -138,7 +138,10 @@ impl Connection {
             app.clone().oneshot(request)
         });
         let mut http = hyper::server::conn::http1::Builder::new();
+        // Half-close: a client that shuts down its sending side after the request still gets
+        // the answer (hyper would otherwise drop the request at the end of input).
         http.timer(TokioTimer::new())
+            .half_close(true)
             .header_read_timeout(self.limits.header_read_timeout)
             .max_buf_size(self.limits.read_buffer_bytes());
         let connection = http.serve_connection(TokioIo::new(stream), service);

@@ -4,6 +4,7 @@
 //! Bounded: `RKMS_FUZZ_CASES` cases per target (256 by default, as in the test suite);
 //! `scripts/fuzz.sh` runs many more.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -238,16 +239,14 @@ fn raw_request() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-#[test]
-fn any_bytes_on_a_connection_get_a_4xx_at_most_and_the_server_keeps_serving() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let router = router(&dir.path().join("audit.log"));
+/// Serves the fuzz router on a loopback port from `runtime`; returns the address.
+fn serve_on_loopback(runtime: &tokio::runtime::Runtime, audit: &std::path::Path) -> SocketAddr {
+    let router = router(audit);
     let limits = Limits {
         header_read_timeout: Duration::from_millis(500),
         ..Limits::default()
     };
-    let addr = runtime.block_on(async {
+    runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(rkms_server::serve::serve(
@@ -258,23 +257,35 @@ fn any_bytes_on_a_connection_get_a_4xx_at_most_and_the_server_keeps_serving() {
             std::future::pending(),
         ));
         addr
-    });
-    let exchange = |bytes: Vec<u8>| {
-        runtime.block_on(async move {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            // The server may close early on garbage; what it answers is what counts.
-            let _ = stream.write_all(&bytes).await;
-            let _ = stream.shutdown().await;
-            let mut answer = Vec::new();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-            answer
-        })
-    };
+    })
+}
+
+/// Sends `bytes`, shuts down the sending side, and returns everything the server answered.
+fn exchange(runtime: &tokio::runtime::Runtime, addr: SocketAddr, bytes: &[u8]) -> String {
+    runtime.block_on(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may close early on garbage; what it answers is what counts.
+        let _ = stream.write_all(bytes).await;
+        let _ = stream.shutdown().await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+}
+
+fn key_request(id: &str) -> Vec<u8> {
+    format!("GET /api/v1/key?id={id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+        .into_bytes()
+}
+
+#[test]
+fn any_bytes_on_a_connection_get_a_4xx_at_most_and_the_server_keeps_serving() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = serve_on_loopback(&runtime, &dir.path().join("audit.log"));
     runner()
         .run(&raw_request(), |bytes| {
-            let answer = exchange(bytes.clone());
-            let text = String::from_utf8_lossy(&answer);
+            let text = exchange(&runtime, addr, &bytes);
             for status in text
                 .match_indices("HTTP/1.1 ")
                 .map(|(at, _)| &text[at + 9..])
@@ -289,9 +300,19 @@ fn any_bytes_on_a_connection_get_a_4xx_at_most_and_the_server_keeps_serving() {
             Ok(())
         })
         .unwrap();
-    let answer = exchange(
-        format!("GET /api/v1/key?id=abc HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n")
-            .into_bytes(),
-    );
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let text = exchange(&runtime, addr, &key_request("abc"));
+    assert!(text.starts_with("HTTP/1.1 200"), "answer: {text:?}");
+}
+
+/// Found by the target above: hyper dropped a request whose client had shut down its
+/// sending side before the answer was ready.
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = serve_on_loopback(&runtime, &dir.path().join("audit.log"));
+    for n in 0..200 {
+        let text = exchange(&runtime, addr, &key_request(&format!("a-{n}")));
+        assert!(text.starts_with("HTTP/1.1 200"), "request {n}: {text:?}");
+    }
 }
