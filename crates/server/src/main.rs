@@ -115,7 +115,8 @@ async fn main() -> ExitCode {
     };
     settings.notices.extend(exposure_warnings);
     init_logging(&settings);
-    match run(settings).await {
+    let reload = cli.config.clone().map(|path| (path, cli.data_dir.clone()));
+    match run(settings, reload).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "rkms-server stopped");
@@ -164,7 +165,10 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+/// The configuration file and data directory to re-read principals from on SIGHUP.
+type ReloadSource = Option<(PathBuf, PathBuf)>;
+
+async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     if settings.development_mode {
         warn!(
             "DEVELOPMENT MODE: no --config given; using the embedded default (SQLite store and three \
@@ -206,13 +210,18 @@ async fn run(settings: Settings) -> Result<(), String> {
         audit: Some(Arc::new(audit)),
         auth: Arc::new(Authenticator::new(&settings.principals)),
     };
+    let auth = Arc::clone(&state.auth);
     let tls = match &settings.tls {
         None => None,
         Some(tls) => Some(Arc::new(
             TlsConfig::load(tls.clone()).map_err(|e| e.to_string())?,
         )),
     };
-    let reloader = tokio::spawn(reload_on_hangup(tls.clone()));
+    let tls_watcher = tls.clone().map(|tls| tokio::spawn(tls.watch()));
+    // Registered before the server listens, so that no SIGHUP finds the default action (exit).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+    let reloader = tokio::spawn(reload_on_hangup(hangup, reload, auth, tls.clone()));
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -236,22 +245,44 @@ async fn run(settings: Settings) -> Result<(), String> {
     .await;
     repairer.abort();
     reloader.abort();
+    if let Some(watcher) = tls_watcher {
+        watcher.abort();
+    }
     info!("rkms-server stopped");
     Ok(())
 }
 
-/// Reloads TLS files on SIGHUP and when they change. Without TLS, SIGHUP (as sent by
-/// `systemctl reload` and the like) is logged rather than left to end the process.
-async fn reload_on_hangup(tls: Option<Arc<TlsConfig>>) {
-    if let Some(tls) = tls {
-        return tls.watch().await;
-    }
-    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        return;
-    };
+/// On SIGHUP (as `systemctl reload` sends): re-reads the principals from the configuration
+/// file, keeping those in force if the file is refused, and the TLS files. Other settings
+/// change on restart.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    source: ReloadSource,
+    auth: Arc<Authenticator>,
+    tls: Option<Arc<TlsConfig>>,
+) {
     while hangup.recv().await.is_some() {
-        info!("SIGHUP: nothing to reload without [server.tls]");
+        match &source {
+            None => info!("SIGHUP: the development default has no configuration file to re-read"),
+            Some((path, data_dir)) => match Settings::from_file(path, data_dir) {
+                Ok(settings) => {
+                    auth.replace(&settings.principals);
+                    let names: Vec<&str> = settings
+                        .principals
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect();
+                    info!(principals = ?names, "SIGHUP: principals reloaded");
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the configuration file is refused; the principals in force stay"
+                ),
+            },
+        }
+        if let Some(tls) = &tls {
+            tls.reload_and_log(true);
+        }
     }
 }
 

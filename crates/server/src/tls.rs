@@ -74,35 +74,25 @@ impl TlsConfig {
         Ok(true)
     }
 
-    /// Reloads on SIGHUP and whenever a check (every `reload_interval`) finds changed files.
+    /// Reloads whenever a check, every `reload_interval`, finds the files changed. (SIGHUP
+    /// reloads at once: see `main.rs`.)
     pub async fn watch(self: Arc<Self>) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(signal) => Some(signal),
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGHUP; TLS files are still checked for changes");
-                None
-            }
-        };
         let mut ticks = tokio::time::interval(self.settings.reload_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
-            let signalled = tokio::select! {
-                _ = ticks.tick() => false,
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(signal) => signal.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => true,
-            };
-            match self.reload() {
-                Ok(true) => info!("TLS certificate and key reloaded"),
-                Ok(false) if signalled => info!("SIGHUP: TLS files unchanged"),
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "TLS reload failed; the certificate in force stays"),
-            }
+            ticks.tick().await;
+            self.reload_and_log(false);
+        }
+    }
+
+    /// [`TlsConfig::reload`], logged; `signalled` logs an unchanged result too.
+    pub fn reload_and_log(&self, signalled: bool) {
+        match self.reload() {
+            Ok(true) => info!("TLS certificate and key reloaded"),
+            Ok(false) if signalled => info!("TLS files unchanged"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "TLS reload failed; the certificate in force stays"),
         }
     }
 }

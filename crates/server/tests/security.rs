@@ -447,3 +447,72 @@ async fn oversized_requests_over_the_wire_get_4xx_json_and_the_server_keeps_serv
         get_json(&reqwest::Client::new(), &server.key_url("id=still-serving")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn principals_are_reloaded_on_sighup_and_a_refused_file_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    let write_config = |token: &str, extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\nkeyring_path = {:?}\n\
+                 [store]\nbackend = \"sqlite\"\npath = {:?}\n{extra}\n\
+                 [[principals]]\nname = \"app\"\ntoken_sha256 = [\"{}\"]\n\
+                 allow = [{{ ids = [\"*\"], operations = [\"get\", \"create\"] }}]\n",
+                dir.path().join("ring.json"),
+                dir.path().join("keys.db"),
+                TokenHash::of(token).to_hex(),
+            ),
+        )
+        .unwrap();
+    };
+    write_config("rkms_old", "");
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let status_with = |token: &'static str| {
+        let request = client.get(server.key_url("id=rotated")).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status_with("rkms_old").await, 200);
+    assert_eq!(status_with("rkms_new").await, 401);
+
+    write_config("rkms_new", "");
+    server.signal("HUP");
+    let started = Instant::now();
+    while status_with("rkms_new").await != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new token never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status_with("rkms_old").await,
+        401,
+        "the rotated-out token is refused"
+    );
+
+    write_config("rkms_newer", "[server]\nmystery = 1\n");
+    server.signal("HUP");
+    let started = Instant::now();
+    while !server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("the configuration file is refused"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the refusal was not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status_with("rkms_new").await,
+        200,
+        "the principals in force stay"
+    );
+    assert_eq!(status_with("rkms_newer").await, 401);
+}

@@ -7,7 +7,7 @@ pub mod policy;
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::http::HeaderValue;
@@ -153,27 +153,59 @@ pub enum AuthError {
     UnknownCertificate,
 }
 
-/// Maps credentials to principals.
+/// Maps credentials to principals; the principals can be replaced while serving.
 #[derive(Debug)]
 pub struct Authenticator {
+    tables: RwLock<Arc<Tables>>,
+}
+
+impl Authenticator {
+    /// An authenticator for `specs`, which the configuration checked (unique names, tokens and
+    /// certificate names, at most one anonymous principal).
+    pub fn new(specs: &[PrincipalSpec]) -> Self {
+        Self {
+            tables: RwLock::new(Arc::new(Tables::new(specs))),
+        }
+    }
+
+    /// Puts `specs` in force for every later request (rate limits start afresh); requests
+    /// already authenticated keep their principal.
+    pub fn replace(&self, specs: &[PrincipalSpec]) {
+        let tables = Arc::new(Tables::new(specs));
+        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+    }
+
+    /// Who is calling. A token, when sent, decides alone (a wrong one is refused even with a
+    /// good certificate); then a client certificate; then the anonymous principal.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
+        tables.authenticate(authorization, certificate)
+    }
+}
+
+/// The principals in force and their lookup tables.
+#[derive(Debug)]
+struct Tables {
     principals: Vec<Arc<Principal>>,
     tokens: Vec<(TokenHash, usize)>,
     certificates: HashMap<String, usize>,
     anonymous: Option<usize>,
 }
 
-impl Authenticator {
-    /// Builds the lookup tables; `specs` were checked by the configuration (unique names,
-    /// tokens and certificate names, at most one anonymous principal).
-    pub fn new(specs: &[PrincipalSpec]) -> Self {
-        let mut authenticator = Self {
+impl Tables {
+    fn new(specs: &[PrincipalSpec]) -> Self {
+        let mut tables = Self {
             principals: Vec::with_capacity(specs.len()),
             tokens: Vec::new(),
             certificates: HashMap::new(),
             anonymous: None,
         };
         for (index, spec) in specs.iter().enumerate() {
-            authenticator.principals.push(Arc::new(Principal {
+            tables.principals.push(Arc::new(Principal {
                 name: spec.name.clone(),
                 policy: spec.policy.clone(),
                 metrics: spec.metrics,
@@ -181,24 +213,22 @@ impl Authenticator {
                     RateLimiter::direct(Quota::per_second(r.per_second).allow_burst(r.burst))
                 }),
             }));
-            authenticator
+            tables
                 .tokens
                 .extend(spec.tokens.iter().map(|hash| (*hash, index)));
-            authenticator.certificates.extend(
+            tables.certificates.extend(
                 spec.certificate_names
                     .iter()
                     .map(|name| (name.clone(), index)),
             );
             if spec.anonymous {
-                authenticator.anonymous = Some(index);
+                tables.anonymous = Some(index);
             }
         }
-        authenticator
+        tables
     }
 
-    /// Who is calling. A token, when sent, decides alone (a wrong one is refused even with a
-    /// good certificate); then a client certificate; then the anonymous principal.
-    pub fn authenticate(
+    fn authenticate(
         &self,
         authorization: Option<&HeaderValue>,
         certificate: Option<&ClientCertificate>,
@@ -317,6 +347,29 @@ mod tests {
         assert!(authenticator
             .authenticate(Some(&bearer("rkms_x")), None)
             .is_err());
+    }
+
+    #[test]
+    fn replacing_the_principals_takes_effect_at_once() {
+        let first = PrincipalSpec {
+            tokens: vec![TokenHash::of("rkms_first")],
+            ..spec("app")
+        };
+        let authenticator = Authenticator::new(&[first]);
+        let before = authenticator
+            .authenticate(Some(&bearer("rkms_first")), None)
+            .unwrap();
+        authenticator.replace(&[PrincipalSpec {
+            tokens: vec![TokenHash::of("rkms_second")],
+            ..spec("app")
+        }]);
+        assert!(authenticator
+            .authenticate(Some(&bearer("rkms_first")), None)
+            .is_err());
+        assert!(authenticator
+            .authenticate(Some(&bearer("rkms_second")), None)
+            .is_ok());
+        assert_eq!(before.name, "app", "a principal handed out stays usable");
     }
 
     #[test]
