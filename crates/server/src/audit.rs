@@ -4,32 +4,18 @@
 //! so editing or removing a line breaks the chain at the next one; [`verify`] finds the break.
 //! Removing lines only at the end leaves a valid, shorter chain: ship the log off the host
 //! (or keep the last hash elsewhere) to detect truncation. No line ever holds key material.
-//!
-//! One thread of the log's own writes the lines, a batch of waiting requests at a time with
-//! one write and flush, so that the file's I/O never blocks the server's async workers and
-//! a busy server pays one system call per batch rather than per request.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{mpsc, oneshot};
 
 /// The `prev` of the first line.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// How long a request waits for its line to be written before it fails (and hands out no
-/// key): a stalled disk fails requests instead of hanging them.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Lines waiting for the writer; past this, requests wait to queue (within the timeout).
-const QUEUE: usize = 4096;
-
-/// Most lines written with one system call.
-const MAX_BATCH: usize = 256;
 
 /// Where audit lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,30 +48,23 @@ pub struct AuditEvent<'a> {
     pub created: bool,
 }
 
-/// A line without its `prev`, which only the writer knows.
 #[derive(Serialize)]
-struct Stamped<'a> {
+struct Line<'a> {
     time_ms: u128,
     #[serde(flatten)]
     event: &'a AuditEvent<'a>,
+    prev: &'a str,
 }
 
-/// A line waiting for the writer: a JSON object without `prev`, and who waits for it.
-struct Entry {
-    stamped: Vec<u8>,
-    written: oneshot::Sender<Result<(), (io::ErrorKind, String)>>,
-}
-
-/// The end of the file and the hash of its last line; owned by the writer thread.
 struct Chain {
     out: Box<dyn io::Write + Send>,
     prev: String,
 }
 
-/// An open audit log; see the module documentation.
+/// An open audit log. Writes are serialised; each line is flushed before the next.
 #[derive(Debug)]
 pub struct AuditLog {
-    queue: mpsc::Sender<Entry>,
+    chain: Mutex<Chain>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -136,84 +115,29 @@ impl AuditLog {
                 (Box::new(file), prev)
             }
         };
-        let (queue, waiting) = mpsc::channel(QUEUE);
-        let chain = Chain { out, prev };
-        std::thread::Builder::new()
-            .name("rkms-audit".into())
-            .spawn(move || chain.write_batches(waiting))?;
-        Ok(Self { queue })
+        Ok(Self {
+            chain: Mutex::new(Chain { out, prev }),
+        })
     }
 
-    /// Appends one event and returns once it is written and flushed. An audit line that
-    /// cannot be written (or not within 5 s) is an error the caller must not ignore: a key
-    /// service that cannot audit should not hand out keys.
-    pub async fn record(&self, event: &AuditEvent<'_>) -> io::Result<()> {
+    /// Appends one event. An audit line that cannot be written is an error the caller must
+    /// not ignore: a key service that cannot audit should not hand out keys.
+    pub fn record(&self, event: &AuditEvent<'_>) -> io::Result<()> {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let stamped = serde_json::to_vec(&Stamped { time_ms, event }).map_err(io::Error::other)?;
-        let stopped = || io::Error::other("the audit writer has stopped");
-        let (written, done) = oneshot::channel();
-        let wait = async {
-            self.queue
-                .send(Entry { stamped, written })
-                .await
-                .map_err(|_| stopped())?;
-            done.await
-                .map_err(|_| stopped())?
-                .map_err(|(kind, message)| io::Error::new(kind, message))
-        };
-        tokio::time::timeout(WRITE_TIMEOUT, wait)
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the audit line was not written within {WRITE_TIMEOUT:?}"),
-                )
-            })?
-    }
-}
-
-impl Chain {
-    /// The writer thread: takes what is waiting, up to [`MAX_BATCH`] lines, writes it, tells
-    /// each waiter; ends when the log is dropped.
-    fn write_batches(mut self, mut waiting: mpsc::Receiver<Entry>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = waiting.blocking_recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match waiting.try_recv() {
-                    Ok(entry) => batch.push(entry),
-                    Err(_) => break,
-                }
-            }
-            let result = self.append(&batch).map_err(|e| (e.kind(), e.to_string()));
-            for entry in batch.drain(..) {
-                let _ = entry.written.send(result.clone());
-            }
-        }
-    }
-
-    /// Chains and writes `entries` with one write and flush; the chain moves on only if
-    /// that succeeds.
-    fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
-        let mut prev = self.prev.clone();
-        let mut lines = Vec::with_capacity(entries.iter().map(|e| e.stamped.len() + 80).sum());
-        for entry in entries {
-            let start = lines.len();
-            let open = entry.stamped.strip_suffix(b"}").ok_or_else(|| {
-                io::Error::other("an audit event did not serialise to a JSON object")
-            })?;
-            lines.extend_from_slice(open);
-            lines.extend_from_slice(b",\"prev\":\"");
-            lines.extend_from_slice(prev.as_bytes());
-            lines.extend_from_slice(b"\"}");
-            prev = hash(&lines[start..]);
-            lines.push(b'\n');
-        }
-        self.out.write_all(&lines)?;
-        self.out.flush()?;
-        self.prev = prev;
+        let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        let mut line = serde_json::to_vec(&Line {
+            time_ms,
+            event,
+            prev: &chain.prev,
+        })
+        .map_err(io::Error::other)?;
+        let next = hash(&line);
+        line.push(b'\n');
+        chain.out.write_all(&line)?;
+        chain.out.flush()?;
+        chain.prev = next;
         Ok(())
     }
 }
@@ -287,19 +211,19 @@ mod tests {
         }
     }
 
-    async fn write(path: &Path, ids: &[&str]) {
+    fn write(path: &Path, ids: &[&str]) {
         let log = AuditLog::open(&AuditTarget::File(path.to_owned())).unwrap();
         for id in ids {
-            log.record(&event(id)).await.unwrap();
+            log.record(&event(id)).unwrap();
         }
     }
 
-    #[tokio::test]
-    async fn the_chain_verifies_and_continues_across_reopens() {
+    #[test]
+    fn the_chain_verifies_and_continues_across_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        write(&path, &["a", "b"]).await;
-        write(&path, &["c"]).await;
+        write(&path, &["a", "b"]);
+        write(&path, &["c"]);
         assert_eq!(verify(&path).unwrap(), 3);
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).unwrap().permissions(),
@@ -307,42 +231,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_records_are_all_written_in_one_chain() {
+    #[test]
+    fn an_edited_or_removed_line_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = std::sync::Arc::new(AuditLog::open(&AuditTarget::File(path.clone())).unwrap());
-        let tasks: Vec<_> = (0..1000)
-            .map(|n| {
-                let log = std::sync::Arc::clone(&log);
-                tokio::spawn(async move { log.record(&event(&n.to_string())).await })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap().unwrap();
-        }
-        assert_eq!(verify(&path).unwrap(), 1000);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut ids: Vec<u32> = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .map(|l| l["id"].as_str().unwrap().parse().unwrap())
-            .collect();
-        ids.sort_unstable();
-        assert_eq!(ids, (0..1000).collect::<Vec<_>>());
-        let first = text.lines().next().unwrap();
-        assert!(first.starts_with("{\"time_ms\":"), "{first}");
-        assert!(
-            first.contains(&format!(",\"prev\":\"{GENESIS}\"}}")),
-            "{first}"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_edited_or_removed_line_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        write(&path, &["a", "b", "c", "d"]).await;
+        write(&path, &["a", "b", "c", "d"]);
         let original = std::fs::read_to_string(&path).unwrap();
 
         std::fs::write(&path, original.replacen("\"id\":\"b\"", "\"id\":\"x\"", 1)).unwrap();

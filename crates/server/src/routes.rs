@@ -135,7 +135,7 @@ async fn issue_key(
     };
     let allowed = principal.policy.allowed(&id);
     if allowed.is_empty() {
-        audit.denied("get_or_create").await?;
+        audit.denied("get_or_create")?;
         return Err(ApiError::Forbidden(format!(
             "principal {:?} may not use id {:?}",
             principal.name,
@@ -154,11 +154,11 @@ async fn issue_key(
             } else {
                 "get"
             };
-            audit.failed(operation, &error).await?;
+            audit.failed(operation, &error)?;
             return Err(ApiError::from_service(&error));
         }
         Ok(None) => {
-            audit.denied("create").await?;
+            audit.denied("create")?;
             return Err(ApiError::Forbidden(format!(
                 "no key exists for id {:?}, and principal {:?} may not create one",
                 id.as_str(),
@@ -166,7 +166,7 @@ async fn issue_key(
             )));
         }
         Ok(Some(issued)) if !issued.created && !allowed.get => {
-            audit.denied("get").await?;
+            audit.denied("get")?;
             return Err(ApiError::Forbidden(format!(
                 "the key for id {:?} exists, and principal {:?} may create keys for it but not read existing ones",
                 id.as_str(),
@@ -176,7 +176,7 @@ async fn issue_key(
         Ok(Some(issued)) => issued,
     };
     // A key is handed out only once its release is on record.
-    audit.issued(&issued).await?;
+    audit.issued(&issued)?;
     key_response(&id, &issued)
 }
 
@@ -189,21 +189,21 @@ struct Audit<'a> {
 }
 
 impl Audit<'_> {
-    async fn issued(&self, issued: &IssuedKey) -> Result<(), ApiError> {
+    fn issued(&self, issued: &IssuedKey) -> Result<(), ApiError> {
         let operation = if issued.created { "create" } else { "get" };
-        self.write(operation, "ok", Some(issued)).await
+        self.write(operation, "ok", Some(issued))
     }
 
-    async fn denied(&self, operation: &str) -> Result<(), ApiError> {
+    fn denied(&self, operation: &str) -> Result<(), ApiError> {
         ::metrics::counter!(REJECTIONS, "reason" => "forbidden").increment(1);
-        self.write(operation, "denied", None).await
+        self.write(operation, "denied", None)
     }
 
-    async fn failed(&self, operation: &str, error: &ServiceError) -> Result<(), ApiError> {
-        self.write(operation, ApiError::kind_of(error), None).await
+    fn failed(&self, operation: &str, error: &ServiceError) -> Result<(), ApiError> {
+        self.write(operation, ApiError::kind_of(error), None)
     }
 
-    async fn write(
+    fn write(
         &self,
         operation: &str,
         outcome: &str,
@@ -222,7 +222,7 @@ impl Audit<'_> {
             cache_hit: issued.is_some_and(|i| i.from_cache),
             created: issued.is_some_and(|i| i.created),
         };
-        audit.record(&event).await.map_err(|e| {
+        audit.record(&event).map_err(|e| {
             tracing::error!(error = %e, "cannot write the audit log");
             ApiError::Internal("the audit log cannot be written; no key was handed out".into())
         })
