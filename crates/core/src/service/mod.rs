@@ -325,10 +325,8 @@ impl KeyService {
     pub async fn get_existing(&self, id: &KeyId) -> Result<Option<IssuedKey>, ServiceError> {
         let deadline = self.inner.options.request_deadline;
         tokio::time::timeout(deadline, async {
-            if let Some(cache) = &self.inner.cache {
-                if cache.fresh(id).await.is_some() {
-                    return self.get_or_create_within_deadline(id).await.map(Some);
-                }
+            if let Some(hit) = self.cache_hit(id).await {
+                return Ok(Some(hit));
             }
             if self
                 .store_call("get", self.inner.store.get(id))
@@ -337,21 +335,33 @@ impl KeyService {
             {
                 return Ok(None);
             }
-            self.get_or_create_within_deadline(id).await.map(Some)
+            self.fetch_shared(id).await.map(Some)
         })
         .await
         .map_err(|_| ServiceError::DeadlineExceeded(deadline))?
     }
 
     async fn get_or_create_within_deadline(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
+        match self.cache_hit(id).await {
+            Some(hit) => Ok(hit),
+            None => self.fetch_shared(id).await,
+        }
+    }
+
+    /// The key for `id` if the cache holds it fresh.
+    async fn cache_hit(&self, id: &KeyId) -> Option<IssuedKey> {
+        let entry = self.inner.cache.as_ref()?.fresh(id).await?;
+        metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "hit").increment(1);
+        Some(issued(&entry, true, false))
+    }
+
+    /// Reads (or creates) the key for `id` through the cache: concurrent callers share one
+    /// fetch, and a stale entry within the grace answers when no region can.
+    async fn fetch_shared(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
         let Some(cache) = &self.inner.cache else {
             let fetched = self.fetch(id).await?;
             return Ok(issued(&fetched, false, false));
         };
-        if let Some(entry) = cache.fresh(id).await {
-            metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "hit").increment(1);
-            return Ok(issued(&entry, true, false));
-        }
         let (result, coalesced) = cache
             .get_or_fetch(id, async { self.fetch(id).await.map(Arc::new) })
             .await;
