@@ -49,7 +49,7 @@ struct Loaded {
 impl TlsConfig {
     /// Reads and checks the files.
     pub fn load(settings: TlsSettings) -> Result<Self, TlsError> {
-        let loaded = build(&settings)?;
+        let loaded = build(&settings, &Files::read(&settings)?)?;
         Ok(Self {
             settings,
             current: RwLock::new(loaded),
@@ -65,12 +65,13 @@ impl TlsConfig {
     /// Re-reads the files; `Ok(true)` when they changed and the new configuration is in force.
     /// On an error the configuration in force stays.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let loaded = build(&self.settings)?;
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.fingerprint == loaded.fingerprint {
+        let files = Files::read(&self.settings)?;
+        let unchanged = |current: &Loaded| current.fingerprint == files.fingerprint;
+        if unchanged(&self.current.read().unwrap_or_else(|e| e.into_inner())) {
             return Ok(false);
         }
-        *current = loaded;
+        let loaded = build(&self.settings, &files)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = loaded;
         Ok(true)
     }
 
@@ -120,24 +121,48 @@ fn certificates(
     Ok(certificates)
 }
 
-fn build(settings: &TlsSettings) -> Result<Loaded, TlsError> {
-    let chain_pem = read(&settings.certificate, "certificate")?;
-    let key_pem = read(&settings.private_key, "private key")?;
-    let ca_pem = match &settings.client_ca {
-        Some(path) => Some(read(path, "client CA")?),
-        None => None,
-    };
-    let mut hash = Sha256::new();
-    for part in [Some(&chain_pem), Some(&key_pem), ca_pem.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        hash.update((part.len() as u64).to_le_bytes());
-        hash.update(part.as_slice());
-    }
+/// The files' bytes, and a fingerprint that tells whether they changed without parsing them.
+struct Files {
+    chain_pem: Zeroizing<Vec<u8>>,
+    key_pem: Zeroizing<Vec<u8>>,
+    ca_pem: Option<Zeroizing<Vec<u8>>>,
+    fingerprint: [u8; 32],
+}
 
-    let chain = certificates(&chain_pem, &settings.certificate, "certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+impl Files {
+    fn read(settings: &TlsSettings) -> Result<Self, TlsError> {
+        let chain_pem = read(&settings.certificate, "certificate")?;
+        let key_pem = read(&settings.private_key, "private key")?;
+        let ca_pem = match &settings.client_ca {
+            Some(path) => Some(read(path, "client CA")?),
+            None => None,
+        };
+        let mut hash = Sha256::new();
+        for part in [Some(&chain_pem), Some(&key_pem), ca_pem.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_slice());
+        }
+        Ok(Self {
+            chain_pem,
+            key_pem,
+            ca_pem,
+            fingerprint: hash.finalize().into(),
+        })
+    }
+}
+
+fn build(settings: &TlsSettings, files: &Files) -> Result<Loaded, TlsError> {
+    let Files {
+        chain_pem,
+        key_pem,
+        ca_pem,
+        fingerprint,
+    } = files;
+    let chain = certificates(chain_pem, &settings.certificate, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
         TlsError(format!(
             "the private key {} is not a PEM private key: {e}",
             settings.private_key.display()
@@ -147,7 +172,7 @@ fn build(settings: &TlsSettings) -> Result<Loaded, TlsError> {
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(format!("TLS setup: {e}")))?;
-    let builder = match (&settings.client_ca, &ca_pem) {
+    let builder = match (&settings.client_ca, ca_pem) {
         (Some(path), Some(pem)) => {
             let mut roots = RootCertStore::empty();
             for certificate in certificates(pem, path, "client CA")? {
@@ -178,7 +203,7 @@ fn build(settings: &TlsSettings) -> Result<Loaded, TlsError> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Loaded {
         config: Arc::new(config),
-        fingerprint: hash.finalize().into(),
+        fingerprint: *fingerprint,
     })
 }
 
