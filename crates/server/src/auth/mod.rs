@@ -43,9 +43,8 @@ impl TokenHash {
             return Err("a token hash is 64 hexadecimal digits (SHA-256)".into());
         }
         let mut hash = [0u8; 32];
-        for (byte, pair) in hash.iter_mut().zip(bytes.chunks(2)) {
-            let pair = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|e| e.to_string())?;
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
         }
         Ok(Self(hash))
     }
