@@ -31,7 +31,7 @@ impl Store for MapStore {
         }
         *counter += 1;
         let version = Version::new(*counter);
-        records.insert(id.clone(), Stored { bytes, version });
+        records.insert(id.clone(), Stored::new(bytes, version));
         Ok(PutOutcome::Created(version))
     }
 
@@ -47,7 +47,7 @@ impl Store for MapStore {
             Some(current) if current.version == expected => {
                 *counter += 1;
                 let version = Version::new(*counter);
-                records.insert(id.clone(), Stored { bytes, version });
+                records.insert(id.clone(), Stored::new(bytes, version));
                 Ok(version)
             }
             _ => Err(StoreError::PreconditionFailed { expected }),

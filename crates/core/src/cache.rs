@@ -1,16 +1,27 @@
-//! `KeyCache`: plaintext data keys kept briefly in memory, with coalesced misses.
+//! `KeyCache`: plaintext data keys kept briefly in memory. The whole cache policy lives here,
+//! behind one call, [`KeyCache::get`]:
 //!
-//! An entry is fresh for `ttl`. With `stale_grace` set, an entry older than `ttl` but within
-//! the grace window may still be served when every region is down (stale-while-unavailable).
-//! Entries are dropped by age and by a size bound; a dropped entry's `DataKey` wipes its bytes.
+//! - **Fresh** (younger than `ttl`): served from memory after one lookup. A key asked for in the
+//!   last tenth of its TTL is also refreshed once in the background, so that a hot key never
+//!   expires under load and no request pays its miss.
+//! - **Missing or expired**: fetched. Concurrent callers for one id share one fetch, which runs
+//!   as a task of its own, so a caller that gives up does not cancel it for the others.
+//! - **Stale** (past `ttl`, within `ttl + stale_grace`): served, marked stale, only when the
+//!   fetch failed because the regions or the store are unavailable; never after a refusal.
+//!
+//! Entries leave memory at `ttl + stale_grace` or by the size bound; a dropped entry's
+//! `DataKey` wipes its bytes. Ages are measured on the real clock (`std::time::Instant`), the
+//! clock moka expires entries by, so that the policy holds in production and not only under a
+//! test's paused clock.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures::future::{BoxFuture, FutureExt as _, Shared};
 use moka::future::Cache;
-use tokio::time::Instant;
 
 use crate::{DataKey, KeyId, ServiceError};
 
@@ -23,8 +34,8 @@ pub struct CacheOptions {
     pub ttl: Duration,
     /// Most keys held at once (default 100 000).
     pub max_entries: u64,
-    /// Opt-in: how long past `ttl` a cached key may still be served while no region can
-    /// decrypt (default `None`, off).
+    /// Opt-in: how long past `ttl` a cached key may still be served while no region or the
+    /// store cannot serve it (default `None`, off).
     pub stale_grace: Option<Duration>,
 }
 
@@ -39,6 +50,15 @@ impl Default for CacheOptions {
     }
 }
 
+/// Which fetch a miss runs: readers never create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Fetch {
+    /// Read the record, or create it when there is none.
+    GetOrCreate,
+    /// Read the record; `None` when there is none.
+    Existing,
+}
+
 /// A cached key with where and when it came from.
 #[derive(Debug)]
 pub(crate) struct CachedKey {
@@ -47,6 +67,8 @@ pub(crate) struct CachedKey {
     /// Whether the call that filled the entry created the record.
     pub(crate) created: bool,
     fetched: Instant,
+    /// Set by the first lookup that starts this entry's refresh-ahead.
+    refresh_started: AtomicBool,
 }
 
 impl CachedKey {
@@ -56,78 +78,155 @@ impl CachedKey {
             region,
             created,
             fetched: Instant::now(),
+            refresh_started: AtomicBool::new(false),
         }
     }
+}
+
+/// What a fetch yields: the key, or `None` when an [`Fetch::Existing`] fetch found no record.
+type Fetched = Result<Option<Arc<CachedKey>>, Arc<ServiceError>>;
+
+/// A fetch that concurrent callers await together.
+type SharedFetch = Shared<BoxFuture<'static, Fetched>>;
+
+/// What [`KeyCache::get`] found.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// A fresh entry.
+    Hit(Arc<CachedKey>),
+    /// Fetched now; `coalesced` when this caller waited on another's fetch.
+    Fetched {
+        entry: Arc<CachedKey>,
+        coalesced: bool,
+    },
+    /// An [`Fetch::Existing`] fetch found no record.
+    Absent,
+    /// The fetch failed with this unavailability; the expired entry is within the grace.
+    Stale(Arc<CachedKey>, Arc<ServiceError>),
 }
 
 /// The cache. See the module documentation.
 #[derive(Debug)]
 pub(crate) struct KeyCache {
-    /// Keys younger than the TTL (older ones are moved out on lookup).
     entries: Cache<KeyId, Arc<CachedKey>>,
-    /// With a stale grace: keys past the TTL, kept until the grace ends, to be served only
-    /// while no region can serve a fresh one.
-    expired: Option<Cache<KeyId, Arc<CachedKey>>>,
+    in_flight: Arc<Mutex<HashMap<(KeyId, Fetch), SharedFetch>>>,
     options: CacheOptions,
+    /// Age from which a lookup starts a refresh-ahead.
+    refresh_after: Duration,
+    /// Age up to which an entry may be served stale.
+    stale_until: Duration,
 }
 
 impl KeyCache {
     /// A cache as `options` say, or `None` when caching is off.
     pub(crate) fn new(options: CacheOptions) -> Option<Self> {
-        let cache = |ttl| {
-            Cache::builder()
-                .max_capacity(options.max_entries)
-                .time_to_live(ttl)
-                .build()
-        };
+        let stale_until = options.ttl + options.stale_grace.unwrap_or_default();
         options.enabled.then(|| Self {
-            entries: cache(options.ttl),
-            expired: options.stale_grace.map(|grace| cache(options.ttl + grace)),
+            entries: Cache::builder()
+                .max_capacity(options.max_entries)
+                .time_to_live(stale_until)
+                .build(),
+            in_flight: Arc::default(),
             options,
+            refresh_after: options.ttl.mul_f64(0.9),
+            stale_until,
         })
     }
 
-    /// A key younger than the TTL, if the cache holds one. An older one is moved to the
-    /// expired set (with a stale grace) or dropped.
-    pub(crate) async fn fresh(&self, id: &KeyId) -> Option<Arc<CachedKey>> {
-        let entry = self.entries.get(id).await?;
-        if entry.fetched.elapsed() < self.options.ttl {
-            return Some(entry);
-        }
-        self.entries.invalidate(id).await;
-        if let Some(expired) = &self.expired {
-            expired.insert(id.clone(), entry).await;
-        }
-        None
-    }
-
-    /// A key past the TTL but within the stale grace, for when no region can serve.
-    pub(crate) async fn stale(&self, id: &KeyId) -> Option<Arc<CachedKey>> {
-        let (expired, grace) = (self.expired.as_ref()?, self.options.stale_grace?);
-        let entry = expired.get(id).await?;
-        (entry.fetched.elapsed() < self.options.ttl + grace).then_some(entry)
-    }
-
-    /// Returns the entry for `id`, running `fetch` to fill it unless a concurrent caller is
-    /// already doing so, in which case this call waits for that one's result. The flag says
-    /// whether this call waited on another's fetch.
-    pub(crate) async fn get_or_fetch(
+    /// The key for `id`: fresh from memory, or fetched by `fetch(mode)` (shared with concurrent
+    /// callers), or stale within the grace when that fetch finds the dependencies unavailable.
+    /// `fetch` is called only on a miss or to refresh ahead (with [`Fetch::Existing`]).
+    pub(crate) async fn get<F>(
         &self,
         id: &KeyId,
-        fetch: impl Future<Output = Result<Arc<CachedKey>, ServiceError>>,
-    ) -> (Result<Arc<CachedKey>, Arc<ServiceError>>, bool) {
-        let ran = AtomicBool::new(false);
-        let result = self
-            .entries
-            .try_get_with(id.clone(), async {
-                ran.store(true, Ordering::Relaxed);
-                fetch.await
-            })
-            .await;
-        if let (Ok(_), Some(expired)) = (&result, &self.expired) {
-            expired.invalidate(id).await;
+        mode: Fetch,
+        fetch: impl FnOnce(Fetch) -> F,
+    ) -> Result<Lookup, Arc<ServiceError>>
+    where
+        F: Future<Output = Result<Option<Arc<CachedKey>>, ServiceError>> + Send + 'static,
+    {
+        let cached = self.entries.get(id).await;
+        if let Some(entry) = cached {
+            let age = entry.fetched.elapsed();
+            if age < self.options.ttl {
+                if age >= self.refresh_after && !entry.refresh_started.swap(true, Ordering::Relaxed)
+                {
+                    metrics::counter!(crate::telemetry::CACHE_REFRESHES).increment(1);
+                    // The fetch runs as a task of its own; nobody waits for it.
+                    drop(self.join_or_start(id, Fetch::Existing, fetch));
+                }
+                return Ok(Lookup::Hit(entry));
+            }
+            return self.fetch(id, mode, fetch, Some(entry)).await;
         }
-        (result, !ran.load(Ordering::Relaxed))
+        self.fetch(id, mode, fetch, None).await
+    }
+
+    async fn fetch<F>(
+        &self,
+        id: &KeyId,
+        mode: Fetch,
+        fetch: impl FnOnce(Fetch) -> F,
+        expired: Option<Arc<CachedKey>>,
+    ) -> Result<Lookup, Arc<ServiceError>>
+    where
+        F: Future<Output = Result<Option<Arc<CachedKey>>, ServiceError>> + Send + 'static,
+    {
+        let (shared, started) = self.join_or_start(id, mode, fetch);
+        match shared.await {
+            Ok(Some(entry)) => Ok(Lookup::Fetched {
+                entry,
+                coalesced: !started,
+            }),
+            Ok(None) => Ok(Lookup::Absent),
+            Err(error) => match expired {
+                Some(entry)
+                    if error.is_unavailable() && entry.fetched.elapsed() < self.stale_until =>
+                {
+                    Ok(Lookup::Stale(entry, error))
+                }
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// Joins the fetch of `(id, mode)` under way, or starts one as a task that fills the cache
+    /// and then leaves the in-flight map. Returns the fetch and whether this call started it.
+    fn join_or_start<F>(
+        &self,
+        id: &KeyId,
+        mode: Fetch,
+        fetch: impl FnOnce(Fetch) -> F,
+    ) -> (SharedFetch, bool)
+    where
+        F: Future<Output = Result<Option<Arc<CachedKey>>, ServiceError>> + Send + 'static,
+    {
+        let key = (id.clone(), mode);
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(running) = in_flight.get(&key) {
+            return (running.clone(), false);
+        }
+        let entries = self.entries.clone();
+        let map = Arc::clone(&self.in_flight);
+        let task_key = key.clone();
+        let future = fetch(mode);
+        // The map's lock is held until the fetch is in it, so the task cannot leave it first.
+        let task = tokio::spawn(async move {
+            let result = future.await.map_err(Arc::new);
+            if let Ok(Some(entry)) = &result {
+                entries.insert(task_key.0.clone(), Arc::clone(entry)).await;
+            }
+            lock(&map).remove(&task_key);
+            result
+        });
+        let shared = async move {
+            task.await
+                .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()))
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(key, shared.clone());
+        (shared, true)
     }
 
     /// Runs the cache's pending evictions now (tests).
@@ -137,9 +236,17 @@ impl KeyCache {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every change under this lock is a single insert or remove.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     fn id(s: &str) -> KeyId {
         KeyId::parse(s).unwrap()
@@ -153,53 +260,11 @@ mod tests {
         ))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn entries_expire_after_the_ttl_and_stale_ones_only_within_the_grace() {
-        let options = CacheOptions {
-            ttl: Duration::from_secs(300),
-            stale_grace: Some(Duration::from_secs(60)),
-            ..CacheOptions::default()
-        };
-        let cache = KeyCache::new(options).unwrap();
-        let (filled, _) = cache.get_or_fetch(&id("a"), async { Ok(entry(1)) }).await;
-        filled.unwrap();
-        assert!(cache.fresh(&id("a")).await.is_some());
-        assert!(
-            cache.stale(&id("a")).await.is_none(),
-            "a fresh key is not stale"
-        );
-        tokio::time::advance(Duration::from_secs(301)).await;
-        assert!(
-            cache.fresh(&id("a")).await.is_none(),
-            "past the TTL it is not fresh"
-        );
-        assert!(
-            cache.stale(&id("a")).await.is_some(),
-            "within the grace, for every caller"
-        );
-        assert!(cache.stale(&id("a")).await.is_some());
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(
-            cache.stale(&id("a")).await.is_none(),
-            "past the grace it is not served"
-        );
-
-        let no_grace = KeyCache::new(CacheOptions {
-            stale_grace: None,
-            ..options
-        })
-        .unwrap();
-        no_grace
-            .get_or_fetch(&id("b"), async { Ok(entry(2)) })
-            .await
-            .0
-            .unwrap();
-        tokio::time::advance(Duration::from_secs(301)).await;
-        assert!(no_grace.fresh(&id("b")).await.is_none());
-        assert!(
-            no_grace.stale(&id("b")).await.is_none(),
-            "no grace, no stale keys"
-        );
+    fn fill(
+        byte: u8,
+    ) -> impl FnOnce(Fetch) -> BoxFuture<'static, Result<Option<Arc<CachedKey>>, ServiceError>>
+    {
+        move |_| async move { Ok(Some(entry(byte))) }.boxed()
     }
 
     #[tokio::test]
@@ -212,16 +277,16 @@ mod tests {
         let first = entry(7);
         let watch = Arc::downgrade(&first);
         cache
-            .get_or_fetch(&id("a"), async { Ok(first) })
+            .get(&id("a"), Fetch::GetOrCreate, move |_| async move {
+                Ok(Some(first))
+            })
             .await
-            .0
             .unwrap();
         for (i, name) in ["b", "c", "d"].iter().enumerate() {
             let byte = u8::try_from(i).unwrap();
             cache
-                .get_or_fetch(&id(name), async move { Ok(entry(byte)) })
+                .get(&id(name), Fetch::GetOrCreate, fill(byte))
                 .await
-                .0
                 .unwrap();
             cache.run_pending_tasks().await;
         }
@@ -235,19 +300,25 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_misses_share_one_fetch() {
         let cache = Arc::new(KeyCache::new(CacheOptions::default()).unwrap());
-        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let fetches = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..32)
             .map(|_| {
                 let (cache, fetches) = (Arc::clone(&cache), Arc::clone(&fetches));
                 tokio::spawn(async move {
-                    let (result, coalesced) = cache
-                        .get_or_fetch(&id("a"), async {
+                    let lookup = cache
+                        .get(&id("a"), Fetch::GetOrCreate, |_| async move {
                             fetches.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            Ok(entry(9))
+                            Ok(Some(entry(9)))
                         })
-                        .await;
-                    (result.unwrap().key.expose_secret()[0], coalesced)
+                        .await
+                        .unwrap();
+                    match lookup {
+                        Lookup::Fetched { entry, coalesced } => {
+                            (entry.key.expose_secret()[0], coalesced)
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
                 })
             })
             .collect();
@@ -259,5 +330,28 @@ mod tests {
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
         assert_eq!(waited, 31);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_outlives_the_caller_that_gave_up() {
+        let cache = KeyCache::new(CacheOptions::default()).unwrap();
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(10),
+            cache.get(&id("a"), Fetch::GetOrCreate, |_| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(Some(entry(3)))
+            }),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let lookup = cache
+            .get(&id("a"), Fetch::GetOrCreate, fill(4))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&lookup, Lookup::Hit(e) if e.key.expose_secret()[0] == 3),
+            "the first fetch filled the cache: {lookup:?}"
+        );
     }
 }

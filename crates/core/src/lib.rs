@@ -93,7 +93,7 @@ pub use redact::redact_url_password;
 pub use secret::DataKey;
 pub use service::{
     BuildError, HedgeOptions, IssuedKey, KeyService, KeyServiceBuilder, KmsAction, RegionStatus,
-    RepairOutcome, RepairSweep, ServiceError, ServiceOptions, MAX_DATA_KEY_LEN,
+    RepairOptions, RepairOutcome, RepairSweep, ServiceError, ServiceOptions, MAX_DATA_KEY_LEN,
 };
 pub use store::{
     stored_id, within_limit, ListPage, PutOutcome, Store, StoreError, Stored, Version,

@@ -57,7 +57,9 @@ impl Store for MemoryStore {
             return Ok(PutOutcome::Exists(existing.clone()));
         }
         let version = state.next_version();
-        state.records.insert(id.clone(), Stored { bytes, version });
+        state
+            .records
+            .insert(id.clone(), Stored::new(bytes, version));
         Ok(PutOutcome::Created(version))
     }
 
@@ -71,7 +73,9 @@ impl Store for MemoryStore {
         match state.records.get(id) {
             Some(current) if current.version == expected => {
                 let version = state.next_version();
-                state.records.insert(id.clone(), Stored { bytes, version });
+                state
+                    .records
+                    .insert(id.clone(), Stored::new(bytes, version));
                 Ok(version)
             }
             _ => Err(StoreError::PreconditionFailed { expected }),

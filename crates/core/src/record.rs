@@ -38,9 +38,10 @@ pub struct Record {
     #[serde(default)]
     pub missing: Vec<String>,
     /// True for records the original Go RKMS wrote: their copies were wrapped with no
-    /// encryption context, so only the store key binds them to their id. A store that reads
-    /// such items (DynamoDB) sets it; RKMS itself never writes it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// encryption context, so only the store key binds them to their id. Never encoded nor
+    /// decoded: the core sets it only from [`crate::Stored::legacy`], so that bytes claiming it
+    /// are refused as unreadable.
+    #[serde(skip)]
     pub wrapped_without_context: bool,
 }
 
@@ -129,6 +130,23 @@ mod tests {
     fn round_trips() {
         let record = sample();
         assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+    }
+
+    #[test]
+    fn a_legacy_flag_in_the_bytes_is_refused() {
+        let bytes =
+            br#"{"format":1,"id":"x","created_at":0,"copies":{},"wrapped_without_context":true}"#;
+        assert!(matches!(
+            Record::decode(bytes),
+            Err(RecordError::Malformed(_))
+        ));
+        let mut legacy = sample();
+        legacy.wrapped_without_context = true;
+        assert!(
+            !Record::decode(&legacy.encode())
+                .unwrap()
+                .wrapped_without_context
+        );
     }
 
     #[test]

@@ -35,6 +35,21 @@ pub struct Stored {
     pub bytes: Vec<u8>,
     /// The version to pass to [`Store::compare_and_swap`].
     pub version: Version,
+    /// True only when the store translated an item of the original Go RKMS, whose copies were
+    /// wrapped with no encryption context. It travels beside the bytes, never in them: whoever
+    /// can write the store can write any bytes, so nothing in them may lift the id binding.
+    pub legacy: bool,
+}
+
+impl Stored {
+    /// Bytes written by RKMS, read back at `version`.
+    pub fn new(bytes: Vec<u8>, version: Version) -> Self {
+        Self {
+            bytes,
+            version,
+            legacy: false,
+        }
+    }
 }
 
 impl fmt::Debug for Stored {
@@ -42,6 +57,7 @@ impl fmt::Debug for Stored {
         f.debug_struct("Stored")
             .field("bytes", &format_args!("[{} bytes]", self.bytes.len()))
             .field("version", &self.version)
+            .field("legacy", &self.legacy)
             .finish()
     }
 }

@@ -11,6 +11,11 @@ pub const REGION_BREAKER_STATE: &str = "rkms_region_breaker_state";
 /// Cache lookups by `result`: hit, miss, coalesced (waited for another caller's fetch), stale
 /// (served past its TTL because no region could serve).
 pub const CACHE_REQUESTS: &str = "rkms_cache_requests_total";
+/// Background refreshes of cached keys asked for in the last tenth of their TTL.
+pub const CACHE_REFRESHES: &str = "rkms_cache_refreshes_total";
+/// Records whose copies every answering region refused (tampering, a foreign master key,
+/// damaged ciphertext): integrity failures, never retried as outages.
+pub const INTEGRITY_FAILURES: &str = "rkms_integrity_failures_total";
 /// Store calls by `op` and `outcome` (ok, error, timeout).
 pub const STORE_CALLS: &str = "rkms_store_calls_total";
 /// Latency of store calls, by `op`, in seconds.
@@ -18,7 +23,10 @@ pub const STORE_CALL_SECONDS: &str = "rkms_store_call_seconds";
 /// Repairs by `outcome`: repaired (copies added), pending (a region still missing), lost_race
 /// (another writer changed the record; retried).
 pub const REPAIRS: &str = "rkms_repairs_total";
-/// Records found missing a region's copy in the last repair sweep.
+/// Ids this process knows to lack copies, waiting for the repairer.
 pub const REPAIRS_PENDING: &str = "rkms_repairs_pending";
+/// Pending repairs dropped because the pending set was full (the oldest go first; the sweep
+/// finds them again).
+pub const REPAIRS_DROPPED: &str = "rkms_repairs_dropped_total";
 /// Keys created with fewer copies than regions (quorum creates).
 pub const QUORUM_CREATES: &str = "rkms_quorum_creates_total";

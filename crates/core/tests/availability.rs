@@ -168,37 +168,41 @@ async fn concurrent_misses_share_one_store_read_and_one_kms_call() {
     assert_eq!(from_cache, 31);
 }
 
-#[tokio::test(start_paused = true)]
+// The cache's clock is the real one (moka expires entries by it), so these tests sleep for
+// real: a paused tokio clock once let a stale-serving test pass while production never served
+// a stale key.
+
+#[tokio::test]
 async fn cached_keys_expire_after_the_ttl() {
     let regions = Regions::new();
     let service = regions.service_with(
         Arc::new(MemoryStore::new()),
-        cached(Duration::from_secs(300), None),
+        cached(Duration::from_millis(300), None),
     );
     let created = service.get_or_create(&id("a")).await.unwrap();
     let calls = regions.total_calls();
     let hit = service.get_or_create(&id("a")).await.unwrap();
     assert!(hit.from_cache);
     assert_eq!(regions.total_calls(), calls);
-    tokio::time::advance(Duration::from_secs(301)).await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
     let refreshed = service.get_or_create(&id("a")).await.unwrap();
     assert!(!refreshed.from_cache);
     assert_eq!(refreshed.key, created.key);
     assert_eq!(regions.total_calls(), calls + 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn stale_keys_are_served_only_within_the_grace_while_every_region_is_down() {
     let regions = Regions::new();
     let service = regions.service_with(
         Arc::new(MemoryStore::new()),
-        cached(Duration::from_secs(10), Some(Duration::from_secs(60))),
+        cached(Duration::from_millis(200), Some(Duration::from_millis(600))),
     );
     let created = service.get_or_create(&id("a")).await.unwrap();
     for kms in &regions.0 {
         kms.set(Mode::Failing);
     }
-    tokio::time::advance(Duration::from_secs(11)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..3 {
         let stale = service.get_or_create(&id("a")).await.unwrap();
         assert!(
@@ -207,9 +211,133 @@ async fn stale_keys_are_served_only_within_the_grace_while_every_region_is_down(
         );
         assert_eq!(stale.key, created.key);
     }
-    tokio::time::advance(Duration::from_secs(61)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let err = service.get_or_create(&id("a")).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
+}
+
+/// A store that can be switched off: every call then fails as unavailable.
+#[derive(Debug, Default)]
+struct SwitchableStore {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl SwitchableStore {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                store: "switchable",
+                source: "switched off".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SwitchableStore {
+    async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
+        self.check()?;
+        self.inner.get(id).await
+    }
+    async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
+        self.check()?;
+        self.inner.put_if_absent(id, bytes).await
+    }
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        expected: Version,
+        bytes: Vec<u8>,
+    ) -> Result<Version, StoreError> {
+        self.check()?;
+        self.inner.compare_and_swap(id, expected, bytes).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.delete(id).await
+    }
+    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+        self.check()?;
+        self.inner.list(after, limit).await
+    }
+}
+
+#[tokio::test]
+async fn stale_keys_are_served_while_the_store_is_down() {
+    let regions = Regions::new();
+    let store = Arc::new(SwitchableStore::default());
+    let service = regions.service_with(
+        store.clone(),
+        cached(Duration::from_millis(200), Some(Duration::from_secs(5))),
+    );
+    let created = service.get_or_create(&id("a")).await.unwrap();
+    store.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stale = service.get_existing(&id("a")).await.unwrap().unwrap();
+    assert!(stale.stale);
+    assert_eq!(stale.key, created.key);
+    let stale = service.get_or_create(&id("a")).await.unwrap();
+    assert!(stale.stale);
+    assert!(
+        service.get_or_create(&id("never-cached")).await.is_err(),
+        "only cached keys can be served stale"
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_record_is_never_served_stale() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service_with(
+        store.clone(),
+        cached(Duration::from_millis(200), Some(Duration::from_secs(5))),
+    );
+    service.get_or_create(&id("a")).await.unwrap();
+    regions
+        .service(store.clone())
+        .get_or_create(&id("b"))
+        .await
+        .unwrap();
+    let a = store.get(&id("a")).await.unwrap().unwrap();
+    let b = store.get(&id("b")).await.unwrap().unwrap().bytes;
+    store
+        .compare_and_swap(&id("a"), a.version, b)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = service.get_or_create(&id("a")).await.unwrap_err();
+    assert!(
+        matches!(err.root(), ServiceError::IntegrityFailure { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_asked_for_near_the_end_of_its_ttl_is_refreshed_ahead_once() {
+    let regions = Regions::new();
+    let service = regions.service_with(
+        Arc::new(MemoryStore::new()),
+        cached(Duration::from_millis(1000), None),
+    );
+    service.get_or_create(&id("a")).await.unwrap();
+    let calls = regions.total_calls();
+    tokio::time::sleep(Duration::from_millis(920)).await;
+    for _ in 0..5 {
+        assert!(service.get_or_create(&id("a")).await.unwrap().from_cache);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        regions.total_calls(),
+        calls + 1,
+        "one background refresh for five requests in the last tenth"
+    );
+    // Past the first fetch's TTL, the refreshed entry still answers: no request pays a miss.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hit = service.get_or_create(&id("a")).await.unwrap();
+    assert!(hit.from_cache, "the refreshed key answers from the cache");
+    assert_eq!(regions.total_calls(), calls + 1);
 }
 
 #[tokio::test]
@@ -234,7 +362,9 @@ async fn without_stale_grace_an_expired_key_is_not_served_while_regions_are_down
 async fn a_create_with_a_region_down_succeeds_with_a_quorum_and_is_repaired_when_it_returns() {
     let regions = Regions::new();
     let store = Arc::new(MemoryStore::new());
-    let service = regions.service(store.clone());
+    let mut options = Regions::options();
+    options.repair.interval = Duration::from_millis(20);
+    let service = regions.service_with(store.clone(), options);
     regions.0[2].set(Mode::Failing);
     let created = service.get_or_create(&id("a")).await.unwrap();
     assert!(created.created);
@@ -249,6 +379,12 @@ async fn a_create_with_a_region_down_succeeds_with_a_quorum_and_is_repaired_when
         "still down: still pending"
     );
     regions.0[2].set(Mode::Healthy);
+    assert_eq!(
+        service.repair_pending().await,
+        1,
+        "a failed repair waits for its backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(service.repair_pending().await, 0);
     let repaired = record(&*store, "a").await;
     assert!(repaired.missing.is_empty());
@@ -413,4 +549,65 @@ async fn a_sweep_finds_and_repairs_records_no_process_remembers() {
     for name in ["a", "b", "c"] {
         assert!(record(&*store, name).await.missing.is_empty());
     }
+}
+
+#[tokio::test]
+async fn repair_skips_unreachable_regions_and_keeps_to_its_kms_budget() {
+    const RECORDS: usize = 2000;
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let mut options = Regions::options();
+    options.breaker.open_for = Duration::from_millis(300);
+    options.repair.interval = Duration::from_millis(1);
+    let service = regions.service_with(store.clone(), options);
+    regions.0[2].set(Mode::Failing);
+    for i in 0..RECORDS {
+        service.get_or_create(&id(&format!("k{i}"))).await.unwrap();
+    }
+    assert_eq!(service.pending_repairs().len(), RECORDS);
+    assert_eq!(service.region_status()[2].breaker, BreakerState::Open);
+
+    // Blackholed, behind an open breaker: repair calls no region at all.
+    regions.0[2].set(Mode::Hanging);
+    let calls = regions.total_calls();
+    service.repair_pending().await;
+    assert_eq!(
+        regions.total_calls() - calls,
+        0,
+        "no decrypt for a repair that cannot wrap anywhere"
+    );
+
+    // Back and healthy: repair paces itself to its budget while serving goes on unhindered.
+    regions.0[2].set(Mode::Healthy);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let budget = service.options().repair.kms_calls_per_second as usize;
+    let calls = regions.total_calls();
+    let repairing = tokio::spawn({
+        let service = service.clone();
+        async move { while service.repair_pending().await > 0 {} }
+    });
+    let reader = regions.service(store.clone());
+    let mut latencies = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let asked = std::time::Instant::now();
+        reader.get_or_create(&id("k0")).await.unwrap();
+        latencies.push(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    repairing.abort();
+    let repair_calls = regions.total_calls() - calls - latencies.len();
+    let allowed = (budget as f64 * elapsed.as_secs_f64()).ceil() as usize + 5;
+    assert!(
+        repair_calls <= allowed,
+        "{repair_calls} repair KMS calls in {elapsed:?}; the budget allows {allowed}"
+    );
+    assert!(repair_calls > 0, "repair made progress");
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert!(
+        p99 < Duration::from_millis(100),
+        "serving p99 {p99:?} while repair runs"
+    );
 }

@@ -237,12 +237,12 @@ async fn a_record_copied_under_another_id_does_not_decrypt() {
         PutOutcome::Created(_)
     ));
     let err = service.get_or_create(&id("attacker")).await.unwrap_err();
-    match err {
-        ServiceError::RegionsUnavailable {
-            action: KmsAction::Decrypt,
+    match &err {
+        ServiceError::IntegrityFailure {
+            id: failed,
             failures,
-            ..
         } => {
+            assert_eq!(failed.as_str(), "attacker");
             assert_eq!(failures.len(), 3);
             assert!(failures
                 .iter()
@@ -250,6 +250,21 @@ async fn a_record_copied_under_another_id_does_not_decrypt() {
         }
         other => panic!("unexpected {other}"),
     }
+    assert!(!err.is_unavailable(), "a refusal is not an outage: {err}");
+
+    // One region refusing and another not answering may be an outage: retry later.
+    regions.0[1].set(Mode::Failing);
+    let err = service.get_or_create(&id("attacker")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ServiceError::RegionsUnavailable {
+                action: KmsAction::Decrypt,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -398,17 +413,21 @@ proptest! {
     }
 }
 
-#[tokio::test]
-async fn legacy_records_wrapped_without_context_are_read() {
-    let regions = Regions::new();
-    let store = Arc::new(MemoryStore::new());
-    let service = regions.service(store.clone());
-    let key = DataKey::new(vec![5; 32]);
+/// The bytes of a record claiming to be the original Go RKMS's, as anyone who can write the
+/// store could write them: copies wrapped with no context, and the flag that once said so.
+async fn legacy_bytes(regions: &Regions, record_id: &str, key: &DataKey) -> Vec<u8> {
+    let record = legacy_record(regions, record_id, key).await;
+    let mut json: serde_json::Value = serde_json::from_slice(&record.encode()).unwrap();
+    json["wrapped_without_context"] = serde_json::Value::Bool(true);
+    serde_json::to_vec(&json).unwrap()
+}
+
+async fn legacy_record(regions: &Regions, record_id: &str, key: &DataKey) -> Record {
     let mut copies = std::collections::BTreeMap::new();
     for kms in &regions.0 {
         let ciphertext = kms
             .inner
-            .encrypt(&key, &EncryptionContext::empty())
+            .encrypt(key, &EncryptionContext::empty())
             .await
             .unwrap();
         copies.insert(
@@ -419,26 +438,223 @@ async fn legacy_records_wrapped_without_context_are_read() {
             },
         );
     }
-    let legacy = Record {
+    Record {
         format: rkms_core::RECORD_FORMAT,
-        id: "old".into(),
+        id: record_id.into(),
         created_at: 0,
         copies,
         missing: Vec::new(),
         wrapped_without_context: true,
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_legacy_flag_in_stored_bytes_is_refused_so_keys_cannot_be_substituted() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service(store.clone());
+    let key_of_a = DataKey::new(vec![5; 32]);
+
+    // A's context-free copies planted under B, naming B: before, B was served A's key.
     store
-        .put_if_absent(&id("old"), legacy.encode())
+        .put_if_absent(&id("b"), legacy_bytes(&regions, "b", &key_of_a).await)
         .await
         .unwrap();
+    let err = service.get_or_create(&id("b")).await.unwrap_err();
+    assert!(matches!(err, ServiceError::CorruptRecord { .. }), "{err}");
+
+    // Planted over an existing id, it does not change that id's key either.
+    let original = service.get_or_create(&id("c")).await.unwrap();
+    let stored = store.get(&id("c")).await.unwrap().unwrap();
+    store
+        .compare_and_swap(
+            &id("c"),
+            stored.version,
+            legacy_bytes(&regions, "c", &key_of_a).await,
+        )
+        .await
+        .unwrap();
+    let err = service.get_or_create(&id("c")).await.unwrap_err();
+    assert!(matches!(err, ServiceError::CorruptRecord { .. }), "{err}");
+    assert_ne!(original.key, key_of_a);
+}
+
+/// A store that, like DynamoDB's, translates the original Go RKMS's items for some ids: they
+/// are read as legacy until a compare-and-set writes RKMS's own record over them.
+#[derive(Debug, Default)]
+struct TranslatingStore {
+    inner: MemoryStore,
+    originals: std::sync::Mutex<std::collections::HashSet<KeyId>>,
+}
+
+#[async_trait]
+impl Store for TranslatingStore {
+    async fn get(&self, id: &KeyId) -> Result<Option<rkms_core::Stored>, rkms_core::StoreError> {
+        let legacy = self.originals.lock().unwrap().contains(id);
+        Ok(self
+            .inner
+            .get(id)
+            .await?
+            .map(|stored| rkms_core::Stored { legacy, ..stored }))
+    }
+    async fn put_if_absent(
+        &self,
+        id: &KeyId,
+        bytes: Vec<u8>,
+    ) -> Result<PutOutcome, rkms_core::StoreError> {
+        self.inner.put_if_absent(id, bytes).await
+    }
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        expected: rkms_core::Version,
+        bytes: Vec<u8>,
+    ) -> Result<rkms_core::Version, rkms_core::StoreError> {
+        let version = self.inner.compare_and_swap(id, expected, bytes).await?;
+        self.originals.lock().unwrap().remove(id);
+        Ok(version)
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, rkms_core::StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn list(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
+        self.inner.list(after, limit).await
+    }
+}
+
+#[tokio::test]
+async fn legacy_items_translated_by_their_store_are_served_then_upgraded_on_read() {
+    let regions = Regions::new();
+    let store = Arc::new(TranslatingStore::default());
+    let service = regions.service(store.clone());
+    let key = DataKey::new(vec![5; 32]);
+    store
+        .inner
+        .put_if_absent(
+            &id("old"),
+            legacy_record(&regions, "old", &key).await.encode(),
+        )
+        .await
+        .unwrap();
+    store.originals.lock().unwrap().insert(id("old"));
     assert_eq!(service.get_or_create(&id("old")).await.unwrap().key, key);
 
-    let mut moved = legacy.clone();
-    moved.id = "elsewhere".into();
+    // The read upgraded the record in the background: every copy is now bound to the id.
+    let mut upgraded = None;
+    for _ in 0..100 {
+        if !store.originals.lock().unwrap().contains(&id("old")) {
+            upgraded = store.get(&id("old")).await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let upgraded = Record::decode(&upgraded.expect("upgraded on read").bytes).unwrap();
+    assert_eq!(upgraded.copies.len(), 3);
+    let context = EncryptionContext::for_id(&id("old"));
+    for kms in &regions.0 {
+        let copy = &upgraded.copies[kms.region()].ciphertext;
+        assert_eq!(kms.inner.decrypt(copy, &context).await.unwrap(), key);
+        assert!(kms
+            .inner
+            .decrypt(copy, &EncryptionContext::empty())
+            .await
+            .is_err());
+    }
+    assert_eq!(service.get_or_create(&id("old")).await.unwrap().key, key);
+
+    // A translated item that names another id is refused.
     store
-        .put_if_absent(&id("moved"), moved.encode())
+        .inner
+        .put_if_absent(
+            &id("moved"),
+            legacy_record(&regions, "elsewhere", &key).await.encode(),
+        )
         .await
         .unwrap();
+    store.originals.lock().unwrap().insert(id("moved"));
     let err = service.get_or_create(&id("moved")).await.unwrap_err();
     assert!(matches!(err, ServiceError::CorruptRecord { .. }), "{err}");
+}
+
+/// Holds a record on the first read and loses it after, as when a delete lands between a
+/// reader's two store reads; counts creates.
+#[derive(Debug, Default)]
+struct VanishingStore {
+    inner: MemoryStore,
+    reads: std::sync::atomic::AtomicUsize,
+    creates: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Store for VanishingStore {
+    async fn get(&self, id: &KeyId) -> Result<Option<rkms_core::Stored>, rkms_core::StoreError> {
+        let read = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if read == 0 {
+            self.inner.get(id).await
+        } else {
+            Ok(None)
+        }
+    }
+    async fn put_if_absent(
+        &self,
+        id: &KeyId,
+        bytes: Vec<u8>,
+    ) -> Result<PutOutcome, rkms_core::StoreError> {
+        self.creates
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.put_if_absent(id, bytes).await
+    }
+    async fn compare_and_swap(
+        &self,
+        id: &KeyId,
+        expected: rkms_core::Version,
+        bytes: Vec<u8>,
+    ) -> Result<rkms_core::Version, rkms_core::StoreError> {
+        self.inner.compare_and_swap(id, expected, bytes).await
+    }
+    async fn delete(&self, id: &KeyId) -> Result<bool, rkms_core::StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn list(
+        &self,
+        after: Option<&KeyId>,
+        limit: usize,
+    ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
+        self.inner.list(after, limit).await
+    }
+}
+
+#[tokio::test]
+async fn a_reader_never_creates_even_when_the_record_vanishes_mid_read() {
+    let regions = Regions::new();
+    let elsewhere = Arc::new(MemoryStore::new());
+    regions
+        .service(elsewhere.clone())
+        .get_or_create(&id("a"))
+        .await
+        .unwrap();
+    let bytes = elsewhere.get(&id("a")).await.unwrap().unwrap().bytes;
+    for cache in [false, true] {
+        let store = Arc::new(VanishingStore::default());
+        store
+            .inner
+            .put_if_absent(&id("a"), bytes.clone())
+            .await
+            .unwrap();
+        let mut options = Regions::options();
+        options.cache.enabled = cache;
+        let reader = regions.service_with(store.clone(), options);
+        if let Some(read) = reader.get_existing(&id("a")).await.unwrap() {
+            assert!(!read.created);
+        }
+        assert_eq!(
+            store.creates.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the reader made a record (cache {cache})"
+        );
+    }
 }

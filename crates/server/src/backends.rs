@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use rkms_core::{Kms, LocalKeyring, Store};
 
+#[cfg(feature = "dynamodb")]
+use crate::config::LegacyRecords;
 use crate::config::{KmsSettings, RegionSettings, StoreSettings};
 
 /// Opens the configured store. A store whose cargo feature is off is refused by name.
@@ -68,11 +70,16 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Arc<dyn Store>, Stri
             endpoint,
             create_table,
             timeout,
+            legacy_records,
         } => {
             let mut config = rkms_store_dynamodb::DynamoDbConfig::new(table_name, region);
             config.endpoint = endpoint.clone();
             config.create_table = *create_table;
             config.operation_timeout = *timeout;
+            config.legacy_records = match legacy_records {
+                LegacyRecords::Serve => rkms_store_dynamodb::LegacyRecords::Serve,
+                LegacyRecords::Refuse => rkms_store_dynamodb::LegacyRecords::Refuse,
+            };
             opened(
                 settings,
                 rkms_store_dynamodb::DynamoDbStore::open(&config).await,

@@ -52,6 +52,10 @@ impl ApiError {
             ServiceError::CorruptRecord { id, .. } => Self::Internal(format!(
                 "the stored record for id {id:?} is unreadable; the server log has the details"
             )),
+            ServiceError::IntegrityFailure { id, .. } => Self::Internal(format!(
+                "the stored record for id {id:?} failed its integrity check: every KMS region that \
+                 answered refused its copies; no key was handed out"
+            )),
             ServiceError::NoCopyForConfiguredRegions { id, .. } => Self::Internal(format!(
                 "the stored record for id {id:?} has no copy for any configured KMS region"
             )),
@@ -71,12 +75,14 @@ impl ApiError {
         }
     }
 
-    /// The `error_type` a protocol failure is answered with, without logging it.
+    /// The audit outcome of a protocol failure: the `error_type` it is answered with, or
+    /// `IntegrityFailure` for a record every region refused, which is answered as an
+    /// `InternalError` but audited on its own.
     pub fn kind_of(error: &ServiceError) -> &'static str {
-        if error.is_unavailable() {
-            "ServiceUnavailable"
-        } else {
-            "InternalError"
+        match error.root() {
+            ServiceError::IntegrityFailure { .. } => "IntegrityFailure",
+            _ if error.is_unavailable() => "ServiceUnavailable",
+            _ => "InternalError",
         }
     }
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod error;
+pub mod legacy;
 pub mod limits;
 pub mod routes;
 pub mod serve;

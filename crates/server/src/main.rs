@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use rkms_core::KeyService;
+use rkms_core::{KeyService, Store};
 use rkms_server::audit::{self, AuditLog};
 use rkms_server::auth::{self, Authenticator, TokenHash};
 use rkms_server::backends::{open_regions, open_store};
-use rkms_server::config::{LogFormat, Settings};
+use rkms_server::config::{LegacyRecords, LogFormat, Settings, StoreSettings};
+use rkms_server::legacy;
 use rkms_server::routes::{app, AppState};
 use rkms_server::serve::serve;
 use rkms_server::tls::TlsConfig;
@@ -26,13 +27,18 @@ struct Cli {
     command: Option<Command>,
     /// TOML configuration file. Without one, the server runs the embedded development default
     /// (SQLite and three local software KMS regions under --data-dir).
-    #[arg(long, env = "RKMS_CONFIG")]
+    #[arg(long, env = "RKMS_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address and port to listen on; overrides the configuration file. Port 0 picks a free port.
     #[arg(long, env = "RKMS_LISTEN")]
     listen: Option<SocketAddr>,
     /// Directory for the default SQLite file and keyring.
-    #[arg(long, env = "RKMS_DATA_DIR", default_value = "./rkms-data")]
+    #[arg(
+        long,
+        env = "RKMS_DATA_DIR",
+        default_value = "./rkms-data",
+        global = true
+    )]
     data_dir: PathBuf,
 }
 
@@ -47,6 +53,26 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Items of the original Go RKMS (DynamoDB).
+    Legacy {
+        #[command(subcommand)]
+        action: LegacyAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum LegacyAction {
+    /// Wraps every legacy item's key again under its id's encryption context in every
+    /// configured region and stores RKMS's own record beside the original's `keys`. Safe to
+    /// rerun and to run while servers serve. Then set `legacy_records = "refuse"`.
+    Upgrade {
+        /// Only count the items that would be upgraded.
+        #[arg(long)]
+        dry_run: bool,
+        /// KMS calls per second the upgrade may make (default: `[repair] kms_calls_per_second`).
+        #[arg(long)]
+        kms_calls_per_second: Option<u32>,
     },
 }
 
@@ -91,7 +117,7 @@ async fn main() -> ExitCode {
             };
         }
         Some(Command::Token { action }) => return token_command(action),
-        None => {}
+        Some(Command::Legacy { .. }) | None => {}
     }
     let mut settings = match &cli.config {
         Some(path) => match Settings::from_file(path, &cli.data_dir) {
@@ -103,6 +129,17 @@ async fn main() -> ExitCode {
         },
         None => Settings::development(&cli.data_dir),
     };
+    if let Some(Command::Legacy {
+        action:
+            LegacyAction::Upgrade {
+                dry_run,
+                kms_calls_per_second,
+            },
+    }) = &cli.command
+    {
+        init_logging(&settings);
+        return legacy_upgrade(settings, *dry_run, *kms_calls_per_second).await;
+    }
     if let Some(listen) = cli.listen {
         settings.listen = listen;
     }
@@ -151,6 +188,81 @@ fn token_command(action: &TokenAction) -> ExitCode {
     }
 }
 
+/// `rkms-server legacy upgrade`: see [`rkms_server::legacy`].
+async fn legacy_upgrade(
+    mut settings: Settings,
+    dry_run: bool,
+    kms_calls_per_second: Option<u32>,
+) -> ExitCode {
+    // The command must read the items it upgrades, whatever serving is set to do with them.
+    if let StoreSettings::DynamoDb { legacy_records, .. } = &mut settings.store {
+        *legacy_records = LegacyRecords::Serve;
+    }
+    if let Some(rate) = kms_calls_per_second {
+        settings.service.repair.kms_calls_per_second = rate;
+    }
+    let (store, service) = match open_service(&settings).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            eprintln!("rkms-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let concurrency = settings.service.repair.concurrency;
+    let verb = if dry_run { "would upgrade" } else { "upgraded" };
+    let result = legacy::upgrade(&store, &service, dry_run, concurrency, |s| {
+        eprintln!(
+            "scanned {}: {verb} {}, already current {}, failed {}",
+            s.scanned,
+            s.upgraded,
+            s.already_current,
+            s.failed.len()
+        );
+    })
+    .await;
+    match result {
+        Ok(summary) => {
+            for (id, reason) in &summary.failed {
+                println!("failed {id}: {reason}");
+            }
+            println!(
+                "{} items scanned: {verb} {}, already current {}, failed {}",
+                summary.scanned,
+                summary.upgraded,
+                summary.already_current,
+                summary.failed.len()
+            );
+            if summary.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("rkms-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens the configured store and regions and builds the protocol over them.
+async fn open_service(settings: &Settings) -> Result<(Arc<dyn Store>, KeyService), String> {
+    let store = open_store(&settings.store).await?;
+    let regions = open_regions(&settings.kms, &settings.regions).await?;
+    if regions.len() < 2 {
+        warn!("only one KMS region is configured: keys are unavailable whenever it is");
+    }
+    let service = regions
+        .into_iter()
+        .fold(KeyService::builder(Arc::clone(&store)), |builder, kms| {
+            builder.region(kms)
+        })
+        .options(settings.service.clone())
+        .build()
+        .map_err(|e| format!("invalid service settings: {e}"))?;
+    Ok((store, service))
+}
+
 /// Logs go to stderr; `RUST_LOG`, when set, overrides `[logger] level`.
 fn init_logging(settings: &Settings) {
     let filter =
@@ -180,19 +292,7 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     for notice in &settings.notices {
         warn!("{notice}");
     }
-    let store = open_store(&settings.store).await?;
-    let regions = open_regions(&settings.kms, &settings.regions).await?;
-    if regions.len() < 2 {
-        warn!("only one KMS region is configured: keys are unavailable whenever it is");
-    }
-    let service = regions
-        .into_iter()
-        .fold(KeyService::builder(store), |builder, kms| {
-            builder.region(kms)
-        })
-        .options(settings.service.clone())
-        .build()
-        .map_err(|e| format!("invalid service settings: {e}"))?;
+    let (_, service) = open_service(&settings).await?;
     let metrics = PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)

@@ -402,8 +402,8 @@ fn availability_settings_are_read() {
         s.cache.stale_grace,
         Some(std::time::Duration::from_secs(30))
     );
-    assert_eq!(s.repair_interval.as_secs(), 7);
-    assert_eq!(s.sweep_interval, None, "0 turns the full sweep off");
+    assert_eq!(s.repair.interval.as_secs(), 7);
+    assert_eq!(s.repair.sweep_interval, None, "0 turns the full sweep off");
 
     let defaults = parse(LOCAL).unwrap().service;
     assert_eq!(defaults.min_regions, 2, "two of the regions by default");

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use rkms_core::{Record, StoreError, Stored, Version, WrappedCopy, RECORD_FORMAT};
 
 use crate::error::STORE;
+use crate::LegacyRecords;
 
 pub(crate) const ID: &str = "id";
 pub(crate) const RECORD: &str = "record";
@@ -18,9 +19,10 @@ pub(crate) const LEGACY_KEYS: &str = "keys";
 /// The version reported for the original's items, which have none. RKMS never creates it.
 pub(crate) const LEGACY_VERSION: u64 = 0;
 
-/// Reads an item as a stored record.
+/// Reads an item as a stored record; the original's items as `legacy` says.
 pub(crate) fn stored_from_item(
     item: &HashMap<String, AttributeValue>,
+    legacy: LegacyRecords,
 ) -> Result<Stored, StoreError> {
     match (item.get(RECORD), item.get(VERSION), item.get(LEGACY_KEYS)) {
         (Some(record), Some(version), _) => {
@@ -36,11 +38,13 @@ pub(crate) fn stored_from_item(
                 .ok_or_else(|| {
                     StoreError::corrupt(STORE, "`version` is not a non-negative number")
                 })?;
-            Ok(Stored {
-                bytes,
-                version: Version::new(version),
-            })
+            Ok(Stored::new(bytes, Version::new(version)))
         }
+        (None, None, Some(_)) if legacy == LegacyRecords::Refuse => Err(StoreError::corrupt(
+            STORE,
+            "an item of the original Go RKMS, wrapped without encryption context, and \
+             legacy_records is \"refuse\"",
+        )),
         (None, None, Some(keys)) => legacy_record(item, keys),
         _ => Err(StoreError::corrupt(
             STORE,
@@ -89,6 +93,7 @@ fn legacy_record(
     Ok(Stored {
         bytes: record.encode(),
         version: Version::new(LEGACY_VERSION),
+        legacy: true,
     })
 }
 
@@ -112,14 +117,17 @@ mod tests {
                 AttributeValue::S(BASE64.encode([4, 5])),
             ),
         ]);
-        let stored = stored_from_item(&item(vec![
-            ("id", AttributeValue::S("orders".into())),
-            ("keys", AttributeValue::M(keys)),
-        ]))
+        let stored = stored_from_item(
+            &item(vec![
+                ("id", AttributeValue::S("orders".into())),
+                ("keys", AttributeValue::M(keys)),
+            ]),
+            LegacyRecords::Serve,
+        )
         .unwrap();
         assert_eq!(stored.version, Version::new(LEGACY_VERSION));
+        assert!(stored.legacy);
         let record = Record::decode(&stored.bytes).unwrap();
-        assert!(record.wrapped_without_context);
         assert_eq!(record.id, "orders");
         assert_eq!(record.copies["us-east-1"].ciphertext, [1, 2, 3]);
         assert_eq!(record.copies["us-west-1"].ciphertext, [4, 5]);
@@ -154,9 +162,39 @@ mod tests {
         ];
         for item in bad {
             assert!(
-                matches!(stored_from_item(&item), Err(StoreError::Corrupt { .. })),
+                matches!(
+                    stored_from_item(&item, LegacyRecords::Serve),
+                    Err(StoreError::Corrupt { .. })
+                ),
                 "{item:?}"
             );
+        }
+    }
+
+    #[test]
+    fn original_items_are_refused_when_configured_and_records_win_over_keys() {
+        let keys = AttributeValue::M(HashMap::from([(
+            "us-east-1".to_owned(),
+            AttributeValue::S(BASE64.encode([1, 2, 3])),
+        )]));
+        let original = item(vec![
+            ("id", AttributeValue::S("orders".into())),
+            ("keys", keys.clone()),
+        ]);
+        assert!(matches!(
+            stored_from_item(&original, LegacyRecords::Refuse),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let upgraded = item(vec![
+            ("id", AttributeValue::S("orders".into())),
+            ("keys", keys),
+            ("record", AttributeValue::B(vec![7].into())),
+            ("version", AttributeValue::N("1".into())),
+        ]);
+        for legacy in [LegacyRecords::Serve, LegacyRecords::Refuse] {
+            let stored = stored_from_item(&upgraded, legacy).unwrap();
+            assert!(!stored.legacy);
+            assert_eq!(stored.bytes, [7]);
         }
     }
 }

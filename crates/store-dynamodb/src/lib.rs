@@ -5,13 +5,19 @@
 //!
 //! 1. Create is `PutItem` with the condition `attribute_not_exists(id)`; on
 //!    `ConditionalCheckFailedException` the existing item is read and returned: first write wins.
-//! 2. Compare-and-set is `PutItem` with the condition `version = :expected`.
+//! 2. Compare-and-set is `UpdateItem` setting `record` and `version` with the condition
+//!    `version = :expected`; it touches no other attribute.
 //! 3. A new item starts at a random version, so a deleted and re-created id never repeats one.
 //!
 //! **Items of the original Go RKMS** (`id` plus a `keys` map of region to base64 ciphertext,
-//! wrapped with no encryption context) are read as records marked `wrapped_without_context`,
-//! at version 0, so an existing table keeps serving its keys. They are never written back in
-//! that form.
+//! wrapped with no encryption context) are translated into records at version 0 and handed to
+//! the core marked [`rkms_core::Stored::legacy`], beside the bytes, so that an existing table
+//! keeps serving its keys while [`LegacyRecords::Serve`] is configured. Nothing in any stored
+//! bytes can claim that status. Upgrading one (the core's repair, or `rkms-server legacy
+//! upgrade`) is a compare-and-set from version 0, allowed only while the item still has no
+//! `version`; it adds `record` and `version` and keeps `keys`, so Go servers still running
+//! during a migration keep reading it. An item with a `record` is always read from it.
+//! With [`LegacyRecords::Refuse`] an item that has only `keys` is unreadable.
 //!
 //! Listing scans the whole table and sorts the ids: it is for administration, not for hot
 //! paths. `create_table` (off by default) creates an on-demand table for development.
@@ -21,5 +27,5 @@ mod error;
 mod item;
 mod store;
 
-pub use config::DynamoDbConfig;
+pub use config::{DynamoDbConfig, LegacyRecords};
 pub use store::DynamoDbStore;

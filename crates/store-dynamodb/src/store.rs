@@ -19,7 +19,7 @@ use rkms_core::{
 
 use crate::error::{code, from_sdk, CONDITIONAL_CHECK_FAILED, STORE};
 use crate::item::{stored_from_item, ID, LEGACY_VERSION, RECORD, VERSION};
-use crate::DynamoDbConfig;
+use crate::{DynamoDbConfig, LegacyRecords};
 
 /// A [`Store`] in one DynamoDB table. See the crate documentation.
 #[derive(Clone)]
@@ -27,6 +27,7 @@ pub struct DynamoDbStore {
     client: Client,
     table: String,
     timeout: Duration,
+    legacy: LegacyRecords,
 }
 
 impl std::fmt::Debug for DynamoDbStore {
@@ -60,6 +61,7 @@ impl DynamoDbStore {
             client,
             table: config.table_name.clone(),
             timeout: config.operation_timeout,
+            legacy: config.legacy_records,
         };
         if config.create_table {
             store.bounded(store.create_table()).await?;
@@ -129,7 +131,11 @@ impl DynamoDbStore {
             .send()
             .await
             .map_err(from_sdk)?;
-        output.item.as_ref().map(stored_from_item).transpose()
+        output
+            .item
+            .as_ref()
+            .map(|item| stored_from_item(item, self.legacy))
+            .transpose()
     }
 }
 
@@ -180,15 +186,18 @@ impl Store for DynamoDbStore {
             .get()
             .checked_add(1)
             .ok_or(StoreError::PreconditionFailed { expected })?;
+        // An update, not a put: the original's `keys` stay for Go servers still reading them.
         let request = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .item(ID, key(id))
-            .item(RECORD, AttributeValue::B(bytes.into()))
-            .item(VERSION, AttributeValue::N(next.to_string()))
-            .expression_attribute_names("#version", VERSION);
-        // The original's items have no version: they are replaced only while they still have none.
+            .key(ID, key(id))
+            .update_expression("SET #record = :record, #version = :next")
+            .expression_attribute_names("#record", RECORD)
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":record", AttributeValue::B(bytes.into()))
+            .expression_attribute_values(":next", AttributeValue::N(next.to_string()));
+        // The original's items have no version: they are upgraded only while they still have none.
         let request = if expected.get() == LEGACY_VERSION {
             request
                 .condition_expression("attribute_exists(#id) AND attribute_not_exists(#version)")

@@ -89,10 +89,10 @@ impl Store for EtcdStore {
                 .kvs()
                 .first()
                 .map(|kv| {
-                    Ok(Stored {
-                        bytes: kv.value().to_vec(),
-                        version: Version::from_signed(STORE, kv.mod_revision())?,
-                    })
+                    Ok(Stored::new(
+                        kv.value().to_vec(),
+                        Version::from_signed(STORE, kv.mod_revision())?,
+                    ))
                 })
                 .transpose()
         })
@@ -122,10 +122,10 @@ impl Store for EtcdStore {
                 _ => None,
             });
             match existing {
-                Some((bytes, revision)) => Ok(PutOutcome::Exists(Stored {
+                Some((bytes, revision)) => Ok(PutOutcome::Exists(Stored::new(
                     bytes,
-                    version: Version::from_signed(STORE, revision)?,
-                })),
+                    Version::from_signed(STORE, revision)?,
+                ))),
                 None => Err(StoreError::corrupt(
                     STORE,
                     "the create lost to a record that could not be read back",

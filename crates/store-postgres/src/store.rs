@@ -91,13 +91,8 @@ impl PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(from_sqlx)?;
-        row.map(|(bytes, version)| {
-            Ok(Stored {
-                bytes,
-                version: Version::from_signed(STORE, version)?,
-            })
-        })
-        .transpose()
+        row.map(|(bytes, version)| Ok(Stored::new(bytes, Version::from_signed(STORE, version)?)))
+            .transpose()
     }
 }
 

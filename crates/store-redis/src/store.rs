@@ -116,10 +116,7 @@ fn decode(id: &KeyId, value: Vec<u8>) -> Result<Stored, StoreError> {
     }
     let (version, record) = value.split_at(VERSION_LEN);
     let version = u64::from_be_bytes(version.try_into().expect("eight bytes"));
-    Ok(Stored {
-        bytes: record.to_vec(),
-        version: Version::new(version),
-    })
+    Ok(Stored::new(record.to_vec(), Version::new(version)))
 }
 
 #[async_trait]

@@ -73,10 +73,7 @@ impl Store for SqliteStore {
                 message: format!("record column of {id:?}: {e}"),
             })?;
             let version = row.try_get::<i64, _>("version").map_err(from_sqlx)?;
-            Ok(Stored {
-                bytes,
-                version: Version::from_signed(STORE, version)?,
-            })
+            Ok(Stored::new(bytes, Version::from_signed(STORE, version)?))
         })
         .transpose()
     }

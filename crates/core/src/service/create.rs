@@ -66,7 +66,7 @@ impl KeyService {
             PutOutcome::Exists(winner) => {
                 debug!(%id, "lost a create race; returning the winner's key");
                 drop(plaintext);
-                let record = super::decode(id, &winner.bytes)?;
+                let record = super::decode(id, &winner)?;
                 let (key, region) = self.decrypt_record(id, &record, context).await?;
                 Ok(CachedKey::new(key, region, false))
             }

@@ -8,6 +8,7 @@
 mod calls;
 mod create;
 mod options;
+mod pending;
 mod read;
 mod repair;
 
@@ -17,15 +18,15 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::cache::{CachedKey, KeyCache};
+use crate::cache::{CachedKey, Fetch, KeyCache, Lookup};
 use crate::health::{BreakerState, RegionHealth};
 use crate::kms::{Kms, KmsError};
 use crate::record::Record;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Stored};
 use crate::telemetry;
 use crate::{DataKey, EncryptionContext, KeyId};
 
-pub use options::{HedgeOptions, ServiceOptions};
+pub use options::{HedgeOptions, RepairOptions, ServiceOptions};
 pub use repair::{RepairOutcome, RepairSweep};
 
 /// Largest data key a service hands out, in bytes (AWS KMS's `NumberOfBytes` limit).
@@ -43,7 +44,8 @@ pub struct IssuedKey {
     /// True when the key came from the in-memory cache (or from another caller's concurrent
     /// fetch) rather than from a KMS call made for this request.
     pub from_cache: bool,
-    /// True when the key was served past its cache TTL because no region could serve.
+    /// True when the key was served past its cache TTL because no region or the store could
+    /// serve it (within [`crate::CacheOptions::stale_grace`]).
     pub stale: bool,
 }
 
@@ -80,6 +82,16 @@ pub enum ServiceError {
         /// The step that failed.
         action: KmsAction,
         /// Each region's failure, in the order tried.
+        failures: Vec<KmsError>,
+    },
+    /// Every region that answered refused the record's copies (a copy moved from another id,
+    /// wrapped under a foreign master key, or damaged): the record fails its integrity check.
+    /// Not an outage, so never retried as one and never answered with a stale key.
+    #[error("the record for id {id:?} failed its integrity check: {}", summarize(.failures))]
+    IntegrityFailure {
+        /// The id asked for.
+        id: KeyId,
+        /// Each region's refusal, in the order tried.
         failures: Vec<KmsError>,
     },
     /// The record has no copy for any configured region.
@@ -220,7 +232,8 @@ impl KeyServiceBuilder {
                 regions,
                 cache: KeyCache::new(options.cache),
                 repairing: Mutex::default(),
-                pending: Mutex::default(),
+                pending: Mutex::new(pending::PendingRepairs::new(options.repair.max_pending)),
+                repair_budget: repair::Budget::new(options.repair.kms_calls_per_second),
                 options,
             }),
         })
@@ -248,7 +261,9 @@ struct Inner {
     /// Ids with a repair under way in this process, so that no second one starts.
     repairing: Mutex<HashSet<KeyId>>,
     /// Ids this process knows to lack copies, retried by the repairer.
-    pending: Mutex<HashSet<KeyId>>,
+    pending: Mutex<pending::PendingRepairs>,
+    /// Paces repair's KMS calls, so that repair never takes KMS capacity from serving.
+    repair_budget: repair::Budget,
     options: ServiceOptions,
 }
 
@@ -311,88 +326,83 @@ impl KeyService {
 
     /// Returns the data key for `id`, creating it on first use. See the crate documentation.
     pub async fn get_or_create(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
-        let deadline = self.inner.options.request_deadline;
-        tokio::time::timeout(deadline, self.get_or_create_within_deadline(id))
-            .await
-            .map_err(|_| ServiceError::DeadlineExceeded(deadline))?
+        let issued = self
+            .within_deadline(self.get(id, Fetch::GetOrCreate))
+            .await?;
+        Ok(issued.expect("a get-or-create fetch always yields a key"))
     }
 
     /// Returns the data key for `id` if its record exists, and never creates one: for callers
     /// allowed to read keys but not to make them. `Ok(None)` means no record exists.
     ///
-    /// A cache miss reads the store once on its own before the shared fetch, so a reader never
-    /// starts a create that concurrent callers would then join.
+    /// A miss runs a read-only fetch, never joined with a creating one, so that no path from
+    /// here can reach [`Store::put_if_absent`], even when the record vanishes mid-call.
     pub async fn get_existing(&self, id: &KeyId) -> Result<Option<IssuedKey>, ServiceError> {
+        self.within_deadline(self.get(id, Fetch::Existing)).await
+    }
+
+    async fn within_deadline<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
         let deadline = self.inner.options.request_deadline;
-        tokio::time::timeout(deadline, async {
-            if let Some(hit) = self.cache_hit(id).await {
-                return Ok(Some(hit));
-            }
-            if self
-                .store_call("get", self.inner.store.get(id))
-                .await?
-                .is_none()
-            {
-                return Ok(None);
-            }
-            self.fetch_shared(id).await.map(Some)
-        })
-        .await
-        .map_err(|_| ServiceError::DeadlineExceeded(deadline))?
+        tokio::time::timeout(deadline, call)
+            .await
+            .map_err(|_| ServiceError::DeadlineExceeded(deadline))?
     }
 
-    async fn get_or_create_within_deadline(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
-        match self.cache_hit(id).await {
-            Some(hit) => Ok(hit),
-            None => self.fetch_shared(id).await,
-        }
-    }
-
-    /// The key for `id` if the cache holds it fresh.
-    async fn cache_hit(&self, id: &KeyId) -> Option<IssuedKey> {
-        let entry = self.inner.cache.as_ref()?.fresh(id).await?;
-        metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "hit").increment(1);
-        Some(issued(&entry, true, false))
-    }
-
-    /// Reads (or creates) the key for `id` through the cache: concurrent callers share one
-    /// fetch, and a stale entry within the grace answers when no region can.
-    async fn fetch_shared(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
+    /// The key for `id` through the cache (see `cache.rs` for its policy), or fetched directly
+    /// when caching is off.
+    async fn get(&self, id: &KeyId, mode: Fetch) -> Result<Option<IssuedKey>, ServiceError> {
         let Some(cache) = &self.inner.cache else {
-            let fetched = self.fetch(id).await?;
-            return Ok(issued(&fetched, false, false));
+            let fetched = self.fetch(id, mode).await?;
+            return Ok(fetched.map(|entry| issued(&entry, false, false)));
         };
-        let (result, coalesced) = cache
-            .get_or_fetch(id, async { self.fetch(id).await.map(Arc::new) })
-            .await;
-        let result_label = if coalesced { "coalesced" } else { "miss" };
-        metrics::counter!(telemetry::CACHE_REQUESTS, "result" => result_label).increment(1);
-        let error = match result {
-            Ok(entry) => return Ok(issued(&entry, coalesced, false)),
-            Err(error) => error,
-        };
-        if matches!(error.root(), ServiceError::RegionsUnavailable { .. }) {
-            if let Some(stale) = cache.stale(id).await {
-                warn!(%id, error = %error, "no region can serve; serving a stale cached key within the grace window");
-                metrics::counter!(telemetry::CACHE_REQUESTS, "result" => "stale").increment(1);
-                return Ok(issued(&stale, true, true));
+        let lookup = cache
+            .get(id, mode, |mode| {
+                let (service, id) = (self.clone(), id.clone());
+                async move {
+                    let deadline = service.inner.options.request_deadline;
+                    let fetched = tokio::time::timeout(deadline, service.fetch(&id, mode))
+                        .await
+                        .map_err(|_| ServiceError::DeadlineExceeded(deadline))??;
+                    Ok(fetched.map(Arc::new))
+                }
+            })
+            .await
+            .map_err(ServiceError::Coalesced)?;
+        let (result, issued) = match lookup {
+            Lookup::Hit(entry) => ("hit", Some(issued(&entry, true, false))),
+            Lookup::Fetched { entry, coalesced } => (
+                if coalesced { "coalesced" } else { "miss" },
+                Some(issued(&entry, coalesced, false)),
+            ),
+            Lookup::Absent => ("miss", None),
+            Lookup::Stale(entry, error) => {
+                warn!(%id, error = %error, "serving a stale cached key within the grace window: the regions or the store cannot serve");
+                ("stale", Some(issued(&entry, true, true)))
             }
-        }
-        Err(ServiceError::Coalesced(error))
+        };
+        metrics::counter!(telemetry::CACHE_REQUESTS, "result" => result).increment(1);
+        Ok(issued)
     }
 
-    /// Reads and unwraps the record for `id`, or creates it.
-    async fn fetch(&self, id: &KeyId) -> Result<CachedKey, ServiceError> {
+    /// Reads and unwraps the record for `id`, or creates it when `mode` allows; `None` when
+    /// there is no record and `mode` is [`Fetch::Existing`].
+    async fn fetch(&self, id: &KeyId, mode: Fetch) -> Result<Option<CachedKey>, ServiceError> {
         let context = EncryptionContext::for_id(id);
         if let Some(stored) = self.store_call("get", self.inner.store.get(id)).await? {
-            let record = decode(id, &stored.bytes)?;
+            let record = decode(id, &stored)?;
             let (key, region) = self.decrypt_record(id, &record, &context).await?;
-            if self.needs_repair(&record) && !record.wrapped_without_context {
+            if self.needs_repair(&record) {
                 self.spawn_repair(id, &record);
             }
-            return Ok(CachedKey::new(key, region, false));
+            return Ok(Some(CachedKey::new(key, region, false)));
         }
-        self.create(id, &context).await
+        match mode {
+            Fetch::GetOrCreate => self.create(id, &context).await.map(Some),
+            Fetch::Existing => Ok(None),
+        }
     }
 }
 
@@ -406,12 +416,20 @@ fn issued(entry: &CachedKey, from_cache: bool, stale: bool) -> IssuedKey {
     }
 }
 
-fn decode(id: &KeyId, bytes: &[u8]) -> Result<Record, ServiceError> {
-    Record::decode(bytes).map_err(|e| {
-        warn!(%id, error = %e, "stored record is unreadable");
+/// Decodes a stored record. Only the store's out-of-band [`Stored::legacy`] marks it as the
+/// original Go RKMS's, wrapped without context; such a record must at least name its own id.
+fn decode(id: &KeyId, stored: &Stored) -> Result<Record, ServiceError> {
+    let corrupt = |reason: String| {
+        warn!(%id, error = %reason, "stored record is unreadable");
         ServiceError::CorruptRecord {
             id: id.clone(),
-            reason: e.to_string(),
+            reason,
         }
-    })
+    };
+    let mut record = Record::decode(&stored.bytes).map_err(|e| corrupt(e.to_string()))?;
+    if stored.legacy && record.id != id.as_str() {
+        return Err(corrupt("a legacy record names another id".into()));
+    }
+    record.wrapped_without_context = stored.legacy;
+    Ok(record)
 }

@@ -42,6 +42,38 @@ impl HedgeOptions {
     }
 }
 
+/// How the background repairer works; see [`super::KeyService::run_repairer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairOptions {
+    /// How often the repairer retries the records this process knows to lack a copy (default
+    /// 60 s). A record that still cannot be completed waits longer each time, up to 64 times
+    /// this interval.
+    pub interval: Duration,
+    /// How often it also reads the whole store for records nobody here knows about (default
+    /// 6 h; `None` never). Every record is read, so mind the cost on a large store.
+    pub sweep_interval: Option<Duration>,
+    /// Most ids remembered as lacking copies (default 100 000); beyond it the oldest are
+    /// dropped and left to the sweep.
+    pub max_pending: usize,
+    /// KMS calls per second that repair may make from this process (default 50, well below
+    /// AWS KMS's shared request quotas), so that repair never takes capacity from serving.
+    pub kms_calls_per_second: u32,
+    /// Records repaired at once (default 4).
+    pub concurrency: usize,
+}
+
+impl Default for RepairOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            sweep_interval: Some(Duration::from_secs(6 * 3600)),
+            max_pending: 100_000,
+            kms_calls_per_second: 50,
+            concurrency: 4,
+        }
+    }
+}
+
 /// Tunables of a [`super::KeyService`].
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
@@ -62,12 +94,8 @@ pub struct ServiceOptions {
     pub breaker: BreakerOptions,
     /// The plaintext key cache.
     pub cache: CacheOptions,
-    /// How often the background repairer retries the records this process knows to lack a
-    /// copy (default 60 s); see [`super::KeyService::run_repairer`].
-    pub repair_interval: Duration,
-    /// How often it also reads the whole store for records nobody here knows about (default
-    /// 6 h; `None` never). Every record is read, so mind the cost on a large store.
-    pub sweep_interval: Option<Duration>,
+    /// The background repairer.
+    pub repair: RepairOptions,
 }
 
 impl Default for ServiceOptions {
@@ -81,8 +109,7 @@ impl Default for ServiceOptions {
             hedge: HedgeOptions::default(),
             breaker: BreakerOptions::default(),
             cache: CacheOptions::default(),
-            repair_interval: Duration::from_secs(60),
-            sweep_interval: Some(Duration::from_secs(6 * 3600)),
+            repair: RepairOptions::default(),
         }
     }
 }
@@ -103,7 +130,7 @@ impl ServiceOptions {
             ("kms_timeout", self.kms_timeout),
             ("store_timeout", self.store_timeout),
             ("request_deadline", self.request_deadline),
-            ("repair_interval", self.repair_interval),
+            ("repair.interval", self.repair.interval),
             ("breaker.open_for", self.breaker.open_for),
             ("cache.ttl", self.cache.ttl),
         ] {
@@ -111,8 +138,21 @@ impl ServiceOptions {
                 return Err(BuildError::MustBePositive(name));
             }
         }
-        if self.breaker.failure_threshold == 0 {
-            return Err(BuildError::MustBePositive("breaker.failure_threshold"));
+        for (name, value) in [
+            (
+                "breaker.failure_threshold",
+                self.breaker.failure_threshold as usize,
+            ),
+            ("repair.max_pending", self.repair.max_pending),
+            (
+                "repair.kms_calls_per_second",
+                self.repair.kms_calls_per_second as usize,
+            ),
+            ("repair.concurrency", self.repair.concurrency),
+        ] {
+            if value == 0 {
+                return Err(BuildError::MustBePositive(name));
+            }
         }
         Ok(())
     }

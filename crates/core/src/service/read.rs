@@ -4,12 +4,18 @@
 //! hedge delay, the next region is asked too; if it fails, the next is asked at once. The first
 //! success wins and the calls still in flight are cancelled. In steady state one region
 //! answers within its hedge delay, so a cache miss costs one KMS call.
+//!
+//! When every region was asked and every one refused, the record fails its integrity check
+//! ([`ServiceError::IntegrityFailure`]); when any region could not be asked or did not answer,
+//! the outcome may differ later, so it is [`ServiceError::RegionsUnavailable`].
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use tracing::warn;
 
 use super::{KeyService, KmsAction, ServiceError};
+use crate::kms::KmsError;
 use crate::record::Record;
+use crate::telemetry;
 use crate::{DataKey, EncryptionContext, KeyId};
 
 impl KeyService {
@@ -21,14 +27,8 @@ impl KeyService {
         context: &EncryptionContext,
     ) -> Result<(DataKey, String), ServiceError> {
         let legacy_context = EncryptionContext::empty();
+        // Set only for the original Go RKMS's items, as their store translated them.
         let context = if record.wrapped_without_context {
-            // Nothing cryptographic binds a legacy copy to its id; at least the record must.
-            if record.id != id.as_str() {
-                return Err(ServiceError::CorruptRecord {
-                    id: id.clone(),
-                    reason: "a legacy record names another id".into(),
-                });
-            }
             &legacy_context
         } else {
             context
@@ -87,6 +87,18 @@ impl KeyService {
                 },
                 () = &mut hedge, if more_to_ask => {}
             }
+        }
+        if failures
+            .iter()
+            .all(|failure| matches!(failure, KmsError::Refused { .. }))
+        {
+            tracing::error!(%id, failures = %failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                "every region refused the record's copies: it fails its integrity check");
+            metrics::counter!(telemetry::INTEGRITY_FAILURES).increment(1);
+            return Err(ServiceError::IntegrityFailure {
+                id: id.clone(),
+                failures,
+            });
         }
         Err(ServiceError::RegionsUnavailable {
             id: id.clone(),

@@ -6,14 +6,28 @@
 //! with `compare_and_swap` on the version it read. If another writer changed the record
 //! meanwhile, the write fails, and repair starts over from a fresh read.
 //!
+//! A record of the original Go RKMS (wrapped without encryption context, as its store
+//! translated it) is upgraded the same way: its key is wrapped again under the id's context in
+//! every configured region, and once at least `min_regions` copies exist they replace the old
+//! ones in one compare-and-set. Copies of the two kinds are never mixed in one record.
+//!
 //! Three triggers: a read that finds a record lacking copies repairs it in the background; the
 //! ids this process knows to be lacking (its own quorum creates, failed repairs) are retried
-//! every `repair_interval` by [`KeyService::run_repairer`]; and [`KeyService::repair_sweep`]
+//! every `repair.interval` by [`KeyService::run_repairer`]; and [`KeyService::repair_sweep`]
 //! walks the whole store, for operators and for records no running process knows about.
+//!
+//! Repair must never take KMS capacity from serving: it calls no region before at least one
+//! region it needs can be called (breaker not open), its KMS calls are paced by a per-process
+//! [`Budget`], a few records are repaired at once, and an id that fails waits longer each time
+//! (`pending.rs`).
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use futures::future::join_all;
+use futures::stream::{self, StreamExt as _};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{KeyService, ServiceError};
@@ -21,7 +35,7 @@ use crate::health::BreakerState;
 use crate::record::{Record, WrappedCopy};
 use crate::store::StoreError;
 use crate::telemetry;
-use crate::{EncryptionContext, KeyId};
+use crate::{DataKey, EncryptionContext, KeyId};
 
 /// Attempts at one repair before it gives up for this round (each lost race costs one).
 const ATTEMPTS: usize = 5;
@@ -41,10 +55,32 @@ pub enum RepairOutcome {
         /// Regions still without a copy.
         still_missing: Vec<String>,
     },
-    /// No missing region answered, or every attempt lost a race; try again later.
+    /// A record of the original Go RKMS was wrapped again under the id's encryption context;
+    /// its context-free copies are gone from the record.
+    Upgraded {
+        /// Regions that hold a copy now.
+        regions: Vec<String>,
+        /// Regions still without a copy.
+        still_missing: Vec<String>,
+    },
+    /// No region it needs could be called or answered, fewer than `min_regions` could wrap a
+    /// legacy record's key, or every attempt lost a race; try again later.
     StillMissing(Vec<String>),
     /// There is no record for the id.
     NotFound,
+}
+
+impl RepairOutcome {
+    /// True when the record still lacks something repair should retry.
+    fn incomplete(&self) -> bool {
+        match self {
+            Self::Complete | Self::NotFound => false,
+            Self::Repaired { still_missing, .. } | Self::Upgraded { still_missing, .. } => {
+                !still_missing.is_empty()
+            }
+            Self::StillMissing(_) => true,
+        }
+    }
 }
 
 /// What one sweep over the store found and did.
@@ -52,7 +88,7 @@ pub enum RepairOutcome {
 pub struct RepairSweep {
     /// Records read.
     pub scanned: usize,
-    /// Records that got copies added.
+    /// Records that got copies added (or were upgraded).
     pub repaired: usize,
     /// Records still lacking a copy afterwards.
     pub pending: usize,
@@ -60,58 +96,107 @@ pub struct RepairSweep {
     pub errors: usize,
 }
 
+/// Paces repair's KMS calls: each call waits for its own slot, one every `1 / rate`.
+#[derive(Debug)]
+pub(super) struct Budget {
+    spacing: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Budget {
+    pub(super) fn new(per_second: u32) -> Self {
+        Self {
+            spacing: Duration::from_secs(1) / per_second.max(1),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for the next free slot.
+    async fn take(&self) {
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.spacing;
+            slot - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 impl KeyService {
-    /// Configured regions without a copy in `record`, by index.
-    fn regions_missing_from(&self, record: &Record) -> Vec<usize> {
+    /// Configured regions that should get a new copy of `record`, by index: those without one,
+    /// or every region for a legacy record, whose copies all need wrapping again.
+    fn regions_to_wrap(&self, record: &Record) -> Vec<usize> {
         (0..self.inner.regions.len())
-            .filter(|i| !record.copies.contains_key(self.inner.regions[*i].name()))
+            .filter(|i| {
+                record.wrapped_without_context
+                    || !record.copies.contains_key(self.inner.regions[*i].name())
+            })
             .collect()
     }
 
-    /// True when a configured region lacks a copy.
+    /// True when a configured region lacks a copy, or the record is a legacy one to upgrade.
     pub(super) fn needs_repair(&self, record: &Record) -> bool {
-        !self.regions_missing_from(record).is_empty()
+        !self.regions_to_wrap(record).is_empty()
+    }
+
+    /// True when at least one of `regions` may be called now (its breaker is not open).
+    fn any_callable(&self, regions: &[usize]) -> bool {
+        regions
+            .iter()
+            .any(|i| self.inner.regions[*i].health.state() != BreakerState::Open)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, super::pending::PendingRepairs> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn report_pending(&self, pending: &super::pending::PendingRepairs, dropped: usize) {
+        metrics::gauge!(telemetry::REPAIRS_PENDING).set(pending.len() as f64);
+        if dropped > 0 {
+            metrics::counter!(telemetry::REPAIRS_DROPPED).increment(dropped as u64);
+        }
     }
 
     /// Remembers that `id` lacks copies, for the next round of [`KeyService::run_repairer`].
     pub(super) fn mark_pending(&self, id: &KeyId) {
-        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.insert(id.clone());
-        metrics::gauge!(telemetry::REPAIRS_PENDING).set(pending.len() as f64);
+        let mut pending = self.pending();
+        let dropped = pending.insert(id);
+        self.report_pending(&pending, dropped);
+    }
+
+    /// Remembers that repairing `id` failed: its next try waits longer.
+    fn mark_failed(&self, id: &KeyId) {
+        let mut pending = self.pending();
+        let dropped = pending.failed(id, self.inner.options.repair.interval);
+        self.report_pending(&pending, dropped);
     }
 
     fn clear_pending(&self, id: &KeyId) {
-        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending();
         pending.remove(id);
-        metrics::gauge!(telemetry::REPAIRS_PENDING).set(pending.len() as f64);
+        self.report_pending(&pending, 0);
     }
 
-    /// Ids this process knows to lack copies.
+    /// Ids this process knows to lack copies, oldest first.
     pub fn pending_repairs(&self) -> Vec<KeyId> {
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.pending().ids()
     }
 
     /// Repairs `id` in the background, unless a repair of it is already running here or every
-    /// region it lacks has an open breaker (the repairer retries it later).
+    /// region it needs has an open breaker (the repairer retries it later).
     pub(super) fn spawn_repair(&self, id: &KeyId, record: &Record) {
         self.mark_pending(id);
-        let reachable = self
-            .regions_missing_from(record)
-            .iter()
-            .any(|i| self.inner.regions[*i].health.state() != BreakerState::Open);
         let running = self
             .inner
             .repairing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(id);
-        if !reachable || running {
+        if running || !self.any_callable(&self.regions_to_wrap(record)) {
             return;
         }
         let service = self.clone();
@@ -123,7 +208,8 @@ impl KeyService {
         });
     }
 
-    /// Adds the copies `id`'s record lacks in every missing region that answers.
+    /// Adds the copies `id`'s record lacks in every missing region that answers, or upgrades a
+    /// legacy record.
     pub async fn repair(&self, id: &KeyId) -> Result<RepairOutcome, ServiceError> {
         if !self
             .inner
@@ -141,11 +227,8 @@ impl KeyService {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         match &outcome {
-            Ok(RepairOutcome::Complete | RepairOutcome::NotFound) => self.clear_pending(id),
-            Ok(RepairOutcome::Repaired { still_missing, .. }) if still_missing.is_empty() => {
-                self.clear_pending(id)
-            }
-            _ => self.mark_pending(id),
+            Ok(done) if !done.incomplete() => self.clear_pending(id),
+            _ => self.mark_failed(id),
         }
         outcome
     }
@@ -157,65 +240,36 @@ impl KeyService {
             let Some(stored) = self.store_call("get", self.inner.store.get(id)).await? else {
                 return Ok(RepairOutcome::NotFound);
             };
-            let mut record = super::decode(id, &stored.bytes)?;
-            let missing = self.regions_missing_from(&record);
-            if missing.is_empty() {
+            let record = super::decode(id, &stored)?;
+            let targets = self.regions_to_wrap(&record);
+            still_missing = self.names(&targets);
+            if targets.is_empty() {
                 return Ok(RepairOutcome::Complete);
             }
-            let (key, _) = self.decrypt_record(id, &record, &context).await?;
-            // Copies are always wrapped under the id's context, also when repairing a legacy record.
-            let added: BTreeMap<String, WrappedCopy> = join_all(missing.iter().map(|&index| {
-                let (key, context) = (&key, &context);
-                async move {
-                    let region = &self.inner.regions[index];
-                    let permit = self.permit(index).ok()?;
-                    let ciphertext = self
-                        .kms_call(index, permit, "encrypt", region.kms.encrypt(key, context))
-                        .await
-                        .ok()?;
-                    Some((
-                        region.name().to_owned(),
-                        WrappedCopy {
-                            master_key: region.kms.master_key().to_owned(),
-                            ciphertext,
-                        },
-                    ))
-                }
-            }))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-            still_missing = missing
-                .iter()
-                .map(|i| self.inner.regions[*i].name().to_owned())
-                .filter(|r| !added.contains_key(r))
-                .collect();
-            if added.is_empty() || record.wrapped_without_context {
-                // A legacy record's other copies have no context: mixing would leave it
-                // half-bound; upgrading legacy records is a separate, explicit step.
+            if !self.any_callable(&targets) {
                 metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
                 return Ok(RepairOutcome::StillMissing(still_missing));
             }
-            let added_names: Vec<String> = added.keys().cloned().collect();
-            record.copies.extend(added);
-            record.missing = still_missing.clone();
+            self.inner.repair_budget.take().await;
+            let (key, _) = self.decrypt_record(id, &record, &context).await?;
+            let added = self.wrap_paced(&key, &targets, &context).await;
+            let Some((update, outcome)) = self.repaired_record(record, added) else {
+                metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
+                return Ok(RepairOutcome::StillMissing(still_missing));
+            };
             match self
                 .store_call(
                     "compare_and_swap",
                     self.inner
                         .store
-                        .compare_and_swap(id, stored.version, record.encode()),
+                        .compare_and_swap(id, stored.version, update.encode()),
                 )
                 .await
             {
                 Ok(_) => {
-                    info!(%id, added = ?added_names, still_missing = ?still_missing, "repaired record");
+                    info!(%id, ?outcome, "repaired record");
                     metrics::counter!(telemetry::REPAIRS, "outcome" => "repaired").increment(1);
-                    return Ok(RepairOutcome::Repaired {
-                        added: added_names,
-                        still_missing,
-                    });
+                    return Ok(outcome);
                 }
                 Err(ServiceError::Store(StoreError::PreconditionFailed { .. })) => {
                     debug!(%id, "repair lost a race with another writer; reading again");
@@ -225,6 +279,88 @@ impl KeyService {
             }
         }
         Ok(RepairOutcome::StillMissing(still_missing))
+    }
+
+    fn names(&self, regions: &[usize]) -> Vec<String> {
+        regions
+            .iter()
+            .map(|i| self.inner.regions[*i].name().to_owned())
+            .collect()
+    }
+
+    /// Wraps `key` in each of `regions` that may be called, each call in its budget slot.
+    async fn wrap_paced(
+        &self,
+        key: &DataKey,
+        regions: &[usize],
+        context: &EncryptionContext,
+    ) -> BTreeMap<String, WrappedCopy> {
+        join_all(regions.iter().map(|&index| async move {
+            let region = &self.inner.regions[index];
+            if region.health.state() == BreakerState::Open {
+                return None;
+            }
+            self.inner.repair_budget.take().await;
+            let permit = self.permit(index).ok()?;
+            let ciphertext = self
+                .kms_call(index, permit, "encrypt", region.kms.encrypt(key, context))
+                .await
+                .ok()?;
+            Some((
+                region.name().to_owned(),
+                WrappedCopy {
+                    master_key: region.kms.master_key().to_owned(),
+                    ciphertext,
+                },
+            ))
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The record with the copies in `added`, and what that does; `None` when there is nothing
+    /// to write (no copy was made, or too few to replace a legacy record's copies).
+    fn repaired_record(
+        &self,
+        mut record: Record,
+        added: BTreeMap<String, WrappedCopy>,
+    ) -> Option<(Record, RepairOutcome)> {
+        let upgrading = record.wrapped_without_context;
+        let names: Vec<String> = added.keys().cloned().collect();
+        if upgrading {
+            if added.len() < self.inner.options.min_regions {
+                return None;
+            }
+            record.copies = added;
+            record.wrapped_without_context = false;
+        } else {
+            if added.is_empty() {
+                return None;
+            }
+            record.copies.extend(added);
+        }
+        let still_missing: Vec<String> = self
+            .inner
+            .regions
+            .iter()
+            .map(|r| r.name().to_owned())
+            .filter(|name| !record.copies.contains_key(name))
+            .collect();
+        record.missing = still_missing.clone();
+        let outcome = if upgrading {
+            RepairOutcome::Upgraded {
+                regions: names,
+                still_missing,
+            }
+        } else {
+            RepairOutcome::Repaired {
+                added: names,
+                still_missing,
+            }
+        };
+        Some((record, outcome))
     }
 
     /// Reads every record in the store and repairs those that lack copies.
@@ -238,18 +374,19 @@ impl KeyService {
             for id in &page.ids {
                 sweep.scanned += 1;
                 let needs = match self.store_call("get", self.inner.store.get(id)).await {
-                    Ok(Some(stored)) => {
-                        super::decode(id, &stored.bytes).map(|r| self.needs_repair(&r))
-                    }
+                    Ok(Some(stored)) => super::decode(id, &stored).map(|r| self.needs_repair(&r)),
                     Ok(None) => Ok(false),
                     Err(e) => Err(e),
                 };
                 match needs {
                     Ok(false) => {}
                     Ok(true) => match self.repair(id).await {
-                        Ok(RepairOutcome::Repaired { still_missing, .. }) => {
+                        Ok(
+                            outcome @ (RepairOutcome::Repaired { .. }
+                            | RepairOutcome::Upgraded { .. }),
+                        ) => {
                             sweep.repaired += 1;
-                            sweep.pending += usize::from(!still_missing.is_empty());
+                            sweep.pending += usize::from(outcome.incomplete());
                         }
                         Ok(RepairOutcome::StillMissing(_)) => sweep.pending += 1,
                         Ok(_) => {}
@@ -265,24 +402,28 @@ impl KeyService {
         }
     }
 
-    /// Retries every id this process knows to lack copies; returns how many are left.
+    /// Retries the ids this process knows to lack copies whose next try is due, a few at once;
+    /// returns how many ids are still remembered.
     pub async fn repair_pending(&self) -> usize {
-        for id in self.pending_repairs() {
-            if let Err(e) = self.repair(&id).await {
-                warn!(%id, error = %e, "repair failed; it will be retried");
-            }
-        }
-        self.pending_repairs().len()
+        let due = self.pending().due();
+        stream::iter(due)
+            .for_each_concurrent(self.inner.options.repair.concurrency, |id| async move {
+                if let Err(e) = self.repair(&id).await {
+                    warn!(%id, error = %e, "repair failed; it will be retried");
+                }
+            })
+            .await;
+        self.pending().len()
     }
 
-    /// Runs forever: every `repair_interval`, retries the pending repairs, and every
-    /// `sweep_interval` (if set) sweeps the whole store. Spawn it on the runtime and abort it
-    /// at shutdown.
+    /// Runs forever: every `repair.interval`, retries the pending repairs that are due, and
+    /// every `repair.sweep_interval` (if set) sweeps the whole store. Spawn it on the runtime
+    /// and abort it at shutdown.
     pub async fn run_repairer(&self) {
-        let options = &self.inner.options;
-        let mut ticks = tokio::time::interval(options.repair_interval);
+        let options = &self.inner.options.repair;
+        let mut ticks = tokio::time::interval(options.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_sweep = tokio::time::Instant::now();
+        let mut last_sweep = Instant::now();
         loop {
             ticks.tick().await;
             let left = self.repair_pending().await;
@@ -293,7 +434,7 @@ impl KeyService {
                 .sweep_interval
                 .is_some_and(|every| last_sweep.elapsed() >= every)
             {
-                last_sweep = tokio::time::Instant::now();
+                last_sweep = Instant::now();
                 match self.repair_sweep().await {
                     Ok(sweep) => info!(?sweep, "repair sweep done"),
                     Err(e) => warn!(error = %e, "repair sweep failed; it runs again next interval"),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rkms_core::{BreakerOptions, CacheOptions, HedgeOptions, ServiceOptions};
+use rkms_core::{BreakerOptions, CacheOptions, HedgeOptions, RepairOptions, ServiceOptions};
 use serde::Deserialize;
 
 use super::{invalid, positive_ms, ConfigError};
@@ -38,6 +38,20 @@ pub(super) struct CacheSection {
 pub(super) struct RepairSection {
     interval_seconds: Option<u64>,
     sweep_interval_seconds: Option<u64>,
+    max_pending: Option<usize>,
+    kms_calls_per_second: Option<u32>,
+    concurrency: Option<usize>,
+}
+
+fn nonzero<T: Default + PartialEq>(
+    key: &'static str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        Some(v) if v == T::default() => Err(invalid(key, "must be greater than zero")),
+        other => Ok(other.unwrap_or(default)),
+    }
 }
 
 fn seconds(
@@ -124,15 +138,33 @@ pub(super) fn apply(
             .map(Duration::from_secs),
     };
 
-    service.repair_interval = seconds(
-        "repair.interval_seconds",
-        repair.interval_seconds,
-        defaults.repair_interval,
-    )?;
-    service.sweep_interval = match repair.sweep_interval_seconds {
-        Some(0) => None,
-        Some(s) => Some(Duration::from_secs(s)),
-        None => defaults.sweep_interval,
+    let repair_defaults = RepairOptions::default();
+    service.repair = RepairOptions {
+        interval: seconds(
+            "repair.interval_seconds",
+            repair.interval_seconds,
+            repair_defaults.interval,
+        )?,
+        sweep_interval: match repair.sweep_interval_seconds {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => repair_defaults.sweep_interval,
+        },
+        max_pending: nonzero(
+            "repair.max_pending",
+            repair.max_pending,
+            repair_defaults.max_pending,
+        )?,
+        kms_calls_per_second: nonzero(
+            "repair.kms_calls_per_second",
+            repair.kms_calls_per_second,
+            repair_defaults.kms_calls_per_second,
+        )?,
+        concurrency: nonzero(
+            "repair.concurrency",
+            repair.concurrency,
+            repair_defaults.concurrency,
+        )?,
     };
     Ok(())
 }

@@ -23,7 +23,7 @@ mod kms;
 mod store;
 
 pub use kms::{KmsSettings, RegionSettings};
-pub use store::{ConnectionUrl, StoreSettings};
+pub use store::{ConnectionUrl, LegacyRecords, StoreSettings};
 
 use kms::{default_local_key, resolve_provider, resolve_regions, KmsSection};
 use store::{resolve_original_dynamodb, resolve_store, sqlite_defaults};

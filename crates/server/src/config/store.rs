@@ -89,7 +89,23 @@ pub enum StoreSettings {
         create_table: bool,
         /// Bound on one call.
         timeout: Duration,
+        /// Items of the original Go RKMS: served or refused.
+        legacy_records: LegacyRecords,
     },
+}
+
+/// `legacy_records` of a DynamoDB store: what to do with items of the original Go RKMS,
+/// wrapped without encryption context. Serve them until `rkms-server legacy upgrade` has run,
+/// then refuse them, so that nobody who can write the table can move one id's copies under
+/// another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LegacyRecords {
+    /// Serve them (the default, so that an existing table keeps working).
+    #[default]
+    Serve,
+    /// Refuse them as unreadable.
+    Refuse,
 }
 
 impl StoreSettings {
@@ -157,6 +173,7 @@ struct DynamoDbSection {
     endpoint: Option<String>,
     create_table: Option<bool>,
     timeout_ms: Option<u64>,
+    legacy_records: Option<LegacyRecords>,
 }
 
 /// The original Go RKMS's `[dynamodb]` section, which alone selects the DynamoDB store.
@@ -168,6 +185,8 @@ struct OriginalDynamoDbSection {
     /// The original's in-process cache settings; read and reported, see `resolve_original_dynamodb`.
     cache_expiration_in_minutes: Option<u64>,
     cache_cleanup_internal_in_minutes: Option<u64>,
+    /// Not in the original's files; accepted here so a migrated file can refuse its items.
+    legacy_records: Option<LegacyRecords>,
 }
 
 /// How long a SQLite writer waits for another process's lock by default.
@@ -279,6 +298,7 @@ pub(super) fn resolve_store(
                 endpoint: s.endpoint,
                 create_table: s.create_table.unwrap_or(false),
                 timeout: timeout(s.timeout_ms)?,
+                legacy_records: s.legacy_records.unwrap_or_default(),
             })
         }
         other => Err(invalid(
@@ -305,6 +325,7 @@ pub(super) fn resolve_original_dynamodb(
         endpoint: None,
         create_table: false,
         timeout: DEFAULT_TIMEOUT,
+        legacy_records: s.legacy_records.unwrap_or_default(),
     };
     Ok((settings, notice))
 }
