@@ -25,6 +25,11 @@ impl Deployment {
     /// Three regions behind proxies, the SQLite store, the cache off so that every request
     /// reaches KMS, and a repairer that runs every second.
     async fn new() -> Self {
+        Self::with_cache("enabled = false").await
+    }
+
+    /// [`Deployment::new`] with these `[cache]` settings.
+    async fn with_cache(cache: &str) -> Self {
         let regions = emulated_regions();
         let mut proxies = Vec::new();
         for (_, endpoint) in &regions {
@@ -44,12 +49,13 @@ impl Deployment {
         let config = format!(
             "[kms]\nprovider = \"aws\"\nregions = [{}]\nkey_ids = {{ {} }}\ntimeout_ms = {}\nconnect_timeout_ms = 300\n\
              [kms.endpoints]\n{}\n[store]\nbackend = \"sqlite\"\npath = {:?}\n\
-             [cache]\nenabled = false\n[repair]\ninterval_seconds = 1\n{}",
+             [cache]\n{}\n[repair]\ninterval_seconds = 1\n{}",
             names.join(", "),
             key_ids.join(", "),
             KMS_TIMEOUT.as_millis(),
             endpoints.join("\n"),
             dir.path().join("rkms.sqlite3"),
+            cache,
             ANONYMOUS_PRINCIPAL,
         );
         std::fs::write(dir.path().join("rkms.toml"), config).unwrap();
@@ -274,5 +280,38 @@ async fn every_region_down_gives_503_json_and_writes_nothing() {
         started.elapsed() < KMS_TIMEOUT,
         "open breakers fail fast: {:?}",
         started.elapsed()
+    );
+}
+
+/// On the real clock, as in production: a key fetched within `ttl + stale_grace` is served,
+/// marked stale, while every region refuses connections, and not after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_key_is_served_stale_within_the_grace_while_every_region_is_down() {
+    let mut deployment = Deployment::with_cache("ttl_seconds = 1\nstale_grace_seconds = 3").await;
+    let client = reqwest::Client::new();
+    let server = deployment.server();
+    let first = key(&client, &server, "aws-stale").await;
+    for proxy in &mut deployment.proxies {
+        proxy.set(ProxyMode::Refuse).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        key(&client, &server, "aws-stale").await,
+        first,
+        "past the TTL, within the grace: served stale"
+    );
+    let (status, body) = get_json(&client, &server.key_url("id=aws-never-fetched")).await;
+    assert_eq!(status, 503, "{body}");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let (status, body) = get_json(&client, &server.key_url("id=aws-stale")).await;
+    assert_eq!(status, 503, "past the grace: {body}");
+    assert!(
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("serving a stale cached key")),
+        "the stale answer is logged"
     );
 }
