@@ -589,3 +589,41 @@ async fn oversized_requests_get_4xx_json() {
     }
     assert!(store.list(None, 10).await.unwrap().ids.is_empty());
 }
+
+#[tokio::test]
+async fn a_record_every_region_refuses_is_a_500_audited_as_an_integrity_failure() {
+    let store = Arc::new(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.log");
+    let anyone = PrincipalSpec {
+        anonymous: true,
+        tokens: Vec::new(),
+        ..principal("anyone", &["*"], BOTH)
+    };
+    let router = router_for(store.clone(), true, &[anyone], Some(&audit_path));
+    let (status, _, _) = call(&router, "GET", "/api/v1/key?id=b").await;
+    assert_eq!(status, StatusCode::OK);
+    // Someone with the store's credentials copies b's record under a.
+    let b = store
+        .get(&KeyId::parse("b").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .put_if_absent(&KeyId::parse("a").unwrap(), b.bytes)
+        .await
+        .unwrap();
+    let (status, cache, body) = call(&router, "GET", "/api/v1/key?id=a").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(cache.as_deref(), Some("no-store"));
+    assert_eq!(body["error_type"], "InternalError");
+    let message = body["error_message"].as_str().unwrap();
+    assert!(
+        message.contains("\"a\"") && message.contains("integrity"),
+        "{message}"
+    );
+    let log = std::fs::read_to_string(&audit_path).unwrap();
+    let last: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["id"], "a");
+    assert_eq!(last["outcome"], "IntegrityFailure");
+}
