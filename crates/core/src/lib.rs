@@ -19,14 +19,18 @@
 //!
 //! 1. The id was validated when the [`KeyId`] was made (length and characters), before any I/O.
 //! 2. Every KMS call below carries the encryption context `{"rkms:id": id}`.
-//! 3. **Cache:** a key cached less than the TTL ago is returned at once. Concurrent misses for
-//!    one id share a single fetch (one store read, one KMS call).
+//! 3. **Cache:** a key cached less than the TTL ago is returned at once; one asked for in the
+//!    last tenth of its TTL is also refreshed once in the background. Concurrent misses for one
+//!    id share a single fetch (one store read, one KMS call). A reader's fetch
+//!    ([`KeyService::get_existing`]) never creates.
 //! 4. **Read** the record with [`Store::get`].
 //! 5. **Found:** decode it and decrypt a copy, starting with the best region: regions whose
 //!    circuit breaker is open go last, then lower observed latency, then configured order. If
 //!    that region has not answered within its hedge delay, the next one is asked too; a failure
 //!    moves on at once. The first success wins; the other calls are cancelled. A record that
-//!    lacks a configured region's copy is repaired in the background.
+//!    lacks a configured region's copy is repaired in the background. A record of the original
+//!    Go RKMS (only as its store translated it, [`Stored::legacy`]) is decrypted with an empty
+//!    context and upgraded in the background.
 //! 6. **Absent:** call `generate_data_key` in the best region that answers; `encrypt` the key
 //!    in every other region concurrently. Once `min_regions` copies exist (default 2),
 //!    stragglers get one hedge delay more; regions still without a copy are listed in the
@@ -36,8 +40,9 @@
 //!    never handed out) and unwrap the winner's record as in step 5.
 //! 8. **Repair:** [`KeyService::repair`] adds missing copies when their regions answer again,
 //!    by [`Store::compare_and_swap`] on the version it read; a lost race re-reads and retries.
-//!    [`KeyService::run_repairer`] retries known gaps every `repair_interval`, and
-//!    [`KeyService::repair_sweep`] walks the whole store.
+//!    [`KeyService::run_repairer`] retries known gaps every `repair.interval` (backing off per
+//!    id), and [`KeyService::repair_sweep`] walks the whole store. Repair calls KMS only when a
+//!    region it needs may be called, and at most `repair.kms_calls_per_second`.
 //!
 //! # Guarantees
 //!
@@ -54,14 +59,17 @@
 //!
 //! # Failure cases
 //!
-//! - Every region holding a copy fails, times out or has an open breaker:
+//! - Some region holding a copy fails, times out or has an open breaker, and none succeeds:
 //!   [`ServiceError::RegionsUnavailable`] (`Decrypt`); retry later. With a stale grace
-//!   configured ([`CacheOptions::stale_grace`]), a key cached within the grace is served
-//!   instead, marked [`IssuedKey::stale`].
+//!   configured ([`CacheOptions::stale_grace`]), a key fetched within TTL + grace is served
+//!   instead, marked [`IssuedKey::stale`]; likewise when the store is unavailable.
+//! - Every region holding a copy answers and refuses it: [`ServiceError::IntegrityFailure`].
+//!   The record was tampered with or damaged; it is never answered with a stale key.
 //! - No region can generate, or fewer than `min_regions` hold a copy:
 //!   `RegionsUnavailable` (`Generate` or `Wrap`) and nothing is written.
 //! - The store fails or is slow: [`ServiceError::Store`] or [`ServiceError::StoreTimeout`].
-//! - The stored bytes do not decode: [`ServiceError::CorruptRecord`]; other ids are unaffected.
+//! - The stored bytes do not decode, or claim to be wrapped without context:
+//!   [`ServiceError::CorruptRecord`]; other ids are unaffected.
 //! - The record holds copies only for regions that are not configured:
 //!   [`ServiceError::NoCopyForConfiguredRegions`].
 //!
