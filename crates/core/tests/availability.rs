@@ -611,3 +611,37 @@ async fn repair_skips_unreachable_regions_and_keeps_to_its_kms_budget() {
         "serving p99 {p99:?} while repair runs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_many_incomplete_records_start_a_bounded_number_of_repairs() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    regions.0[2].set(Mode::Failing);
+    let creator = regions.service(store.clone());
+    for i in 0..300 {
+        creator.get_or_create(&id(&format!("k{i}"))).await.unwrap();
+    }
+    regions.0[2].set(Mode::Healthy);
+    let mut options = Regions::options();
+    options.repair.kms_calls_per_second = 1;
+    let reader = regions.service_with(store.clone(), options);
+    let tasks_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    for i in 0..300 {
+        reader.get_or_create(&id(&format!("k{i}"))).await.unwrap();
+    }
+    let started = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+        - tasks_before;
+    assert!(
+        started <= reader.options().repair.concurrency,
+        "{started} background repairs wait for the KMS budget"
+    );
+    assert_eq!(
+        reader.pending_repairs().len(),
+        300,
+        "the rest wait for the repairer"
+    );
+}

@@ -83,6 +83,13 @@ impl PendingRepairs {
         dropped
     }
 
+    /// True when `id` is remembered and its next try is not due yet.
+    pub(super) fn backing_off(&self, id: &KeyId) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|entry| entry.due > Instant::now())
+    }
+
     pub(super) fn remove(&mut self, id: &KeyId) {
         if let Some(entry) = self.by_id.remove(id) {
             self.order.remove(&entry.seq);
@@ -139,6 +146,7 @@ mod tests {
         assert_eq!(pending.due(), vec![id("a"), id("b")]);
         pending.failed(&id("a"), Duration::from_secs(60));
         assert_eq!(pending.due(), vec![id("b")]);
+        assert!(pending.backing_off(&id("a")) && !pending.backing_off(&id("b")));
         let entry = &pending.by_id[&id("a")];
         assert!(entry.due > Instant::now() + Duration::from_secs(59));
         for _ in 0..20 {

@@ -161,11 +161,13 @@ impl KeyService {
         }
     }
 
-    /// Remembers that `id` lacks copies, for the next round of [`KeyService::run_repairer`].
-    pub(super) fn mark_pending(&self, id: &KeyId) {
+    /// Remembers that `id` lacks copies, for the next round of [`KeyService::run_repairer`];
+    /// returns whether a try is due now (false while it backs off after a failure).
+    pub(super) fn mark_pending(&self, id: &KeyId) -> bool {
         let mut pending = self.pending();
         let dropped = pending.insert(id);
         self.report_pending(&pending, dropped);
+        !pending.backing_off(id)
     }
 
     /// Remembers that repairing `id` failed: its next try waits longer.
@@ -186,40 +188,50 @@ impl KeyService {
         self.pending().ids()
     }
 
-    /// Repairs `id` in the background, unless a repair of it is already running here or every
-    /// region it needs has an open breaker (the repairer retries it later).
+    /// Repairs `id` in the background, unless it backs off after a failure, a repair of it is
+    /// already running here, `repair.concurrency` repairs are running, or every region it needs
+    /// has an open breaker: the repairer retries it later. So reads of many incomplete records
+    /// cannot pile up repairs waiting for the KMS budget.
     pub(super) fn spawn_repair(&self, id: &KeyId, record: &Record) {
-        self.mark_pending(id);
-        let running = self
-            .inner
-            .repairing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(id);
-        if running || !self.any_callable(&self.regions_to_wrap(record)) {
+        if !self.mark_pending(id) || !self.any_callable(&self.regions_to_wrap(record)) {
+            return;
+        }
+        if !self.claim(id, Some(self.inner.options.repair.concurrency)) {
             return;
         }
         let service = self.clone();
         let id = id.clone();
         tokio::spawn(async move {
-            if let Err(e) = service.repair(&id).await {
+            if let Err(e) = service.repair_claimed(&id).await {
                 warn!(%id, error = %e, "background repair failed; it will be retried");
             }
         });
     }
 
-    /// Adds the copies `id`'s record lacks in every missing region that answers, or upgrades a
-    /// legacy record.
-    pub async fn repair(&self, id: &KeyId) -> Result<RepairOutcome, ServiceError> {
-        if !self
+    /// Marks `id` as being repaired here, unless it already is or `limit` repairs are running.
+    fn claim(&self, id: &KeyId, limit: Option<usize>) -> bool {
+        let mut running = self
             .inner
             .repairing
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone())
-        {
+            .unwrap_or_else(|e| e.into_inner());
+        if limit.is_some_and(|limit| running.len() >= limit) {
+            return false;
+        }
+        running.insert(id.clone())
+    }
+
+    /// Adds the copies `id`'s record lacks in every missing region that answers, or upgrades a
+    /// legacy record.
+    pub async fn repair(&self, id: &KeyId) -> Result<RepairOutcome, ServiceError> {
+        if !self.claim(id, None) {
             return Ok(RepairOutcome::StillMissing(Vec::new()));
         }
+        self.repair_claimed(id).await
+    }
+
+    /// [`KeyService::repair`] for an id this call has claimed; releases the claim.
+    async fn repair_claimed(&self, id: &KeyId) -> Result<RepairOutcome, ServiceError> {
         let outcome = self.repair_now(id).await;
         self.inner
             .repairing
