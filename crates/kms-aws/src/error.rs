@@ -4,12 +4,15 @@ use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use rkms_core::KmsError;
 
-/// Error codes meaning "this region cannot serve right now", as opposed to a refusal.
-const UNAVAILABLE_CODES: [&str; 4] = [
-    "ThrottlingException",
-    "KMSInternalException",
-    "DependencyTimeoutException",
-    "LimitExceededException",
+/// Error codes meaning "this ciphertext does not open here": the wrong encryption context,
+/// another master key, damaged bytes. Only these are refusals, which the core reads as a
+/// record failing its integrity check. Every other error (throttling, a missing, disabled or
+/// pending-deletion key, denied access, expired credentials, a request that cannot be built)
+/// means this region cannot serve right now: an outage, which may end.
+const REFUSAL_CODES: [&str; 3] = [
+    "InvalidCiphertextException",
+    "IncorrectKeyException",
+    "InvalidKeyUsageException",
 ];
 
 pub(crate) fn from_sdk<E>(region: &str, error: SdkError<E, HttpResponse>) -> KmsError
@@ -38,22 +41,19 @@ where
         SdkError::ServiceError(service) => {
             let code = error.code().unwrap_or("UnknownError");
             let message = format!("{code}: {}", error.message().unwrap_or("no message"));
-            if service.raw().status().is_server_error() || UNAVAILABLE_CODES.contains(&code) {
-                unavailable(message)
-            } else {
+            if REFUSAL_CODES.contains(&code) {
                 KmsError::Refused {
                     region: region.to_owned(),
                     message,
                 }
+            } else {
+                unavailable(message)
             }
         }
-        SdkError::ConstructionFailure(_) => KmsError::Refused {
-            region: region.to_owned(),
-            message: format!(
-                "request could not be built: {}",
-                aws_sdk_kms::error::DisplayErrorContext(&error)
-            ),
-        },
+        SdkError::ConstructionFailure(_) => unavailable(format!(
+            "request could not be built: {}",
+            aws_sdk_kms::error::DisplayErrorContext(&error)
+        )),
         _ => unavailable(format!(
             "{}",
             aws_sdk_kms::error::DisplayErrorContext(&error)

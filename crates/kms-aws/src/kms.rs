@@ -69,8 +69,10 @@ impl AwsKms {
         })
     }
 
+    /// A response without a field it must have: the region misbehaves, which is no verdict on
+    /// the ciphertext.
     fn missing(&self, what: &str) -> KmsError {
-        KmsError::Refused {
+        KmsError::Unavailable {
             region: self.region.clone(),
             message: format!("the response has no {what}"),
         }
