@@ -13,8 +13,10 @@
 //! at version 0, so an existing table keeps serving its keys. They are never written back in
 //! that form.
 //!
-//! Listing scans the whole table and sorts the ids: it is for administration, not for hot
-//! paths. `create_table` (off by default) creates an on-demand table for development.
+//! Listing is one consistent Scan per page with `Limit` set to the page size, continuing from
+//! the previous page's `LastEvaluatedKey` (the list cursor carries it): a page reads about a
+//! page of items whatever the table's size, and ids come in DynamoDB's hash order.
+//! `create_table` (off by default) creates an on-demand table for development.
 
 mod config;
 mod error;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
 use rkms_core::{
-    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+    within_limit, KeyId, ListCursor, ListPage, PutOutcome, Store, StoreError, Stored, Version,
 };
 
 use crate::error::{from_redis, STORE};
@@ -202,24 +202,28 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    /// Pages through the index in byte order; the cursor is the last id examined.
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
         if limit == 0 {
             return Ok(ListPage::default());
         }
-        let min = after.map_or_else(|| "-".to_owned(), |a| format!("({}", a.as_str()));
+        let min = match cursor {
+            Some(cursor) => [b"(".as_slice(), &cursor.position(STORE)?].concat(),
+            None => b"-".to_vec(),
+        };
         let fetch = isize::try_from(limit).unwrap_or(isize::MAX - 1) + 1;
         self.bounded(async {
-            let raw: Vec<String> = self
+            let raw: Vec<Vec<u8>> = self
                 .connection
                 .clone()
                 .zrangebylex_limit(self.index(), min, "+", 0, fetch)
                 .await
                 .map_err(from_redis)?;
-            let ids = raw
-                .iter()
-                .map(|r| stored_id(STORE, r))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(ListPage::from_overfetched(ids, limit))
+            Ok(ListPage::from_overfetched(STORE, raw, limit))
         })
         .await
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::AsyncCommands;
 use rkms_conformance::services::{endpoint, ServiceSpec};
-use rkms_conformance::{unique_name, Backend, Namespace, NetworkBackend};
+use rkms_conformance::{unique_name, Backend, Namespace, NativeBackend, NetworkBackend};
 use rkms_core::Store;
 use rkms_store_redis::{RedisConfig, RedisStore};
 
@@ -68,6 +68,30 @@ impl NetworkBackend for RedisBackend {
             url,
             direct_url: self.url.clone(),
             prefix: unique_name("rkms-t-") + ":",
+        })
+    }
+}
+
+#[async_trait]
+impl NativeBackend for RedisBackend {
+    async fn namespace_with_raw_ids(&self, raw_ids: &[&str]) -> Box<dyn Namespace> {
+        let prefix = unique_name("rkms-t-") + ":";
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        for raw in raw_ids {
+            let _: () = connection
+                .set(format!("{prefix}key:{raw}"), [0u8; 9].as_slice())
+                .await
+                .unwrap();
+            let _: () = connection
+                .zadd(format!("{prefix}ids"), *raw, 0)
+                .await
+                .unwrap();
+        }
+        Box::new(RedisNamespace {
+            url: self.url.clone(),
+            direct_url: self.url.clone(),
+            prefix,
         })
     }
 }
