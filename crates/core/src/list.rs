@@ -20,9 +20,9 @@ const MAX_REPORTED: usize = 1024;
 /// Where a listing continues: an opaque token from [`ListPage::next`].
 ///
 /// Each backend decides what the token holds (the last key it examined, DynamoDB's
-/// `LastEvaluatedKey`); callers only hand it back. It is plain text, so it can travel through a
-/// client and come back: a store checks a token when it reads it, and a token it did not issue
-/// is [`StoreError::InvalidCursor`], never a panic.
+/// `LastEvaluatedKey`); callers only hand it back. It displays as plain text, so it can travel
+/// through a client and come back ([`ListCursor::from_token`]): a store checks a token when it
+/// reads it, and a token it did not issue is [`StoreError::InvalidCursor`], never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListCursor(String);
 
@@ -35,11 +35,6 @@ impl ListCursor {
     /// A token as a client sent it back; checked when a store reads it.
     pub fn from_token(token: impl Into<String>) -> Self {
         Self(token.into())
-    }
-
-    /// The token, to hand to a client.
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 
     /// The backend key this cursor continues after.

@@ -202,8 +202,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// is listed at most once. The order is the backend's own (byte order for most, hash order on
     /// DynamoDB): a page costs the backend about one page of reading, whatever the store's size.
     /// A page may hold fewer than `limit` ids (even none) while `next` is set. `limit` of zero
-    /// returns an empty page. Stored ids that fail the id rules are skipped ([`crate::listed_id`]). A
-    /// cursor this store cannot read is [`StoreError::InvalidCursor`].
+    /// returns an empty page. Stored ids that fail the id rules are skipped
+    /// ([`crate::listed_id`]). A cursor this store cannot read is [`StoreError::InvalidCursor`].
     async fn list(&self, cursor: Option<&ListCursor>, limit: usize)
         -> Result<ListPage, StoreError>;
 }
