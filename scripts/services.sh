@@ -7,7 +7,8 @@
 #
 # Services, each skipped when its variable is already set in the environment:
 #   RKMS_TEST_POSTGRES_URL       PostgreSQL 127.0.0.1:5432 (started if down), database rkms_test
-#   RKMS_TEST_REDIS_URL          Redis 127.0.0.1:6379 (started if down)
+#   RKMS_TEST_REDIS_URL          redis-server on 127.0.0.1:45620 with AOF fsynced on every write
+#                                (appendfsync always), throwaway data dir
 #   RKMS_TEST_ETCD_ENDPOINTS     etcd (Debian etcd-server) on 127.0.0.1:23790, throwaway data dir
 #   RKMS_TEST_DYNAMODB_ENDPOINT  moto_server on 127.0.0.1:45610 (DynamoDB API)
 #   RKMS_TEST_KMS_REGIONS / RKMS_TEST_KMS_ENDPOINTS
@@ -21,6 +22,7 @@ STATE=.test-services
 KMS_REGIONS=(us-east-1 us-east-2 us-west-1)
 KMS_BASE_PORT=${RKMS_KMS_BASE_PORT:-45601}
 DYNAMODB_PORT=${RKMS_DYNAMODB_PORT:-45610}
+REDIS_PORT=${RKMS_REDIS_PORT:-45620}
 ETCD_PORT=${RKMS_ETCD_PORT:-23790}
 ETCD_PEER_PORT=$((ETCD_PORT + 10))
 
@@ -90,16 +92,17 @@ start_postgres() {
     env_line RKMS_TEST_POSTGRES_URL "postgres://postgres@127.0.0.1:5432/rkms_test"
 }
 
+# RKMS refuses a Redis that can lose acknowledged writes (the machine's own Redis keeps no AOF),
+# so the suite gets one of its own, durable as production must be.
 start_redis() {
     if [ -n "${RKMS_TEST_REDIS_URL:-}" ]; then env_line RKMS_TEST_REDIS_URL "$RKMS_TEST_REDIS_URL"; return; fi
-    if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-        log "starting Redis"
-        mkdir -p /var/lib/redis /var/log/redis
-        redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
-            --dir /var/lib/redis --logfile /var/log/redis/ci.log
-        wait_for_port 6379 redis
-    fi
-    env_line RKMS_TEST_REDIS_URL "redis://127.0.0.1:6379/"
+    require_free "$REDIS_PORT"
+    rm -rf "$STATE/redis-data"
+    mkdir -p "$STATE/redis-data"
+    spawn redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
+        --appendonly yes --appendfsync always --dir "$PWD/$STATE/redis-data"
+    wait_for_port "$REDIS_PORT" redis
+    env_line RKMS_TEST_REDIS_URL "redis://127.0.0.1:$REDIS_PORT/"
 }
 
 start_etcd() {

@@ -10,7 +10,10 @@
 //! ```
 //!
 //! Network backends also implement [`NetworkBackend`] and use `conformance_suite!(backend)`,
-//! which adds the case that puts a proxy in front of the service and takes it away.
+//! which adds the case that puts a proxy in front of the service and takes it away. Backends
+//! that can be written past the `Store` API (every one but the in-memory store) implement
+//! [`NativeBackend`]; network backends must, and an in-process one opts in with
+//! `conformance_suite!(in_process, native: backend)`.
 //!
 //! [`services::endpoint`] finds a test service: from an environment variable, else from a
 //! container started with testcontainers where a Docker engine is available, else it fails
@@ -57,6 +60,15 @@ pub trait NetworkBackend: Backend {
     async fn namespace_via(&self, via: SocketAddr) -> Box<dyn Namespace>;
 }
 
+/// A backend the suite can also write with its native client, past the `Store` API, as anyone
+/// holding the store's credentials (an operator, an old tool, an attacker) can.
+#[async_trait]
+pub trait NativeBackend: Backend {
+    /// Creates a fresh namespace (as [`Backend::namespace`]) holding a record under each of
+    /// `raw_ids`, written with the backend's native client, so not checked against the id rules.
+    async fn namespace_with_raw_ids(&self, raw_ids: &[&str]) -> Box<dyn Namespace>;
+}
+
 /// A name no other namespace of this run or of another run uses: `<prefix><pid>_<nanos>_<n>`,
 /// lower-case letters, digits and `_`, so it is valid as a schema, table or key prefix.
 pub fn unique_name(prefix: &str) -> String {
@@ -71,10 +83,16 @@ pub fn unique_name(prefix: &str) -> String {
 /// Expands to one `#[tokio::test]` per conformance case for the backend that `$factory`
 /// (an `async fn() -> impl Backend`) returns.
 ///
-/// `conformance_suite!(factory)` needs a [`NetworkBackend`] and includes the unavailability
-/// case; `conformance_suite!(in_process: factory)` leaves it out for stores with no network.
+/// `conformance_suite!(factory)` needs a [`NetworkBackend`] and a [`NativeBackend`] and
+/// includes the unavailability and native-write cases; `conformance_suite!(in_process: factory)`
+/// leaves both out for stores with no network, and `conformance_suite!(in_process, native:
+/// factory)` adds the native-write cases back.
 #[macro_export]
 macro_rules! conformance_suite {
+    (in_process, native: $factory:path) => {
+        $crate::conformance_suite!(in_process: $factory);
+        $crate::conformance_suite!(@cases $factory; list_skips_ids_that_fail_the_id_rules);
+    };
     (in_process: $factory:path) => {
         $crate::conformance_suite!(@cases $factory;
             missing_id_reads_as_none,
@@ -87,12 +105,13 @@ macro_rules! conformance_suite {
             a_recreated_id_never_reuses_a_version,
             namespaces_never_see_each_others_ids,
             ids_at_the_limits_round_trip,
-            list_pages_through_ids_in_order,
+            list_pages_through_every_id_once,
+            list_cursors_round_trip_and_malformed_ones_are_refused,
             random_operations_match_a_reference_model
         );
     };
     ($factory:path) => {
-        $crate::conformance_suite!(in_process: $factory);
+        $crate::conformance_suite!(in_process, native: $factory);
         $crate::conformance_suite!(@cases $factory; an_unreachable_service_is_unavailable_not_a_hang);
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {

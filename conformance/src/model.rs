@@ -131,12 +131,14 @@ async fn run(store: &dyn Store, sequence: usize, ops: &[Op]) -> Result<(), TestC
             }
             Op::List => {
                 let page = store.list(None, 1000).await.map_err(fail)?;
-                let real: Vec<KeyId> = page
+                let mut real: Vec<KeyId> = page
                     .ids
                     .into_iter()
                     .filter(|k| k.as_str().starts_with(&prefix))
                     .collect();
-                let expected: Vec<KeyId> = model.records.keys().map(|i| key(*i)).collect();
+                real.sort();
+                let mut expected: Vec<KeyId> = model.records.keys().map(|i| key(*i)).collect();
+                expected.sort();
                 check(real == expected, || {
                     format!("{op:?}: store {real:?}, model {expected:?}")
                 })?;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rkms_core::{
-    KeyId, KeyService, Kms, ListPage, LocalKeyring, PutOutcome, Store, StoreError, Stored, Version,
+    KeyId, KeyService, Kms, ListCursor, ListPage, LocalKeyring, PutOutcome, Store, StoreError,
+    Stored, Version,
 };
 
 /// The smallest correct store: a map behind a lock, each write bumping a version counter.
@@ -58,16 +59,22 @@ impl Store for MapStore {
         Ok(self.inner.lock().unwrap().0.remove(id).is_some())
     }
 
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    /// Pages in byte order; the cursor is the last id examined.
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        let after = cursor.map(|c| c.text_position("map")).transpose()?;
         let records = &self.inner.lock().unwrap().0;
-        let mut ids: Vec<KeyId> = records
+        let mut ids: Vec<&str> = records
             .keys()
-            .filter(|id| after.is_none_or(|a| *id > a))
-            .cloned()
+            .map(KeyId::as_str)
+            .filter(|id| after.as_deref().is_none_or(|a| *id > a))
             .collect();
-        ids.sort();
+        ids.sort_unstable();
         ids.truncate(limit.saturating_add(1));
-        Ok(ListPage::from_overfetched(ids, limit))
+        Ok(ListPage::from_overfetched("map", ids, limit))
     }
 }
 

@@ -69,6 +69,13 @@ impl fmt::Debug for KeyId {
     }
 }
 
+/// Ids compare as their text, so a map keyed by id can be searched by `&str`.
+impl std::borrow::Borrow<str> for KeyId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for KeyId {
     fn as_ref(&self) -> &str {
         &self.0

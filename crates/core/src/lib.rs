@@ -80,6 +80,7 @@ mod context;
 mod health;
 mod id;
 mod kms;
+mod list;
 mod local_kms;
 mod memory;
 mod record;
@@ -94,6 +95,7 @@ pub use context::{EncryptionContext, ID_CONTEXT_KEY};
 pub use health::{BreakerOptions, BreakerState};
 pub use id::{InvalidId, KeyId, ID_PUNCTUATION, MAX_ID_LEN};
 pub use kms::{GeneratedKey, Kms, KmsError};
+pub use list::{listed_id, ListCursor, ListPage};
 pub use local_kms::{KeyringError, LocalKeyring, LocalKms};
 pub use memory::MemoryStore;
 pub use record::{Record, RecordError, WrappedCopy, RECORD_FORMAT};
@@ -103,6 +105,4 @@ pub use service::{
     BuildError, HedgeOptions, IssuedKey, KeyService, KeyServiceBuilder, KmsAction, RegionStatus,
     RepairOptions, RepairOutcome, RepairSweep, ServiceError, ServiceOptions, MAX_DATA_KEY_LEN,
 };
-pub use store::{
-    stored_id, within_limit, ListPage, PutOutcome, Store, StoreError, Stored, Version,
-};
+pub use store::{within_limit, PutOutcome, Store, StoreError, Stored, Version};

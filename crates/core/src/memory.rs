@@ -6,8 +6,11 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::store::{ListPage, PutOutcome, Store, StoreError, Stored, Version};
+use crate::list::{ListCursor, ListPage};
+use crate::store::{PutOutcome, Store, StoreError, Stored, Version};
 use crate::KeyId;
+
+const STORE: &str = "memory";
 
 /// A [`Store`] in process memory. Its records vanish with the process, so it suits tests and
 /// embedding where something else persists keys; it is never a production key store.
@@ -86,15 +89,24 @@ impl Store for MemoryStore {
         Ok(self.state().records.remove(id).is_some())
     }
 
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    /// Pages in byte order; the cursor is the last id listed.
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        if limit == 0 {
+            return Ok(ListPage::default());
+        }
+        let after = cursor.map(|c| c.text_position(STORE)).transpose()?;
         let state = self.state();
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let ids: Vec<KeyId> = state
+        let lower = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let ids: Vec<&str> = state
             .records
-            .range::<KeyId, _>((lower, Bound::Unbounded))
+            .range::<str, _>((lower, Bound::Unbounded))
             .take(limit.saturating_add(1))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.as_str())
             .collect();
-        Ok(ListPage::from_overfetched(ids, limit))
+        Ok(ListPage::from_overfetched(STORE, ids, limit))
     }
 }

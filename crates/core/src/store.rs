@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::list::{ListCursor, ListPage};
 use crate::KeyId;
 
 /// Opaque version of a stored record, returned by every write.
@@ -81,11 +82,6 @@ impl Version {
     }
 }
 
-/// Parses an id read back from a backend; one that fails the id rules means damaged data.
-pub fn stored_id(store: &'static str, raw: &str) -> Result<KeyId, StoreError> {
-    KeyId::parse(raw).map_err(|e| StoreError::corrupt(store, format!("stored id is invalid: {e}")))
-}
-
 /// Runs one backend call under `limit`; a call still running then is
 /// [`StoreError::timed_out`], so that a store that stops answering cannot hang its caller.
 pub async fn within_limit<T>(
@@ -96,29 +92,6 @@ pub async fn within_limit<T>(
     tokio::time::timeout(limit, call)
         .await
         .unwrap_or_else(|_| Err(StoreError::timed_out(store, limit)))
-}
-
-/// One page of ids from [`Store::list`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ListPage {
-    /// Ids in ascending byte order.
-    pub ids: Vec<KeyId>,
-    /// Pass as `after` to get the next page; `None` on the last page.
-    pub next: Option<KeyId>,
-}
-
-impl ListPage {
-    /// Builds a page from up to `limit + 1` ids fetched in order: the extra id only tells that
-    /// more follow. Backends fetch one more than asked so that `next` is exact.
-    pub fn from_overfetched(mut ids: Vec<KeyId>, limit: usize) -> Self {
-        let next = if ids.len() > limit {
-            ids.truncate(limit);
-            ids.last().cloned()
-        } else {
-            None
-        };
-        Self { ids, next }
-    }
 }
 
 /// Errors from a store, normalised from each backend's native errors.
@@ -148,6 +121,15 @@ pub enum StoreError {
         /// What is wrong, without the data itself.
         message: String,
     },
+    /// A list cursor this store did not issue, or one damaged on its way back. The caller's
+    /// mistake; not worth retrying.
+    #[error("store {store} cannot continue from this list cursor: {message}")]
+    InvalidCursor {
+        /// Which backend.
+        store: &'static str,
+        /// What is wrong with the cursor.
+        message: String,
+    },
     /// Anything else; not worth retrying.
     #[error("store {store} failed: {source}")]
     Other {
@@ -171,6 +153,14 @@ impl StoreError {
     /// Stored data that cannot be read back; `message` must describe it without quoting it.
     pub fn corrupt(store: &'static str, message: impl Into<String>) -> Self {
         Self::Corrupt {
+            store,
+            message: message.into(),
+        }
+    }
+
+    /// A cursor `store` cannot continue from; `message` says why.
+    pub fn invalid_cursor(store: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidCursor {
             store,
             message: message.into(),
         }
@@ -220,9 +210,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Returns whether a record existed. Administrative: the protocol itself never deletes.
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError>;
 
-    /// Lists ids in ascending byte order, starting after `after`, at most `limit` of them.
+    /// Lists up to `limit` ids, continuing from `cursor` (`None`: from the start).
     ///
     /// # Behavior
-    /// `next` is set when more ids may follow. `limit` of zero returns an empty page.
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError>;
+    /// A walk from `None`, following each page's `next` until it is `None`, lists every id that
+    /// exists for the whole walk exactly once, and ends; an id created or deleted during the walk
+    /// is listed at most once. The order is the backend's own (byte order for most, hash order on
+    /// DynamoDB): a page costs the backend about one page of reading, whatever the store's size.
+    /// A page may hold fewer than `limit` ids (even none) while `next` is set. `limit` of zero
+    /// returns an empty page. Stored ids that fail the id rules are skipped
+    /// ([`crate::listed_id`]). A cursor this store cannot read is [`StoreError::InvalidCursor`].
+    async fn list(&self, cursor: Option<&ListCursor>, limit: usize)
+        -> Result<ListPage, StoreError>;
 }

@@ -20,6 +20,9 @@ pub const INTEGRITY_FAILURES: &str = "rkms_integrity_failures_total";
 pub const STORE_CALLS: &str = "rkms_store_calls_total";
 /// Latency of store calls, by `op`, in seconds.
 pub const STORE_CALL_SECONDS: &str = "rkms_store_call_seconds";
+/// Stored ids that fail the id rules, skipped by a listing, by `store`: counted every time a
+/// listing passes one, so a rate above zero means such ids are still there.
+pub const STORE_UNDECODABLE_IDS: &str = "rkms_store_undecodable_ids_total";
 /// Repairs by `outcome`: repaired (copies added), pending (a region still missing), lost_race
 /// (another writer changed the record; retried).
 pub const REPAIRS: &str = "rkms_repairs_total";

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rkms_core::{
-    BreakerState, CacheOptions, EncryptionContext, KeyId, KeyService, Kms as _, ListPage,
-    MemoryStore, PutOutcome, Record, RepairOutcome, ServiceError, ServiceOptions, Store,
+    BreakerState, CacheOptions, EncryptionContext, KeyId, KeyService, Kms as _, ListCursor,
+    ListPage, MemoryStore, PutOutcome, Record, RepairOutcome, ServiceError, ServiceOptions, Store,
     StoreError, Stored, Version,
 };
 use support::{Mode, Regions};
@@ -62,8 +62,12 @@ impl Store for CountingStore {
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
         self.inner.delete(id).await
     }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
-        self.inner.list(after, limit).await
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        self.inner.list(cursor, limit).await
     }
 }
 
@@ -258,9 +262,13 @@ impl Store for SwitchableStore {
         self.check()?;
         self.inner.delete(id).await
     }
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
         self.check()?;
-        self.inner.list(after, limit).await
+        self.inner.list(cursor, limit).await
     }
 }
 
@@ -500,8 +508,12 @@ async fn a_repair_that_loses_a_race_rereads_and_keeps_the_other_writers_change()
         async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
             self.inner.delete(id).await
         }
-        async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
-            self.inner.list(after, limit).await
+        async fn list(
+            &self,
+            cursor: Option<&ListCursor>,
+            limit: usize,
+        ) -> Result<ListPage, StoreError> {
+            self.inner.list(cursor, limit).await
         }
     }
     let regions = Regions::new();

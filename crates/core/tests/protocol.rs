@@ -311,10 +311,10 @@ impl Store for ReadsAlwaysMiss {
     }
     async fn list(
         &self,
-        after: Option<&KeyId>,
+        cursor: Option<&rkms_core::ListCursor>,
         limit: usize,
     ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
-        self.0.list(after, limit).await
+        self.0.list(cursor, limit).await
     }
 }
 
@@ -358,7 +358,7 @@ async fn a_hanging_store_is_bounded_by_the_store_timeout() {
         }
         async fn list(
             &self,
-            _: Option<&KeyId>,
+            _: Option<&rkms_core::ListCursor>,
             _: usize,
         ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
             std::future::pending().await
@@ -519,10 +519,10 @@ impl Store for TranslatingStore {
     }
     async fn list(
         &self,
-        after: Option<&KeyId>,
+        cursor: Option<&rkms_core::ListCursor>,
         limit: usize,
     ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
-        self.inner.list(after, limit).await
+        self.inner.list(cursor, limit).await
     }
 }
 
@@ -621,10 +621,10 @@ impl Store for VanishingStore {
     }
     async fn list(
         &self,
-        after: Option<&KeyId>,
+        cursor: Option<&rkms_core::ListCursor>,
         limit: usize,
     ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
-        self.inner.list(after, limit).await
+        self.inner.list(cursor, limit).await
     }
 }
 

@@ -38,7 +38,7 @@ where
                 aws_sdk_kms::error::DisplayErrorContext(&error)
             ))
         }
-        SdkError::ServiceError(service) => {
+        SdkError::ServiceError(_) => {
             let code = error.code().unwrap_or("UnknownError");
             let message = format!("{code}: {}", error.message().unwrap_or("no message"));
             if REFUSAL_CODES.contains(&code) {

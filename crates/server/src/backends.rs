@@ -46,10 +46,16 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Arc<dyn Store>, Stri
             url,
             prefix,
             timeout,
+            relaxed_durability,
+            replicas,
         } => {
             let mut config = rkms_store_redis::RedisConfig::new(url.expose());
             config.prefix = prefix.clone();
             config.operation_timeout = *timeout;
+            if *relaxed_durability {
+                config.durability = rkms_store_redis::Durability::Relaxed;
+            }
+            config.replicas = *replicas;
             opened(settings, rkms_store_redis::RedisStore::open(&config).await)
         }
         #[cfg(feature = "etcd")]

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt as _};
-use rkms_core::{KeyId, KeyService, RepairOutcome, Store};
+use rkms_core::{KeyId, KeyService, ListCursor, RepairOutcome, Store};
 
 /// Ids read per page.
 const PAGE: usize = 100;
@@ -38,10 +38,10 @@ pub async fn upgrade(
     mut progress: impl FnMut(&UpgradeSummary),
 ) -> Result<UpgradeSummary, String> {
     let summary = Mutex::new(UpgradeSummary::default());
-    let mut after: Option<KeyId> = None;
+    let mut cursor: Option<ListCursor> = None;
     loop {
         let page = store
-            .list(after.as_ref(), PAGE)
+            .list(cursor.as_ref(), PAGE)
             .await
             .map_err(|e| format!("cannot list the store: {e}"))?;
         stream::iter(&page.ids)
@@ -61,7 +61,7 @@ pub async fn upgrade(
             .await;
         progress(&summary.lock().unwrap_or_else(|e| e.into_inner()));
         match page.next {
-            Some(next) => after = Some(next),
+            Some(next) => cursor = Some(next),
             None => return Ok(summary.into_inner().unwrap_or_else(|e| e.into_inner())),
         }
     }

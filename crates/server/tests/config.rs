@@ -148,12 +148,31 @@ fn every_store_backend_is_read() {
         !format!("{url:?}").contains("hunter2"),
         "Debug hides the password"
     );
-    let StoreSettings::Redis { prefix, .. } =
-        store("backend = \"redis\"\nurl = \"redis://cache/\"\n")
+    let StoreSettings::Redis {
+        prefix,
+        relaxed_durability,
+        replicas,
+        ..
+    } = store("backend = \"redis\"\nurl = \"redis://cache/\"\n")
     else {
         panic!("redis")
     };
-    assert_eq!(prefix, "rkms:");
+    assert_eq!(
+        (prefix.as_str(), relaxed_durability, replicas),
+        ("rkms:", false, 0),
+        "strict durability and no replicas unless configured"
+    );
+    let StoreSettings::Redis {
+        relaxed_durability,
+        replicas,
+        ..
+    } = store(
+        "backend = \"redis\"\nurl = \"redis://cache/\"\ndurability = \"relaxed\"\nreplicas = 2\n",
+    )
+    else {
+        panic!("redis")
+    };
+    assert_eq!((relaxed_durability, replicas), (true, 2));
     let StoreSettings::Etcd { endpoints, prefix, .. } =
         store("backend = \"etcd\"\nendpoints = [\"http://a:2379\", \"http://b:2379\"]\nprefix = \"keys/\"\n")
     else {
@@ -334,6 +353,8 @@ fn invalid_values_are_refused_by_name() {
         ("[server]\nport = 1\n".into(), "kms"),
         (format!("{LOCAL}[store]\nbackend = \"postgres\"\n"), "url"),
         (format!("{LOCAL}[store]\nbackend = \"redis\"\nurl = \"redis://c/\"\nprefix = \"\"\n"), "store.prefix"),
+        (format!("{LOCAL}[store]\nbackend = \"redis\"\nurl = \"redis://c/\"\ndurability = \"everysec\"\n"), "store.durability"),
+        (format!("{LOCAL}[store]\nbackend = \"postgres\"\nurl = \"x\"\ndurability = \"relaxed\"\n"), "durability"),
         (format!("{LOCAL}[store]\nbackend = \"etcd\"\nendpoints = []\n"), "store.endpoints"),
         (format!("{LOCAL}[store]\nbackend = \"etcd\"\nendpoints = [\"http://a\"]\nurl = \"x\"\n"), "url"),
         (format!("{LOCAL}[store]\nbackend = \"dynamodb\"\ntable_name = \"t\"\n"), "region"),

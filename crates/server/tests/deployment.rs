@@ -31,8 +31,8 @@ fn docker_compose_file_follows_the_compose_specification() {
         "the rkms service builds from the Dockerfile"
     );
     assert!(
-        text.contains("--appendonly"),
-        "Redis runs with AOF persistence"
+        text.contains(r#""--appendonly", "yes", "--appendfsync", "always""#),
+        "Redis runs with AOF fsynced on every write, which RKMS's Redis store requires"
     );
 }
 

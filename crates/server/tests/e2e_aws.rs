@@ -70,7 +70,9 @@ impl Deployment {
     }
 
     async fn stored_ids(&self) -> Vec<String> {
-        self.records().await.into_iter().map(|r| r.id).collect()
+        let mut ids: Vec<String> = self.records().await.into_iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
     }
 
     async fn records(&self) -> Vec<Record> {

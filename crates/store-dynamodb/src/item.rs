@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use rkms_core::{Record, StoreError, Stored, Version, WrappedCopy, RECORD_FORMAT};
+use rkms_core::{ListCursor, Record, StoreError, Stored, Version, WrappedCopy, RECORD_FORMAT};
 
 use crate::error::STORE;
 use crate::LegacyRecords;
@@ -18,6 +18,36 @@ pub(crate) const LEGACY_KEYS: &str = "keys";
 
 /// The version reported for the original's items, which have none. RKMS never creates it.
 pub(crate) const LEGACY_VERSION: u64 = 0;
+
+/// DynamoDB's longest partition key, in bytes.
+const MAX_KEY_LEN: usize = 2048;
+
+/// A list cursor holding a Scan's `LastEvaluatedKey`, which for this table is `{id: string}`.
+pub(crate) fn cursor_after(
+    key: &HashMap<String, AttributeValue>,
+) -> Result<ListCursor, StoreError> {
+    match (key.len(), key.get(ID).and_then(|v| v.as_s().ok())) {
+        (1, Some(id)) => Ok(ListCursor::after(id.as_bytes())),
+        _ => Err(StoreError::corrupt(
+            STORE,
+            "a Scan's LastEvaluatedKey is not just a string `id`: is the table keyed on `id`?",
+        )),
+    }
+}
+
+/// The `ExclusiveStartKey` a list cursor continues from.
+pub(crate) fn start_key(
+    cursor: &ListCursor,
+) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    let id = cursor.text_position(STORE)?;
+    if id.is_empty() || id.len() > MAX_KEY_LEN {
+        return Err(StoreError::invalid_cursor(
+            STORE,
+            format!("a start key must be 1 to {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    Ok(HashMap::from([(ID.to_owned(), AttributeValue::S(id))]))
+}
 
 /// Reads an item as a stored record; the original's items as `legacy` says.
 pub(crate) fn stored_from_item(
@@ -131,6 +161,27 @@ mod tests {
         assert_eq!(record.id, "orders");
         assert_eq!(record.copies["us-east-1"].ciphertext, [1, 2, 3]);
         assert_eq!(record.copies["us-west-1"].ciphertext, [4, 5]);
+    }
+
+    #[test]
+    fn list_cursors_hold_the_start_key_and_are_checked() {
+        let key = HashMap::from([(ID.to_owned(), AttributeValue::S("orders".into()))]);
+        assert_eq!(start_key(&cursor_after(&key).unwrap()).unwrap(), key);
+        let foreign = item(vec![
+            ("id", AttributeValue::S("a".into())),
+            ("sk", AttributeValue::S("b".into())),
+        ]);
+        assert!(matches!(
+            cursor_after(&foreign),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let long = "x".repeat(MAX_KEY_LEN + 1);
+        for bad in [ListCursor::after(b""), ListCursor::after(long.as_bytes())] {
+            assert!(matches!(
+                start_key(&bad),
+                Err(StoreError::InvalidCursor { .. })
+            ));
+        }
     }
 
     #[test]

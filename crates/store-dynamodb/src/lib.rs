@@ -19,8 +19,10 @@
 //! during a migration keep reading it. An item with a `record` is always read from it.
 //! With [`LegacyRecords::Refuse`] an item that has only `keys` is unreadable.
 //!
-//! Listing scans the whole table and sorts the ids: it is for administration, not for hot
-//! paths. `create_table` (off by default) creates an on-demand table for development.
+//! Listing is one consistent Scan per page with `Limit` set to the page size, continuing from
+//! the previous page's `LastEvaluatedKey` (the list cursor carries it): a page reads about a
+//! page of items whatever the table's size, and ids come in DynamoDB's hash order.
+//! `create_table` (off by default) creates an on-demand table for development.
 
 mod config;
 mod error;

@@ -1,6 +1,5 @@
 //! `DynamoDbStore`: the `Store` trait over one DynamoDB table.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -14,11 +13,12 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use rkms_core::{
-    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+    listed_id, within_limit, KeyId, ListCursor, ListPage, PutOutcome, Store, StoreError, Stored,
+    Version,
 };
 
 use crate::error::{code, from_sdk, CONDITIONAL_CHECK_FAILED, STORE};
-use crate::item::{stored_from_item, ID, LEGACY_VERSION, RECORD, VERSION};
+use crate::item::{cursor_after, start_key, stored_from_item, ID, LEGACY_VERSION, RECORD, VERSION};
 use crate::{DynamoDbConfig, LegacyRecords};
 
 /// A [`Store`] in one DynamoDB table. See the crate documentation.
@@ -238,43 +238,43 @@ impl Store for DynamoDbStore {
         .await
     }
 
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    /// One Scan of at most `limit` items per page, continuing from DynamoDB's own
+    /// `LastEvaluatedKey`: a page reads about a page of items, whatever the table's size.
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
         if limit == 0 {
             return Ok(ListPage::default());
         }
+        let start = cursor.map(start_key).transpose()?;
         self.bounded(async {
-            let mut ids = Vec::new();
-            let mut start: Option<HashMap<String, AttributeValue>> = None;
-            loop {
-                let output = self
-                    .client
-                    .scan()
-                    .table_name(&self.table)
-                    .projection_expression("#id")
-                    .expression_attribute_names("#id", ID)
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(from_sdk)?;
-                for item in output.items() {
-                    let raw = item
-                        .get(ID)
-                        .and_then(|v| v.as_s().ok())
-                        .ok_or_else(|| StoreError::corrupt(STORE, "an item without a string id"))?;
-                    let id = stored_id(STORE, raw)?;
-                    if after.is_none_or(|a| &id > a) {
-                        ids.push(id);
-                    }
-                }
-                match output.last_evaluated_key {
-                    Some(key) if !key.is_empty() => start = Some(key),
-                    _ => break,
-                }
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .projection_expression("#id")
+                .expression_attribute_names("#id", ID)
+                .consistent_read(true)
+                .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(from_sdk)?;
+            let mut ids = Vec::with_capacity(output.items().len());
+            for item in output.items() {
+                let raw = item
+                    .get(ID)
+                    .and_then(|v| v.as_s().ok())
+                    .ok_or_else(|| StoreError::corrupt(STORE, "an item without a string id"))?;
+                ids.extend(listed_id(STORE, raw.as_bytes()));
             }
-            ids.sort();
-            ids.truncate(limit.saturating_add(1));
-            Ok(ListPage::from_overfetched(ids, limit))
+            let next = match &output.last_evaluated_key {
+                Some(key) if !key.is_empty() => Some(cursor_after(key)?),
+                _ => None,
+            };
+            Ok(ListPage { ids, next })
         })
         .await
     }

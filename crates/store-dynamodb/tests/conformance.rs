@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
 use rkms_conformance::services::{endpoint, ServiceSpec};
-use rkms_conformance::{unique_name, Backend, Namespace, NetworkBackend};
+use rkms_conformance::{unique_name, Backend, Namespace, NativeBackend, NetworkBackend};
 use rkms_core::Store;
 use rkms_store_dynamodb::{DynamoDbConfig, DynamoDbStore};
 
@@ -88,6 +89,42 @@ impl NetworkBackend for DynamoDbBackend {
 }
 
 #[async_trait]
+impl NativeBackend for DynamoDbBackend {
+    async fn namespace_with_raw_ids(&self, raw_ids: &[&str]) -> Box<dyn Namespace> {
+        let ns = DynamoDbNamespace {
+            endpoint: self.endpoint.clone(),
+            direct: self.endpoint.clone(),
+            table: unique_name("rkms_t_"),
+        };
+        DynamoDbStore::open(&ns.config(&ns.direct))
+            .await
+            .expect("DynamoDB answers");
+        let client = sdk_client(&self.endpoint).await;
+        for raw in raw_ids {
+            client
+                .put_item()
+                .table_name(&ns.table)
+                .item("id", AttributeValue::S((*raw).to_owned()))
+                .item("record", AttributeValue::B(vec![0].into()))
+                .item("version", AttributeValue::N("1".into()))
+                .send()
+                .await
+                .unwrap();
+        }
+        Box::new(ns)
+    }
+}
+
+async fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&sdk)
+}
+
+#[async_trait]
 impl Namespace for DynamoDbNamespace {
     async fn connect(&self) -> Arc<dyn Store> {
         let mut config = self.config(&self.endpoint);
@@ -100,12 +137,8 @@ impl Namespace for DynamoDbNamespace {
     }
 
     async fn cleanup(self: Box<Self>) {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&self.direct)
-            .load()
-            .await;
-        aws_sdk_dynamodb::Client::new(&sdk)
+        sdk_client(&self.direct)
+            .await
             .delete_table()
             .table_name(&self.table)
             .send()

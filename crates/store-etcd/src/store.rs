@@ -8,7 +8,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse,
 };
 use rkms_core::{
-    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+    within_limit, KeyId, ListCursor, ListPage, PutOutcome, Store, StoreError, Stored, Version,
 };
 
 use crate::error::{from_etcd, STORE};
@@ -179,13 +179,18 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    /// Pages in key order; the cursor is the last id examined.
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
         if limit == 0 {
             return Ok(ListPage::default());
         }
-        // Start just past `after` (its key plus a zero byte), end at the prefix's successor.
-        let start = match after {
-            Some(after) => [self.key(after), vec![0]].concat(),
+        // Start just past the cursor's key (plus a zero byte), end at the prefix's successor.
+        let start = match cursor {
+            Some(cursor) => [self.prefix.as_bytes(), &cursor.position(STORE)?, &[0]].concat(),
             None => self.prefix.clone().into_bytes(),
         };
         let mut end = self.prefix.clone().into_bytes();
@@ -208,16 +213,12 @@ impl Store for EtcdStore {
                 .kvs()
                 .iter()
                 .map(|kv| {
-                    let raw = kv
-                        .key_str()
-                        .map_err(|_| StoreError::corrupt(STORE, "a key is not UTF-8"))?;
-                    let id = raw
-                        .strip_prefix(self.prefix.as_str())
-                        .ok_or_else(|| StoreError::corrupt(STORE, "a key outside the prefix"))?;
-                    stored_id(STORE, id)
+                    kv.key()
+                        .strip_prefix(self.prefix.as_bytes())
+                        .ok_or_else(|| StoreError::corrupt(STORE, "a key outside the prefix"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(ListPage::from_overfetched(ids, limit))
+            Ok(ListPage::from_overfetched(STORE, ids, limit))
         })
         .await
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rkms_conformance::services::{endpoint, ServiceSpec};
-use rkms_conformance::{unique_name, Backend, Namespace, NetworkBackend};
+use rkms_conformance::{unique_name, Backend, Namespace, NativeBackend, NetworkBackend};
 use rkms_core::Store;
 use rkms_store_etcd::{EtcdConfig, EtcdStore};
 
@@ -73,6 +73,27 @@ impl NetworkBackend for EtcdBackend {
             endpoints: vec![format!("http://{via}")],
             direct: self.endpoints.clone(),
             prefix: unique_name("rkms-t-") + "/",
+        })
+    }
+}
+
+#[async_trait]
+impl NativeBackend for EtcdBackend {
+    async fn namespace_with_raw_ids(&self, raw_ids: &[&str]) -> Box<dyn Namespace> {
+        let prefix = unique_name("rkms-t-") + "/";
+        let mut client = etcd_client::Client::connect(&self.endpoints, None)
+            .await
+            .unwrap();
+        for raw in raw_ids {
+            client
+                .put(format!("{prefix}{raw}"), [0u8; 1].as_slice(), None)
+                .await
+                .unwrap();
+        }
+        Box::new(EtcdNamespace {
+            endpoints: self.endpoints.clone(),
+            direct: self.endpoints.clone(),
+            prefix,
         })
     }
 }

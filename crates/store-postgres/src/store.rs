@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rkms_core::{
-    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+    within_limit, KeyId, ListCursor, ListPage, PutOutcome, Store, StoreError, Stored, Version,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
@@ -160,23 +160,26 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    /// Pages in byte order (keyset paging on the primary key, collation "C"); the cursor is the
+    /// last id examined.
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
         if limit == 0 {
             return Ok(ListPage::default());
         }
+        let after = cursor.map(|c| c.text_position(STORE)).transpose()?;
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
         self.bounded(async {
             let rows: Vec<String> = sqlx::query_scalar(&self.sql.list)
-                .bind(after.map_or("", KeyId::as_str))
+                .bind(after.unwrap_or_default())
                 .bind(fetch)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(from_sqlx)?;
-            let ids = rows
-                .iter()
-                .map(|raw| stored_id(STORE, raw))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(ListPage::from_overfetched(ids, limit))
+            Ok(ListPage::from_overfetched(STORE, rows, limit))
         })
         .await
     }

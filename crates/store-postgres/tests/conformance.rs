@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rkms_conformance::services::{endpoint, ServiceSpec};
-use rkms_conformance::{unique_name, Backend, Namespace, NetworkBackend};
+use rkms_conformance::{unique_name, Backend, Namespace, NativeBackend, NetworkBackend};
 use rkms_core::Store;
 use rkms_store_postgres::{PostgresConfig, PostgresStore};
 
@@ -72,6 +72,30 @@ impl NetworkBackend for PostgresBackend {
 
     async fn namespace_via(&self, via: SocketAddr) -> Box<dyn Namespace> {
         self.namespace_at(with_addr(&self.url, via))
+    }
+}
+
+#[async_trait]
+impl NativeBackend for PostgresBackend {
+    async fn namespace_with_raw_ids(&self, raw_ids: &[&str]) -> Box<dyn Namespace> {
+        let ns = PostgresNamespace {
+            url: self.url.clone(),
+            schema: unique_name("rkms_t"),
+        };
+        drop(ns.connect().await);
+        let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+        for raw in raw_ids {
+            sqlx::query(&format!(
+                "INSERT INTO \"{}\".rkms_keys (id, record, version) VALUES ($1, '\\x00', 1)",
+                ns.schema
+            ))
+            .bind(*raw)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        Box::new(ns)
     }
 }
 

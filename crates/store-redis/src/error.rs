@@ -28,3 +28,19 @@ pub(crate) fn from_redis(error: RedisError) -> StoreError {
         }
     }
 }
+
+/// Checks a `WAIT` answer. Fewer replicas than asked means the write, though on the primary,
+/// could be lost with it, so it does not count as done; worth retrying once they catch up.
+pub(crate) fn replicated(acked: u32, wanted: u32, waited_ms: u64) -> Result<(), StoreError> {
+    if acked >= wanted {
+        return Ok(());
+    }
+    Err(StoreError::Unavailable {
+        store: STORE,
+        source: format!(
+            "the write reached the primary but only {acked} of {wanted} replicas acknowledged it \
+             within {waited_ms} ms"
+        )
+        .into(),
+    })
+}

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script, Value};
+use redis::{AsyncCommands, RedisResult, Value};
 use rkms_core::{
-    stored_id, within_limit, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version,
+    within_limit, KeyId, ListCursor, ListPage, PutOutcome, Store, StoreError, Stored, Version,
 };
 
-use crate::error::{from_redis, STORE};
+use crate::error::{from_redis, replicated, STORE};
 use crate::RedisConfig;
 
 /// Bytes of the version that starts every stored value.
@@ -45,9 +45,8 @@ pub struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
     timeout: Duration,
-    create: Script,
-    compare_and_swap: Script,
-    delete: Script,
+    /// Replicas that must acknowledge each write; 0 waits for none.
+    replicas: u32,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -59,7 +58,8 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to Redis; fails if it does not answer within the operation timeout.
+    /// Connects to Redis and checks its persistence against `config.durability`; fails if it
+    /// does not answer within the operation timeout.
     pub async fn open(config: &RedisConfig) -> Result<Self, StoreError> {
         let client = redis::Client::open(config.url.as_str()).map_err(from_redis)?;
         let manager_config = ConnectionManagerConfig::new()
@@ -74,14 +74,44 @@ impl RedisStore {
         let connection = tokio::time::timeout(config.operation_timeout, connect)
             .await
             .unwrap_or_else(|_| Err(StoreError::timed_out(STORE, config.operation_timeout)))?;
-        Ok(Self {
+        let store = Self {
             connection,
             prefix: config.prefix.clone(),
             timeout: config.operation_timeout,
-            create: Script::new(CREATE),
-            compare_and_swap: Script::new(COMPARE_AND_SWAP),
-            delete: Script::new(DELETE),
-        })
+            replicas: config.replicas,
+        };
+        store
+            .bounded(config.durability.check(&mut store.connection.clone()))
+            .await?;
+        Ok(store)
+    }
+
+    /// Runs a write script. With replicas configured, `WAIT`s for them in the same pipeline,
+    /// so the wait covers this write even if the connection is replaced meanwhile.
+    async fn write(
+        &self,
+        script: &str,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(script).arg(keys.len()).arg(keys).arg(args);
+        let mut connection = self.connection.clone();
+        if self.replicas == 0 {
+            return eval.query_async(&mut connection).await.map_err(from_redis);
+        }
+        let wait_ms = u64::try_from(self.timeout.as_millis() / 2).unwrap_or(u64::MAX);
+        let (reply, acked): (RedisResult<Value>, RedisResult<u32>) = redis::pipe()
+            .ignore_errors()
+            .add_command(eval)
+            .cmd("WAIT")
+            .arg(self.replicas)
+            .arg(wait_ms)
+            .query_async(&mut connection)
+            .await
+            .map_err(from_redis)?;
+        let reply = reply.map_err(from_redis)?;
+        replicated(acked.map_err(from_redis)?, self.replicas, wait_ms).map(|()| reply)
     }
 
     fn key(&self, id: &KeyId) -> String {
@@ -138,15 +168,13 @@ impl Store for RedisStore {
         // A random start below 2^63, so that the version also fits stores with signed integers.
         let version = rand::random::<u64>() >> 1;
         self.bounded(async {
-            let reply: Value = self
-                .create
-                .key(self.key(id))
-                .key(self.index())
-                .arg(encode(version, &bytes))
-                .arg(id.as_str())
-                .invoke_async(&mut self.connection.clone())
-                .await
-                .map_err(from_redis)?;
+            let reply = self
+                .write(
+                    CREATE,
+                    &[self.key(id), self.index()],
+                    &[&encode(version, &bytes), id.as_str().as_bytes()],
+                )
+                .await?;
             match reply {
                 Value::Int(1) => Ok(PutOutcome::Created(Version::new(version))),
                 Value::BulkString(existing) => Ok(PutOutcome::Exists(decode(id, existing)?)),
@@ -167,15 +195,14 @@ impl Store for RedisStore {
     ) -> Result<Version, StoreError> {
         let next = expected.get().wrapping_add(1);
         self.bounded(async {
-            let swapped: i64 = self
-                .compare_and_swap
-                .key(self.key(id))
-                .arg(expected.get().to_be_bytes().as_slice())
-                .arg(encode(next, &bytes))
-                .invoke_async(&mut self.connection.clone())
-                .await
-                .map_err(from_redis)?;
-            if swapped == 1 {
+            let swapped = self
+                .write(
+                    COMPARE_AND_SWAP,
+                    &[self.key(id)],
+                    &[&expected.get().to_be_bytes(), &encode(next, &bytes)],
+                )
+                .await?;
+            if swapped == Value::Int(1) {
                 Ok(Version::new(next))
             } else {
                 Err(StoreError::PreconditionFailed { expected })
@@ -186,37 +213,40 @@ impl Store for RedisStore {
 
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
         self.bounded(async {
-            let deleted: i64 = self
-                .delete
-                .key(self.key(id))
-                .key(self.index())
-                .arg(id.as_str())
-                .invoke_async(&mut self.connection.clone())
-                .await
-                .map_err(from_redis)?;
-            Ok(deleted > 0)
+            let deleted = self
+                .write(
+                    DELETE,
+                    &[self.key(id), self.index()],
+                    &[id.as_str().as_bytes()],
+                )
+                .await?;
+            Ok(matches!(deleted, Value::Int(n) if n > 0))
         })
         .await
     }
 
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    /// Pages through the index in byte order; the cursor is the last id examined.
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
         if limit == 0 {
             return Ok(ListPage::default());
         }
-        let min = after.map_or_else(|| "-".to_owned(), |a| format!("({}", a.as_str()));
+        let min = match cursor {
+            Some(cursor) => [b"(".as_slice(), &cursor.position(STORE)?].concat(),
+            None => b"-".to_vec(),
+        };
         let fetch = isize::try_from(limit).unwrap_or(isize::MAX - 1) + 1;
         self.bounded(async {
-            let raw: Vec<String> = self
+            let raw: Vec<Vec<u8>> = self
                 .connection
                 .clone()
                 .zrangebylex_limit(self.index(), min, "+", 0, fetch)
                 .await
                 .map_err(from_redis)?;
-            let ids = raw
-                .iter()
-                .map(|r| stored_id(STORE, r))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(ListPage::from_overfetched(ids, limit))
+            Ok(ListPage::from_overfetched(STORE, raw, limit))
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! `SqliteStore`: the `Store` trait over one SQLite file.
 
 use async_trait::async_trait;
-use rkms_core::{stored_id, KeyId, ListPage, PutOutcome, Store, StoreError, Stored, Version};
+use rkms_core::{KeyId, ListCursor, ListPage, PutOutcome, Store, StoreError, Stored, Version};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -135,22 +135,25 @@ impl Store for SqliteStore {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn list(&self, after: Option<&KeyId>, limit: usize) -> Result<ListPage, StoreError> {
+    /// Pages in byte order (keyset paging on the primary key); the cursor is the last id
+    /// examined.
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
         if limit == 0 {
             return Ok(ListPage::default());
         }
+        let after = cursor.map(|c| c.text_position(STORE)).transpose()?;
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT id FROM rkms_keys WHERE id > ? ORDER BY id LIMIT ?")
-                .bind(after.map_or("", KeyId::as_str))
+                .bind(after.unwrap_or_default())
                 .bind(fetch)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(from_sqlx)?;
-        let ids = rows
-            .iter()
-            .map(|raw| stored_id(STORE, raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ListPage::from_overfetched(ids, limit))
+        Ok(ListPage::from_overfetched(STORE, rows, limit))
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rkms_conformance::{Backend, Namespace};
+use rkms_conformance::{Backend, Namespace, NativeBackend};
 use rkms_core::Store;
 use rkms_store_sqlite::{SqliteConfig, SqliteStore};
 
@@ -31,6 +31,28 @@ impl Backend for SqliteBackend {
 }
 
 #[async_trait]
+impl NativeBackend for SqliteBackend {
+    async fn namespace_with_raw_ids(&self, raw_ids: &[&str]) -> Box<dyn Namespace> {
+        let ns = SqliteNamespace {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        drop(ns.connect().await);
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", ns.path().display()))
+            .await
+            .unwrap();
+        for raw in raw_ids {
+            sqlx::query("INSERT INTO rkms_keys (id, record, version) VALUES (?, x'00', 1)")
+                .bind(*raw)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        Box::new(ns)
+    }
+}
+
+#[async_trait]
 impl Namespace for SqliteNamespace {
     async fn connect(&self) -> Arc<dyn Store> {
         let mut config = SqliteConfig::new(self.path());
@@ -45,4 +67,4 @@ async fn sqlite_backend() -> SqliteBackend {
     SqliteBackend
 }
 
-rkms_conformance::conformance_suite!(in_process: sqlite_backend);
+rkms_conformance::conformance_suite!(in_process, native: sqlite_backend);

@@ -35,7 +35,7 @@ use crate::health::BreakerState;
 use crate::record::{Record, WrappedCopy};
 use crate::store::StoreError;
 use crate::telemetry;
-use crate::{DataKey, EncryptionContext, KeyId};
+use crate::{DataKey, EncryptionContext, KeyId, ListCursor};
 
 /// Attempts at one repair before it gives up for this round (each lost race costs one).
 const ATTEMPTS: usize = 5;
@@ -378,7 +378,7 @@ impl KeyService {
     /// Reads every record in the store and repairs those that lack copies.
     pub async fn repair_sweep(&self) -> Result<RepairSweep, ServiceError> {
         let mut sweep = RepairSweep::default();
-        let mut after: Option<KeyId> = None;
+        let mut after: Option<ListCursor> = None;
         loop {
             let page = self
                 .store_call("list", self.inner.store.list(after.as_ref(), SWEEP_PAGE))

@@ -67,6 +67,10 @@ pub enum StoreSettings {
         prefix: String,
         /// Bound on one call.
         timeout: Duration,
+        /// `durability = "relaxed"`: open even if Redis can lose acknowledged writes.
+        relaxed_durability: bool,
+        /// Replicas that must acknowledge each write.
+        replicas: u32,
     },
     /// etcd.
     Etcd {
@@ -155,6 +159,8 @@ struct RedisSection {
     url: String,
     prefix: Option<String>,
     timeout_ms: Option<u64>,
+    durability: Option<String>,
+    replicas: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,10 +276,22 @@ pub(super) fn resolve_store(
         }
         "redis" => {
             let s: RedisSection = section(table, "[store]")?;
+            let relaxed_durability = match s.durability.as_deref() {
+                None | Some("strict") => false,
+                Some("relaxed") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        "store.durability",
+                        format!("{other:?} is not \"strict\" or \"relaxed\""),
+                    ))
+                }
+            };
             Ok(StoreSettings::Redis {
                 url: ConnectionUrl(s.url),
                 prefix: prefix("store.prefix", s.prefix, "rkms:")?,
                 timeout: timeout(s.timeout_ms)?,
+                relaxed_durability,
+                replicas: s.replicas.unwrap_or(0),
             })
         }
         "etcd" => {
