@@ -9,8 +9,11 @@
 //! - **Stale** (past `ttl`, within `ttl + stale_grace`): served, marked stale, only when the
 //!   fetch failed because the regions or the store are unavailable; never after a refusal.
 //!
-//! Entries leave memory at `ttl + stale_grace` or by the size bound; a dropped entry's
-//! `DataKey` wipes its bytes. Ages are measured on the real clock (`std::time::Instant`), the
+//! A fetched key that differs from the key cached for its id is refused (keys never change:
+//! the record was replaced) and the cached one kept.
+//!
+//! Entries leave memory at `ttl + stale_grace` (at least two TTLs, for that comparison) or by
+//! the size bound; a dropped entry's `DataKey` wipes its bytes. Ages are measured on the real clock (`std::time::Instant`), the
 //! clock moka expires entries by, so that the policy holds in production and not only under a
 //! test's paused clock.
 
@@ -122,9 +125,11 @@ impl KeyCache {
     pub(crate) fn new(options: CacheOptions) -> Option<Self> {
         let stale_until = options.ttl + options.stale_grace.unwrap_or_default();
         options.enabled.then(|| Self {
+            // An expired entry stays for at least one more TTL, so that the next fetch can
+            // compare its key with the one read (see `settle`).
             entries: Cache::builder()
                 .max_capacity(options.max_entries)
-                .time_to_live(stale_until)
+                .time_to_live(stale_until.max(options.ttl * 2))
                 .build(),
             in_flight: Arc::default(),
             options,
@@ -207,21 +212,26 @@ impl KeyCache {
             return (running.clone(), false);
         }
         let entries = self.entries.clone();
-        let map = Arc::clone(&self.in_flight);
-        let task_key = key.clone();
+        let leave = LeaveOnDrop {
+            map: Arc::clone(&self.in_flight),
+            key: key.clone(),
+        };
         let future = fetch(mode);
         // The map's lock is held until the fetch is in it, so the task cannot leave it first.
         let task = tokio::spawn(async move {
-            let result = future.await.map_err(Arc::new);
-            if let Ok(Some(entry)) = &result {
-                entries.insert(task_key.0.clone(), Arc::clone(entry)).await;
-            }
-            lock(&map).remove(&task_key);
+            let result = settle(&entries, &leave.key.0, future.await).await;
+            drop(leave);
             result
         });
         let shared = async move {
-            task.await
-                .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()))
+            match task.await {
+                Ok(result) => result,
+                Err(failed) => match failed.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Tasks are cancelled only when the runtime shuts down.
+                    Err(_) => Err(Arc::new(ServiceError::DeadlineExceeded(Duration::ZERO))),
+                },
+            }
         }
         .boxed()
         .shared();
@@ -233,6 +243,53 @@ impl KeyCache {
     #[cfg(test)]
     async fn run_pending_tasks(&self) {
         self.entries.run_pending_tasks().await;
+    }
+}
+
+/// Takes a fetch's result into the cache. A key read is cached, unless it differs from the key
+/// cached for the id: a key never changes, so a different one means the record was replaced
+/// (by whoever can write the store) and is refused as an integrity failure, the cached key
+/// kept. A failure that is not an outage (an integrity failure, an unreadable record) also
+/// removes the id's entry, so that no later outage can answer with it stale.
+async fn settle(
+    entries: &Cache<KeyId, Arc<CachedKey>>,
+    id: &KeyId,
+    result: Result<Option<Arc<CachedKey>>, ServiceError>,
+) -> Fetched {
+    match result {
+        Ok(Some(entry)) => {
+            if entries
+                .get(id)
+                .await
+                .is_some_and(|old| old.key != entry.key)
+            {
+                tracing::error!(%id, "the key read for this id differs from the key it had: its record was replaced");
+                metrics::counter!(crate::telemetry::INTEGRITY_FAILURES).increment(1);
+                return Err(Arc::new(ServiceError::KeyChanged { id: id.clone() }));
+            }
+            entries.insert(id.clone(), Arc::clone(&entry)).await;
+            Ok(Some(entry))
+        }
+        Ok(None) => Ok(None),
+        Err(error) => {
+            if !error.is_unavailable() {
+                entries.invalidate(id).await;
+            }
+            Err(Arc::new(error))
+        }
+    }
+}
+
+/// Removes a fetch from the in-flight map when its task ends, however it ends (a panicking
+/// store included), so that no id is left joined to a fetch that is gone.
+struct LeaveOnDrop {
+    map: Arc<Mutex<HashMap<(KeyId, Fetch), SharedFetch>>>,
+    key: (KeyId, Fetch),
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        lock(&self.map).remove(&self.key);
     }
 }
 

@@ -126,6 +126,16 @@ impl RegionHealth {
         })
     }
 
+    /// True when [`RegionHealth::try_acquire`] would give a permit now: closed, or ready for a
+    /// probe that nobody is making yet.
+    pub(crate) fn can_call(&self) -> bool {
+        match self.lock().breaker {
+            Breaker::Closed { .. } => true,
+            Breaker::Open { until } => Instant::now() >= until,
+            Breaker::HalfOpen { probing } => !probing,
+        }
+    }
+
     /// The breaker's state now.
     pub(crate) fn state(&self) -> BreakerState {
         match self.lock().breaker {
@@ -241,8 +251,10 @@ mod tests {
         assert_eq!(h.state(), BreakerState::HalfOpen);
         let probe = h.try_acquire().expect("one probe after the cool-down");
         assert!(h.try_acquire().is_none(), "only one probe at a time");
+        assert!(!h.can_call(), "the probe is taken");
         probe.succeeded(Duration::from_millis(4));
         assert_eq!(h.state(), BreakerState::Closed);
+        assert!(h.can_call());
         assert!(h.try_acquire().is_some());
     }
 

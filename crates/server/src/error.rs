@@ -56,6 +56,10 @@ impl ApiError {
                 "the stored record for id {id:?} failed its integrity check: every KMS region that \
                  answered refused its copies; no key was handed out"
             )),
+            ServiceError::KeyChanged { id } => Self::Internal(format!(
+                "the stored record for id {id:?} failed its integrity check: it holds another key \
+                 than the one this server had; no key was handed out"
+            )),
             ServiceError::NoCopyForConfiguredRegions { id, .. } => Self::Internal(format!(
                 "the stored record for id {id:?} has no copy for any configured KMS region"
             )),
@@ -80,7 +84,9 @@ impl ApiError {
     /// `InternalError` but audited on its own.
     pub fn kind_of(error: &ServiceError) -> &'static str {
         match error.root() {
-            ServiceError::IntegrityFailure { .. } => "IntegrityFailure",
+            ServiceError::IntegrityFailure { .. } | ServiceError::KeyChanged { .. } => {
+                "IntegrityFailure"
+            }
             _ if error.is_unavailable() => "ServiceUnavailable",
             _ => "InternalError",
         }

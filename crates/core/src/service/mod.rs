@@ -94,6 +94,14 @@ pub enum ServiceError {
         /// Each region's refusal, in the order tried.
         failures: Vec<KmsError>,
     },
+    /// The key read for the id differs from the key this process had for it: keys never
+    /// change, so the record was replaced. The key this process had is kept and the other
+    /// refused, like an integrity failure.
+    #[error("the key read for id {id:?} differs from the key it had: its record was replaced")]
+    KeyChanged {
+        /// The id asked for.
+        id: KeyId,
+    },
     /// The record has no copy for any configured region.
     #[error("the record for id {id:?} has copies only for regions {in_record:?}, none of which is configured")]
     NoCopyForConfiguredRegions {
@@ -326,9 +334,7 @@ impl KeyService {
 
     /// Returns the data key for `id`, creating it on first use. See the crate documentation.
     pub async fn get_or_create(&self, id: &KeyId) -> Result<IssuedKey, ServiceError> {
-        let issued = self
-            .within_deadline(self.get(id, Fetch::GetOrCreate))
-            .await?;
+        let issued = self.get(id, Fetch::GetOrCreate).await?;
         Ok(issued.expect("a get-or-create fetch always yields a key"))
     }
 
@@ -338,7 +344,7 @@ impl KeyService {
     /// A miss runs a read-only fetch, never joined with a creating one, so that no path from
     /// here can reach [`Store::put_if_absent`], even when the record vanishes mid-call.
     pub async fn get_existing(&self, id: &KeyId) -> Result<Option<IssuedKey>, ServiceError> {
-        self.within_deadline(self.get(id, Fetch::Existing)).await
+        self.get(id, Fetch::Existing).await
     }
 
     async fn within_deadline<T>(
@@ -352,20 +358,18 @@ impl KeyService {
     }
 
     /// The key for `id` through the cache (see `cache.rs` for its policy), or fetched directly
-    /// when caching is off.
+    /// when caching is off. Either way the fetch runs under the request deadline; a cached
+    /// fetch carries it itself, so that running out of it still lets a stale key answer.
     async fn get(&self, id: &KeyId, mode: Fetch) -> Result<Option<IssuedKey>, ServiceError> {
         let Some(cache) = &self.inner.cache else {
-            let fetched = self.fetch(id, mode).await?;
+            let fetched = self.within_deadline(self.fetch(id, mode)).await?;
             return Ok(fetched.map(|entry| issued(&entry, false, false)));
         };
         let lookup = cache
             .get(id, mode, |mode| {
                 let (service, id) = (self.clone(), id.clone());
                 async move {
-                    let deadline = service.inner.options.request_deadline;
-                    let fetched = tokio::time::timeout(deadline, service.fetch(&id, mode))
-                        .await
-                        .map_err(|_| ServiceError::DeadlineExceeded(deadline))??;
+                    let fetched = service.within_deadline(service.fetch(&id, mode)).await?;
                     Ok(fetched.map(Arc::new))
                 }
             })

@@ -31,7 +31,6 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{KeyService, ServiceError};
-use crate::health::BreakerState;
 use crate::record::{Record, WrappedCopy};
 use crate::store::StoreError;
 use crate::telemetry;
@@ -143,11 +142,12 @@ impl KeyService {
         !self.regions_to_wrap(record).is_empty()
     }
 
-    /// True when at least one of `regions` may be called now (its breaker is not open).
+    /// True when at least one of `regions` may be called now: its breaker is closed, or ready
+    /// for a probe nobody is making yet.
     fn any_callable(&self, regions: &[usize]) -> bool {
         regions
             .iter()
-            .any(|i| self.inner.regions[*i].health.state() != BreakerState::Open)
+            .any(|i| self.inner.regions[*i].health.can_call())
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, super::pending::PendingRepairs> {
@@ -309,7 +309,7 @@ impl KeyService {
     ) -> BTreeMap<String, WrappedCopy> {
         join_all(regions.iter().map(|&index| async move {
             let region = &self.inner.regions[index];
-            if region.health.state() == BreakerState::Open {
+            if !region.health.can_call() {
                 return None;
             }
             self.inner.repair_budget.take().await;
