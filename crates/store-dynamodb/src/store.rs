@@ -38,6 +38,11 @@ impl std::fmt::Debug for DynamoDbStore {
     }
 }
 
+/// A random first version in 1..2^63; 0 is the original's items' version.
+fn random_start() -> u64 {
+    (rand::random::<u64>() >> 1).max(1)
+}
+
 fn key(id: &KeyId) -> AttributeValue {
     AttributeValue::S(id.as_str().to_owned())
 }
@@ -146,8 +151,7 @@ impl Store for DynamoDbStore {
     }
 
     async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
-        // A random start in 1..2^63; 0 is the original's items' version.
-        let version = (rand::random::<u64>() >> 1).max(1);
+        let version = random_start();
         self.bounded(async {
             loop {
                 let result = self
@@ -182,10 +186,17 @@ impl Store for DynamoDbStore {
         expected: Version,
         bytes: Vec<u8>,
     ) -> Result<Version, StoreError> {
-        let next = expected
-            .get()
-            .checked_add(1)
-            .ok_or(StoreError::PreconditionFailed { expected })?;
+        // An upgraded original's item starts at a random version, as a created one does, so
+        // that an item deleted and written again by a Go server and then upgraded elsewhere
+        // never repeats a version a stale compare-and-set expects.
+        let next = if expected.get() == LEGACY_VERSION {
+            random_start()
+        } else {
+            expected
+                .get()
+                .checked_add(1)
+                .ok_or(StoreError::PreconditionFailed { expected })?
+        };
         // An update, not a put: the original's `keys` stay for Go servers still reading them.
         let request = self
             .client

@@ -84,6 +84,9 @@ async fn the_originals_items_are_served_and_upgraded_only_by_compare_and_swap() 
         .await
         .unwrap();
     assert_ne!(version, stored.version);
+    // Not 1: an item deleted and written again by a Go server, then upgraded by another RKMS
+    // server, must not come back at a version a stale compare-and-set still expects.
+    assert!(version.get() > 1, "an upgrade starts at a random version");
     let again = store
         .compare_and_swap(&id, Version::new(0), upgraded.encode())
         .await;
