@@ -54,6 +54,10 @@
 //!   drop (also when the cache evicts it) and prints as `[REDACTED]`.
 //! - **Copies are bound to their id and region.** A copy moved under another id fails to
 //!   decrypt (the context differs); a copy wrapped under a foreign master key is refused.
+//!   The one exception is a record of the original Go RKMS, which only its store may hand
+//!   over ([`Stored::legacy`]): nothing but the store key binds its copies, until it is
+//!   upgraded. A key that changes under an id this process has cached is refused
+//!   ([`ServiceError::KeyChanged`]).
 //! - **Bounded failure.** Each KMS and store call has a timeout and the whole call a deadline
 //!   ([`ServiceOptions`]); a region that keeps failing is skipped by its circuit breaker.
 //!

@@ -9,7 +9,7 @@ pub const KMS_CALL_SECONDS: &str = "rkms_kms_call_seconds";
 /// Breaker state by `region`: 0 closed, 1 half-open, 2 open.
 pub const REGION_BREAKER_STATE: &str = "rkms_region_breaker_state";
 /// Cache lookups by `result`: hit, miss, coalesced (waited for another caller's fetch), stale
-/// (served past its TTL because no region could serve).
+/// (served past its TTL because no region or the store could serve).
 pub const CACHE_REQUESTS: &str = "rkms_cache_requests_total";
 /// Background refreshes of cached keys asked for in the last tenth of their TTL.
 pub const CACHE_REFRESHES: &str = "rkms_cache_refreshes_total";

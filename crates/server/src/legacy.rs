@@ -84,7 +84,8 @@ async fn upgrade_one(
     match service.repair(id).await.map_err(|e| e.to_string())? {
         RepairOutcome::Upgraded { .. } => Ok(true),
         RepairOutcome::StillMissing(_) => Err(format!(
-            "fewer than {} regions could wrap its key; rerun when the regions answer",
+            "not upgraded now: fewer than {} regions could be called or wrapped its key, or \
+             other writers kept changing it; rerun when the regions answer",
             service.options().min_regions
         )),
         RepairOutcome::Complete | RepairOutcome::Repaired { .. } | RepairOutcome::NotFound => {

@@ -118,7 +118,8 @@ fn legacy_record(
         created_at: 0,
         copies,
         missing: Vec::new(),
-        wrapped_without_context: true,
+        // Never encoded: the `legacy` flag below is what the core reads.
+        wrapped_without_context: false,
     };
     Ok(Stored {
         bytes: record.encode(),
