@@ -773,3 +773,24 @@ async fn reads_of_many_incomplete_records_start_a_bounded_number_of_repairs() {
         "the rest wait for the repairer"
     );
 }
+
+#[tokio::test]
+async fn a_sweep_leaves_records_backing_off_to_the_repairer() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service(store.clone());
+    regions.0[2].set(Mode::Failing);
+    service.get_or_create(&id("a")).await.unwrap();
+    assert!(matches!(
+        service.repair(&id("a")).await.unwrap(),
+        RepairOutcome::StillMissing(_)
+    ));
+    let calls = regions.total_calls();
+    let sweep = service.repair_sweep().await.unwrap();
+    assert_eq!((sweep.scanned, sweep.pending), (1, 1));
+    assert_eq!(
+        regions.total_calls(),
+        calls,
+        "no KMS call for a record whose repair failed a moment ago"
+    );
+}

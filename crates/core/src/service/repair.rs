@@ -375,7 +375,8 @@ impl KeyService {
         Some((record, outcome))
     }
 
-    /// Reads every record in the store and repairs those that lack copies.
+    /// Reads every record in the store and repairs those that lack copies, but for ids backing
+    /// off after a failed repair.
     pub async fn repair_sweep(&self) -> Result<RepairSweep, ServiceError> {
         let mut sweep = RepairSweep::default();
         let mut after: Option<ListCursor> = None;
@@ -392,6 +393,8 @@ impl KeyService {
                 };
                 match needs {
                     Ok(false) => {}
+                    // Its backoff stands: the repairer tries it when it is due.
+                    Ok(true) if self.pending().backing_off(id) => sweep.pending += 1,
                     Ok(true) => match self.repair(id).await {
                         Ok(
                             outcome @ (RepairOutcome::Repaired { .. }
