@@ -26,13 +26,10 @@ use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
 use crate::limits::{self, Limits};
 use crate::serve::Peer;
+use crate::telemetry::REJECTIONS;
 
 /// Longest query string the key endpoint reads; anything longer cannot hold a valid id.
 const MAX_QUERY_LEN: usize = 4096;
-
-/// Requests refused by authentication, authorization, limits or the TLS handshake, labelled
-/// by `reason`.
-pub const REJECTIONS: &str = "rkms_http_rejections_total";
 
 /// The header that carries a key request's id, as in the audit log.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
