@@ -25,7 +25,9 @@ mod store;
 pub use kms::{KmsSettings, RegionSettings};
 pub use store::{ConnectionUrl, StoreSettings};
 
-use kms::{default_local_key, resolve_provider, resolve_regions, KmsSection};
+use kms::{
+    check_endpoint_transport, default_local_key, resolve_provider, resolve_regions, KmsSection,
+};
 use store::{resolve_original_dynamodb, resolve_store, sqlite_defaults};
 
 /// Regions of the embedded development default.
@@ -300,7 +302,7 @@ impl Settings {
             ServiceOptions::default().kms_timeout,
         )?;
         let kms_settings = resolve_provider(&kms, kms_timeout, data_dir)?;
-        let mut notices = Vec::new();
+        let mut notices = check_endpoint_transport(&kms)?;
         let store = match (file.store, file.dynamodb) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
