@@ -181,7 +181,7 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
         warn!("{notice}");
     }
     let store = open_store(&settings.store).await?;
-    let regions = open_regions(&settings.kms, &settings.regions).await?;
+    let regions = open_regions(&settings.kms, &settings.regions, store.as_ref()).await?;
     if regions.len() < 2 {
         warn!("only one KMS region is configured: keys are unavailable whenever it is");
     }
