@@ -481,6 +481,21 @@ fn the_audit_log_goes_to_a_file_or_standard_output() {
     assert!(refusal(&format!("{LOCAL}[audit]\nfile = \"x\"\n")).contains("file"));
 }
 
+#[test]
+fn the_audit_log_syncs_as_configured_and_always_needs_a_file() {
+    use rkms_server::audit::AuditSync;
+    let sync = |section: &str| parse(&format!("{LOCAL}{section}")).unwrap().audit_sync;
+    assert_eq!(sync(""), AuditSync::Os);
+    assert_eq!(sync("[audit]\nsync = \"os\"\n"), AuditSync::Os);
+    assert_eq!(sync("[audit]\nsync = \"always\"\n"), AuditSync::Always);
+    let message = refusal(&format!(
+        "{LOCAL}[audit]\npath = \"-\"\nsync = \"always\"\n"
+    ));
+    assert!(message.contains("audit.sync"), "{message}");
+    let message = refusal(&format!("{LOCAL}[audit]\nsync = \"sometimes\"\n"));
+    assert!(message.contains("always"), "{message}");
+}
+
 /// `[kms]` for the AWS provider with one region, `extra` keys and its endpoint.
 fn aws_with_endpoint(endpoint: &str, extra: &str) -> String {
     format!("{AWS}{extra}[kms.endpoints]\na = {endpoint:?}\n")
@@ -511,8 +526,11 @@ fn plain_http_kms_endpoints_beyond_loopback_are_refused_unless_allowed() {
             message.contains("kms.endpoints") && message.contains("allow_insecure_endpoints"),
             "{remote}: {message}"
         );
-        let allowed = parse(&aws_with_endpoint(remote, "allow_insecure_endpoints = true\n"))
-            .unwrap_or_else(|e| panic!("{remote} with allow_insecure_endpoints: {e}"));
+        let allowed = parse(&aws_with_endpoint(
+            remote,
+            "allow_insecure_endpoints = true\n",
+        ))
+        .unwrap_or_else(|e| panic!("{remote} with allow_insecure_endpoints: {e}"));
         assert!(
             allowed.notices.iter().any(|n| n.contains(remote)),
             "a warning names {remote}: {:?}",
@@ -520,15 +538,27 @@ fn plain_http_kms_endpoints_beyond_loopback_are_refused_unless_allowed() {
         );
     }
     let message = refusal(&format!("{LOCAL}allow_insecure_endpoints = true\n"));
-    assert!(message.contains("kms.allow_insecure_endpoints"), "{message}");
+    assert!(
+        message.contains("kms.allow_insecure_endpoints"),
+        "{message}"
+    );
 }
 
 #[test]
 fn the_originals_cache_keys_are_explained_by_what_cache_does() {
     let notice = parse(ORIGINAL).unwrap().notices.remove(0);
     assert!(!notice.contains("no plaintext key cache"), "{notice}");
-    for said in ["[cache]", "ttl_seconds", "max_entries", "stale_grace_seconds", "300"] {
-        assert!(notice.contains(said), "the notice should mention {said}: {notice}");
+    for said in [
+        "[cache]",
+        "ttl_seconds",
+        "max_entries",
+        "stale_grace_seconds",
+        "300",
+    ] {
+        assert!(
+            notice.contains(said),
+            "the notice should mention {said}: {notice}"
+        );
     }
 }
 

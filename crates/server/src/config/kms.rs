@@ -250,5 +250,6 @@ pub(super) fn check_endpoint_transport(kms: &KmsSection) -> Result<Vec<String>, 
 /// `localhost` or a loopback address (IPv6 in brackets, as URLs write it).
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
