@@ -2,16 +2,22 @@
 //! wait at the same time share it instead of queueing one fsync each.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::telemetry::{AUDIT_SYNCS, AUDIT_SYNC_SECONDS};
 
 /// Lines are numbered from 1 in the order they were written; `synced` is the highest number
 /// known to be on disk. One caller at a time (the holder of `turn`) runs an fsync.
+///
+/// A failed fsync stops the log for good: the kernel may have dropped the lines it did not
+/// write and report a later fsync as a success, so no line that was not on disk before the
+/// failure is ever confirmed (as PostgreSQL does after an fsync failure, only a restart
+/// recovers).
 #[derive(Debug, Default)]
 pub(super) struct GroupCommit {
     synced: AtomicU64,
+    failed: AtomicBool,
     turn: tokio::sync::Mutex<()>,
 }
 
@@ -19,8 +25,7 @@ impl GroupCommit {
     /// Returns once line `number` is on disk. If no finished fsync covers it, waits for its
     /// turn; `plan`, given the highest line already on disk, returns the number of the last
     /// line written so far and the blocking fsync that makes it durable, which then runs
-    /// off the async workers. An fsync error goes to the caller that ran it; later callers
-    /// try again.
+    /// off the async workers.
     pub(super) async fn cover<S>(
         &self,
         number: u64,
@@ -37,11 +42,24 @@ impl GroupCommit {
         if synced >= number {
             return Ok(());
         }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier fsync of the audit log failed; restart the server",
+            ));
+        }
         let (upto, fsync) = plan(synced);
         let started = Instant::now();
-        tokio::task::spawn_blocking(fsync)
+        let result = tokio::task::spawn_blocking(fsync)
             .await
-            .map_err(io::Error::other)??;
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        if let Err(e) = result {
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(
+                error = %e,
+                "fsync of the audit log failed: no key is handed out until the server restarts"
+            );
+            return Err(e);
+        }
         metrics::counter!(AUDIT_SYNCS).increment(1);
         metrics::histogram!(AUDIT_SYNC_SECONDS).record(started.elapsed().as_secs_f64());
         self.synced.fetch_max(upto, Ordering::AcqRel);
@@ -90,23 +108,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_fsync_fails_its_caller_and_the_next_caller_tries_again() {
+    async fn after_a_failed_fsync_only_lines_on_disk_before_it_are_confirmed() {
         let commit = GroupCommit::default();
+        commit.cover(1, |_| (1, || Ok(()))).await.unwrap();
         let failed = commit
-            .cover(1, |synced| {
-                assert_eq!(synced, 0);
-                (1, || Err(io::Error::other("disk gone")))
+            .cover(2, |synced| {
+                assert_eq!(synced, 1);
+                (3, || Err(io::Error::other("disk gone")))
             })
             .await;
         assert!(failed.is_err());
-        commit
-            .cover(1, |synced| {
-                assert_eq!(synced, 0, "a failed fsync moves nothing forward");
-                (2, || Ok(()))
-            })
-            .await
-            .unwrap();
-        let unreachable = |_| -> (u64, fn() -> io::Result<()>) { panic!("line 2 is on disk") };
-        commit.cover(2, unreachable).await.unwrap();
+        let unreachable =
+            |_| -> (u64, fn() -> io::Result<()>) { panic!("no fsync after a failure") };
+        commit.cover(1, unreachable).await.unwrap();
+        for number in [2, 3, 4] {
+            assert!(commit.cover(number, unreachable).await.is_err());
+        }
     }
 }

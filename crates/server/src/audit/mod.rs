@@ -16,7 +16,8 @@
 //! [`verify`] reports as a restart rather than as corruption.
 //!
 //! With [`AuditSync::Always`], [`AuditLog::record`] returns only after an fsync that covers
-//! its line; requests waiting at the same time share one fsync (see `commit`).
+//! its line; requests waiting at the same time share one fsync (see `commit`). After a
+//! failed fsync no further line is confirmed until the server restarts.
 
 use std::fs::File;
 use std::io::{self, Write as _};
@@ -174,15 +175,11 @@ impl AuditLog {
         };
         let opened = file::open(path, self.sync)?;
         let mut writer = self.lock();
-        let fresh = Writer::starting(Sink::File(Arc::new(opened.file)), opened.last, opened.torn);
-        let old = std::mem::replace(&mut writer.sink, fresh.sink);
+        let old = writer.restart(Sink::File(Arc::new(opened.file)), opened.last, opened.torn);
         if let (Sink::File(old), AuditSync::Always) = (old, self.sync) {
             let last = writer.written;
             writer.retired.push((old, last));
         }
-        writer.id = fresh.id;
-        writer.prev = fresh.prev;
-        writer.torn = fresh.torn;
         Ok(())
     }
 
@@ -279,13 +276,25 @@ impl Writer {
     fn starting(sink: Sink, last: Option<String>, torn: bool) -> Self {
         Self {
             sink,
-            id: format!("{:016x}", rand::random::<u64>()),
+            id: new_writer_id(),
             prev: last.unwrap_or_else(|| GENESIS.to_owned()),
             torn,
             written: 0,
             retired: Vec::new(),
         }
     }
+
+    /// Goes on as a new writer on `sink`, keeping the line count; returns the old sink.
+    fn restart(&mut self, sink: Sink, last: Option<String>, torn: bool) -> Sink {
+        self.id = new_writer_id();
+        self.prev = last.unwrap_or_else(|| GENESIS.to_owned());
+        self.torn = torn;
+        std::mem::replace(&mut self.sink, sink)
+    }
+}
+
+fn new_writer_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 #[cfg(test)]
