@@ -97,13 +97,20 @@ async fn the_audit_log_is_reopened_on_sighup_for_rotation() {
     let rotated = dir.path().join("audit.log.1");
     std::fs::rename(&audit, &rotated).unwrap();
     server.signal("HUP");
+    let reopened = || {
+        let log = server.log.lock().unwrap();
+        log.iter().any(|l| l.contains("audit log reopened"))
+    };
     for _ in 0..250 {
-        if audit.exists() {
+        if reopened() {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(audit.exists(), "SIGHUP reopens the audit log at its path");
+    assert!(
+        reopened() && audit.exists(),
+        "SIGHUP reopens the audit log at its path"
+    );
     key(&client, &server, "after-rotation").await;
     let (status, _) = get_json(&client, &format!("{}/healthz", server.base)).await;
     assert_eq!(status, 200);
