@@ -154,7 +154,7 @@ fn token_command(action: &TokenAction) -> ExitCode {
 /// Prints what `audit verify` found in a log whose chains are intact.
 fn print_verified(file: &std::path::Path, report: &audit::Verified) {
     println!(
-        "{}: {} lines, chain intact ({} writers)",
+        "{}: {} lines, chain intact; writers: {}",
         file.display(),
         report.lines,
         report.writers
