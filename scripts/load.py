@@ -10,6 +10,8 @@ error rate and KMS calls per request. Everything runs on loopback; every run is 
 
 Scenarios:
   hot cached GET          cache on, 100 existing ids
+  hot cached GET, audit sync always   the same, each key handed out after an fsync of its
+                          audit line (shared by the requests waiting together)
   GET, cache disabled     every request unwraps in KMS
   create                  every request a new id (generate + 2 wraps + 1 conditional write)
   first region refused    cache off; region 1's endpoint refuses connections
@@ -95,7 +97,7 @@ def services_env():
     return env
 
 
-def config(env, data_dir, endpoints, cache):
+def config(env, data_dir, endpoints, cache, audit_sync="os"):
     regions = env["RKMS_TEST_KMS_REGIONS"].split(",")
     key_ids = ", ".join(f'{r} = "alias/rkms-{r}"' for r in regions)
     lines = [
@@ -105,7 +107,7 @@ def config(env, data_dir, endpoints, cache):
         "[kms.endpoints]", *[f'{r} = "{e}"' for r, e in zip(regions, endpoints)],
         "[store]", 'backend = "sqlite"', f'path = "{data_dir}/rkms.sqlite3"',
         "[cache]", f"enabled = {'true' if cache else 'false'}",
-        "[audit]", f'path = "{data_dir}/audit.log"',
+        "[audit]", f'path = "{data_dir}/audit.log"', f'sync = "{audit_sync}"',
         "[[principals]]", 'name = "load"', f'token_sha256 = ["{hashlib.sha256(TOKEN.encode()).hexdigest()}"]',
         "metrics = true", "rate_limit_per_second = 0",
         'allow = [{ ids = ["*"], operations = ["get", "create"] }]',
@@ -203,18 +205,19 @@ def main():
             f.write("\n".join(ids) + "\n")
 
         scenarios = [
-            ("hot cached GET", endpoints, True, EXISTING_LUA, [ids_file], args.connections),
-            ("GET, cache disabled", endpoints, False, EXISTING_LUA, [ids_file], args.kms_connections),
-            ("create (always-new ids)", endpoints, False, CREATE_LUA, ["new"], args.kms_connections),
-            ("first region refused", refused, False, EXISTING_LUA, [ids_file], args.kms_connections),
-            ("first region blackholed", blackholed, False, EXISTING_LUA, [ids_file], args.kms_connections),
-            ("create, first region refused", refused, False, CREATE_LUA, ["refused"], args.kms_connections),
+            ("hot cached GET", endpoints, True, EXISTING_LUA, [ids_file], args.connections, "os"),
+            ("hot cached GET, audit sync always", endpoints, True, EXISTING_LUA, [ids_file], args.connections, "always"),
+            ("GET, cache disabled", endpoints, False, EXISTING_LUA, [ids_file], args.kms_connections, "os"),
+            ("create (always-new ids)", endpoints, False, CREATE_LUA, ["new"], args.kms_connections, "os"),
+            ("first region refused", refused, False, EXISTING_LUA, [ids_file], args.kms_connections, "os"),
+            ("first region blackholed", blackholed, False, EXISTING_LUA, [ids_file], args.kms_connections, "os"),
+            ("create, first region refused", refused, False, CREATE_LUA, ["refused"], args.kms_connections, "os"),
         ]
         rows = []
-        for name, scenario_endpoints, cache, lua, lua_args, connections in scenarios:
+        for name, scenario_endpoints, cache, lua, lua_args, connections, audit_sync in scenarios:
             if args.only and args.only not in name:
                 continue
-            server = Server(env, config(env, data_dir, scenario_endpoints, cache))
+            server = Server(env, config(env, data_dir, scenario_endpoints, cache, audit_sync))
             before = server.kms_calls()
             requests, rps, p50, p99, errors = wrk(server, lua, lua_args, args.duration, connections)
             calls = server.kms_calls() - before

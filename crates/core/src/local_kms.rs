@@ -53,6 +53,14 @@ pub enum KeyringError {
     /// A master key the configuration names is not in the keyring.
     #[error("keyring has no master key named {0:?}; it was created for other key names (delete the keyring only if no record depends on it)")]
     MissingKey(String),
+    /// The keyring file grants group or others access to the master keys.
+    #[error("keyring {path} has mode {mode:o}: group or others may read or change its master keys; restrict it with `chmod 600 {path}` (and consider who may have copied it)")]
+    Exposed {
+        /// The keyring file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A master key name cannot be written into a ciphertext header.
     #[error("master key name {0:?} must be 1 to 255 bytes")]
     BadKeyName(String),
@@ -100,7 +108,12 @@ impl LocalKeyring {
     /// Creation is atomic and safe when several processes start at once: the keys are written
     /// to a private temporary file (mode 0600) and linked into place only if no keyring exists
     /// yet, so every process ends up with the same keys. An existing keyring must hold every
-    /// name in `key_names`; it is never rewritten.
+    /// name in `key_names` and be private to its owner (no group or other permission bits);
+    /// it is never rewritten.
+    ///
+    /// Creating is right only when nothing was wrapped under a previous keyring at `path`:
+    /// a caller that stores records checks that its store is empty before calling this on a
+    /// missing file.
     pub fn open_or_create(path: &Path, key_names: &[&str]) -> Result<Self, KeyringError> {
         let io_err = |source| KeyringError::Io {
             path: path.to_owned(),
@@ -126,10 +139,18 @@ impl LocalKeyring {
             path: path.to_owned(),
             message,
         };
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyringError::Io {
+        let io_err = |source| KeyringError::Io {
             path: path.to_owned(),
             source,
-        })?);
+        };
+        let mode = fs::metadata(path).map_err(io_err)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(KeyringError::Exposed {
+                path: path.to_owned(),
+                mode: mode & 0o7777,
+            });
+        }
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
         let mut file: KeyringFile = serde_json::from_str(&text)
             .map_err(|e| malformed(format!("{:?} error at line {}", e.classify(), e.line())))?;
         if file.format != KEYRING_FORMAT {
@@ -430,6 +451,25 @@ mod tests {
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn a_keyring_that_group_or_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        LocalKeyring::open_or_create(&path, &["a"]).unwrap();
+        for mode in [0o640, 0o604, 0o620, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let message = LocalKeyring::open_or_create(&path, &["a"])
+                .expect_err("a keyring others can read is refused")
+                .to_string();
+            assert!(
+                message.contains(&format!("{mode:o}")) && message.contains("chmod 600"),
+                "{message}"
+            );
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        LocalKeyring::open_or_create(&path, &["a"]).expect("owner-only modes are accepted");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Opening the configured store and KMS regions. Cargo features choose what is compiled in.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rkms_core::{Kms, LocalKeyring, Store};
@@ -114,13 +115,16 @@ fn not_compiled_in(what: &str, feature: &str) -> String {
     format!("the {feature} {what} is not compiled into this build; rebuild rkms-server with `--features {feature}` (or `--features full`)")
 }
 
-/// Opens one KMS client per configured region, in order of preference.
+/// Opens one KMS client per configured region, in order of preference. `store` is the
+/// opened store: a missing local keyring is created only while it holds no record.
 pub async fn open_regions(
     kms: &KmsSettings,
     regions: &[RegionSettings],
+    store: &dyn Store,
 ) -> Result<Vec<Arc<dyn Kms>>, String> {
     match kms {
         KmsSettings::Local { keyring_path } => {
+            refuse_new_keyring_over_records(keyring_path, store).await?;
             let names: Vec<&str> = regions.iter().map(|r| r.key_id.as_str()).collect();
             let keyring =
                 LocalKeyring::open_or_create(keyring_path, &names).map_err(|e| e.to_string())?;
@@ -153,6 +157,35 @@ pub async fn open_regions(
         }
         #[cfg(not(feature = "aws"))]
         KmsSettings::Aws { .. } => Err(not_compiled_in("KMS provider", "aws")),
+    }
+}
+
+/// Refuses to let a missing keyring be created while the store holds records: they were
+/// wrapped under the master keys of the keyring that is gone, and a new keyring would make
+/// those ids fail forever instead of failing loudly now.
+async fn refuse_new_keyring_over_records(path: &Path, store: &dyn Store) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot check the keyring {}: {e}", path.display())),
+    }
+    let page = store.list(None, 1).await.map_err(|e| {
+        format!(
+            "the keyring {} does not exist, and the store cannot be read to check that no record \
+             needs its master keys: {e}",
+            path.display()
+        )
+    })?;
+    match page.ids.first() {
+        None => Ok(()),
+        Some(id) => Err(format!(
+            "the keyring {} does not exist, but the store already holds records (such as id \
+             {:?}) wrapped under its master keys; a new keyring could never unwrap them. Restore \
+             the keyring file from a backup (or point [kms] keyring_path at it); a new keyring \
+             is created only for a store without records",
+            path.display(),
+            id.as_str()
+        )),
     }
 }
 

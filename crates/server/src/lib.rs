@@ -4,7 +4,8 @@
 //! opens the store and KMS regions it names, and [`routes::app`] is the HTTP API over a
 //! [`rkms_core::KeyService`]: [`auth`] says who calls and what they may do, [`limits`] bounds
 //! each request, [`audit`] records every key operation. [`serve`] runs the connections, over
-//! [`tls`] when configured. `main.rs` wires them together with logging and shutdown.
+//! [`tls`] when configured; [`telemetry`] names the metrics they record. `main.rs` wires them
+//! together with logging and shutdown.
 
 pub mod audit;
 pub mod auth;
@@ -15,4 +16,5 @@ pub mod legacy;
 pub mod limits;
 pub mod routes;
 pub mod serve;
+pub mod telemetry;
 pub mod tls;

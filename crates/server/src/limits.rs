@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::error::ApiError;
-use crate::routes::REJECTIONS;
+use crate::telemetry::REJECTIONS;
 
 /// Size, time and connection limits.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -106,8 +106,8 @@ async fn main() -> ExitCode {
             action: AuditAction::Verify { file },
         }) => {
             return match audit::verify(file) {
-                Ok(lines) => {
-                    println!("{}: {lines} lines, chain intact", file.display());
+                Ok(report) => {
+                    print_verified(file, &report);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -248,7 +248,7 @@ async fn legacy_upgrade(
 /// Opens the configured store and regions and builds the protocol over them.
 async fn open_service(settings: &Settings) -> Result<(Arc<dyn Store>, KeyService), String> {
     let store = open_store(&settings.store).await?;
-    let regions = open_regions(&settings.kms, &settings.regions).await?;
+    let regions = open_regions(&settings.kms, &settings.regions, store.as_ref()).await?;
     if regions.len() < 2 {
         warn!("only one KMS region is configured: keys are unavailable whenever it is");
     }
@@ -261,6 +261,25 @@ async fn open_service(settings: &Settings) -> Result<(Arc<dyn Store>, KeyService
         .build()
         .map_err(|e| format!("invalid service settings: {e}"))?;
     Ok((store, service))
+}
+
+/// Prints what `audit verify` found in a log whose chains are intact.
+fn print_verified(file: &std::path::Path, report: &audit::Verified) {
+    println!(
+        "{}: {} lines, chain intact; writers: {}",
+        file.display(),
+        report.lines,
+        report.writers
+    );
+    for line in &report.restarts {
+        println!("line {line}: torn by a crash mid-write; the chains restart after it");
+    }
+    if report.torn_tail {
+        println!(
+            "the last line is incomplete: still being written, or torn by a crash (the next \
+             server start completes it)"
+        );
+    }
 }
 
 /// Logs go to stderr; `RUST_LOG`, when set, overrides `[logger] level`.
@@ -302,12 +321,13 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
         let service = Arc::clone(&service);
         async move { service.run_repairer().await }
     });
-    let audit = AuditLog::open(&settings.audit)
+    let audit = AuditLog::open(&settings.audit, settings.audit_sync)
         .map_err(|e| format!("cannot open the audit log {:?}: {e}", settings.audit))?;
+    let audit = Arc::new(audit);
     let state = AppState {
         service,
         metrics: Some(metrics),
-        audit: Some(Arc::new(audit)),
+        audit: Some(Arc::clone(&audit)),
         auth: Arc::new(Authenticator::new(&settings.principals)),
     };
     let auth = Arc::clone(&state.auth);
@@ -321,7 +341,7 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     // Registered before the server listens, so that no SIGHUP finds the default action (exit).
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
-    let reloader = tokio::spawn(reload_on_hangup(hangup, reload, auth, tls.clone()));
+    let reloader = tokio::spawn(reload_on_hangup(hangup, reload, auth, tls.clone(), audit));
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -352,16 +372,24 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     Ok(())
 }
 
-/// On SIGHUP (as `systemctl reload` sends): re-reads the principals from the configuration
-/// file, keeping those in force if the file is refused, and the TLS files. Other settings
-/// change on restart.
+/// On SIGHUP (as `systemctl reload` and logrotate send): reopens the audit log at its path,
+/// re-reads the principals from the configuration file, keeping those in force if the file
+/// is refused, and the TLS files. Other settings change on restart.
 async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
     source: ReloadSource,
     auth: Arc<Authenticator>,
     tls: Option<Arc<TlsConfig>>,
+    audit: Arc<AuditLog>,
 ) {
     while hangup.recv().await.is_some() {
+        match audit.reopen() {
+            Ok(()) => info!("SIGHUP: audit log reopened"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: the audit log cannot be reopened; lines still go to the file open before"
+            ),
+        }
         match &source {
             None => info!("SIGHUP: the development default has no configuration file to re-read"),
             Some((path, data_dir)) => match Settings::from_file(path, data_dir) {

@@ -26,13 +26,10 @@ use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
 use crate::limits::{self, Limits};
 use crate::serve::Peer;
+use crate::telemetry::REJECTIONS;
 
 /// Longest query string the key endpoint reads; anything longer cannot hold a valid id.
 const MAX_QUERY_LEN: usize = 4096;
-
-/// Requests refused by authentication, authorization, limits or the TLS handshake, labelled
-/// by `reason`.
-pub const REJECTIONS: &str = "rkms_http_rejections_total";
 
 /// The header that carries a key request's id, as in the audit log.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -135,7 +132,7 @@ async fn issue_key(
     };
     let allowed = principal.policy.allowed(&id);
     if allowed.is_empty() {
-        audit.denied("get_or_create")?;
+        audit.denied("get_or_create").await?;
         return Err(ApiError::Forbidden(format!(
             "principal {:?} may not use id {:?}",
             principal.name,
@@ -154,11 +151,11 @@ async fn issue_key(
             } else {
                 "get"
             };
-            audit.failed(operation, &error)?;
+            audit.failed(operation, &error).await?;
             return Err(ApiError::from_service(&error));
         }
         Ok(None) => {
-            audit.denied("create")?;
+            audit.denied("create").await?;
             return Err(ApiError::Forbidden(format!(
                 "no key exists for id {:?}, and principal {:?} may not create one",
                 id.as_str(),
@@ -166,7 +163,7 @@ async fn issue_key(
             )));
         }
         Ok(Some(issued)) if !issued.created && !allowed.get => {
-            audit.denied("get")?;
+            audit.denied("get").await?;
             return Err(ApiError::Forbidden(format!(
                 "the key for id {:?} exists, and principal {:?} may create keys for it but not read existing ones",
                 id.as_str(),
@@ -176,7 +173,7 @@ async fn issue_key(
         Ok(Some(issued)) => issued,
     };
     // A key is handed out only once its release is on record.
-    audit.issued(&issued)?;
+    audit.issued(&issued).await?;
     key_response(&id, &issued)
 }
 
@@ -189,21 +186,21 @@ struct Audit<'a> {
 }
 
 impl Audit<'_> {
-    fn issued(&self, issued: &IssuedKey) -> Result<(), ApiError> {
+    async fn issued(&self, issued: &IssuedKey) -> Result<(), ApiError> {
         let operation = if issued.created { "create" } else { "get" };
-        self.write(operation, "ok", Some(issued))
+        self.write(operation, "ok", Some(issued)).await
     }
 
-    fn denied(&self, operation: &str) -> Result<(), ApiError> {
+    async fn denied(&self, operation: &str) -> Result<(), ApiError> {
         ::metrics::counter!(REJECTIONS, "reason" => "forbidden").increment(1);
-        self.write(operation, "denied", None)
+        self.write(operation, "denied", None).await
     }
 
-    fn failed(&self, operation: &str, error: &ServiceError) -> Result<(), ApiError> {
-        self.write(operation, ApiError::kind_of(error), None)
+    async fn failed(&self, operation: &str, error: &ServiceError) -> Result<(), ApiError> {
+        self.write(operation, ApiError::kind_of(error), None).await
     }
 
-    fn write(
+    async fn write(
         &self,
         operation: &str,
         outcome: &str,
@@ -220,9 +217,10 @@ impl Audit<'_> {
             outcome,
             region: issued.map(|i| i.region.as_str()),
             cache_hit: issued.is_some_and(|i| i.from_cache),
+            stale: issued.is_some_and(|i| i.stale),
             created: issued.is_some_and(|i| i.created),
         };
-        audit.record(&event).map_err(|e| {
+        audit.record(&event).await.map_err(|e| {
             tracing::error!(error = %e, "cannot write the audit log");
             ApiError::Internal("the audit log cannot be written; no key was handed out".into())
         })

@@ -18,7 +18,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use crate::limits::Limits;
-use crate::routes::REJECTIONS;
+use crate::telemetry::REJECTIONS;
 use crate::tls::{ClientCertificate, TlsConfig};
 
 /// How long in-flight requests get to finish after a shutdown signal.

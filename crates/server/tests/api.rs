@@ -14,7 +14,7 @@ use rkms_core::{
     DataKey, EncryptionContext, GeneratedKey, KeyId, KeyService, Kms, KmsError, LocalKeyring,
     MemoryStore, Store,
 };
-use rkms_server::audit::{self, AuditLog, AuditTarget};
+use rkms_server::audit::{self, AuditLog, AuditSync, AuditTarget};
 use rkms_server::auth::{
     Authenticator, IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash,
 };
@@ -115,8 +115,11 @@ fn router_for(
         AppState {
             service: Arc::new(service(store, healthy)),
             metrics: None,
-            audit: audit
-                .map(|path| Arc::new(AuditLog::open(&AuditTarget::File(path.to_owned())).unwrap())),
+            audit: audit.map(|path| {
+                Arc::new(
+                    AuditLog::open(&AuditTarget::File(path.to_owned()), AuditSync::Os).unwrap(),
+                )
+            }),
             auth: Arc::new(Authenticator::new(principals)),
         },
         "/api/v1/key",

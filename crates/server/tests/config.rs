@@ -502,6 +502,87 @@ fn the_audit_log_goes_to_a_file_or_standard_output() {
     assert!(refusal(&format!("{LOCAL}[audit]\nfile = \"x\"\n")).contains("file"));
 }
 
+#[test]
+fn the_audit_log_syncs_as_configured_and_always_needs_a_file() {
+    use rkms_server::audit::AuditSync;
+    let sync = |section: &str| parse(&format!("{LOCAL}{section}")).unwrap().audit_sync;
+    assert_eq!(sync(""), AuditSync::Os);
+    assert_eq!(sync("[audit]\nsync = \"os\"\n"), AuditSync::Os);
+    assert_eq!(sync("[audit]\nsync = \"always\"\n"), AuditSync::Always);
+    let message = refusal(&format!(
+        "{LOCAL}[audit]\npath = \"-\"\nsync = \"always\"\n"
+    ));
+    assert!(message.contains("audit.sync"), "{message}");
+    let message = refusal(&format!("{LOCAL}[audit]\nsync = \"sometimes\"\n"));
+    assert!(message.contains("always"), "{message}");
+}
+
+/// `[kms]` for the AWS provider with one region, `extra` keys and its endpoint.
+fn aws_with_endpoint(endpoint: &str, extra: &str) -> String {
+    format!("{AWS}{extra}[kms.endpoints]\na = {endpoint:?}\n")
+}
+
+#[test]
+fn plain_http_kms_endpoints_beyond_loopback_are_refused_unless_allowed() {
+    for safe in [
+        "http://127.0.0.1:4566",
+        "http://127.8.0.1:4566/",
+        "http://localhost:4566",
+        "http://[::1]:4566",
+        "https://kms.internal.example",
+        "https://10.0.0.5:4566",
+    ] {
+        let settings = parse(&aws_with_endpoint(safe, "")).unwrap();
+        assert_eq!(settings.regions[0].endpoint.as_deref(), Some(safe));
+    }
+    for remote in [
+        "http://10.0.0.5:4566",
+        "http://kms.internal.example",
+        "http://localhost.example.com:4566",
+        "http://user@10.0.0.5/",
+        "http://[2001:db8::1]:4566",
+    ] {
+        let message = refusal(&aws_with_endpoint(remote, ""));
+        assert!(
+            message.contains("kms.endpoints") && message.contains("allow_insecure_endpoints"),
+            "{remote}: {message}"
+        );
+        let allowed = parse(&aws_with_endpoint(
+            remote,
+            "allow_insecure_endpoints = true\n",
+        ))
+        .unwrap_or_else(|e| panic!("{remote} with allow_insecure_endpoints: {e}"));
+        assert!(
+            allowed.notices.iter().any(|n| n.contains(remote)),
+            "a warning names {remote}: {:?}",
+            allowed.notices
+        );
+    }
+    let message = refusal(&format!("{LOCAL}allow_insecure_endpoints = true\n"));
+    assert!(
+        message.contains("kms.allow_insecure_endpoints"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_originals_cache_keys_are_explained_by_what_cache_does() {
+    let notice = parse(ORIGINAL).unwrap().notices.remove(0);
+    assert!(!notice.contains("no plaintext key cache"), "{notice}");
+    for said in [
+        "[cache]",
+        "ttl_seconds",
+        "max_entries",
+        "stale_grace_seconds",
+        "300",
+    ] {
+        assert!(
+            notice.contains(said),
+            "the notice should mention {said}: {notice}"
+        );
+    }
+}
+
 const LOCAL_KMS: &str = "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\n";
 const HASH_A: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 const HASH_B: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";

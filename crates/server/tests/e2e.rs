@@ -38,6 +38,43 @@ async fn keys_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn a_lost_keyring_is_not_replaced_while_the_store_holds_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = Server::development(dir.path());
+    key(&client, &server, "wrapped-under-the-lost-keyring").await;
+    assert!(server.stop().success());
+    let keyring = dir.path().join("keyring.json");
+    std::fs::remove_file(&keyring).unwrap();
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = (0..500).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        child.try_wait().unwrap()
+    });
+    if exited.is_none() {
+        child.kill().unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        exited.is_some_and(|status| !status.success()),
+        "the server must refuse to start with a new keyring over existing records; its log:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("keyring") && stderr.contains("wrapped-under-the-lost-keyring"),
+        "{stderr}"
+    );
+    assert!(!keyring.exists(), "no new keyring was written");
+}
+
+#[tokio::test]
 async fn three_servers_sharing_a_data_directory_converge_on_one_key_per_id() {
     let dir = tempfile::tempdir().unwrap();
     // Started together, so they also race to create the keyring and the database.

@@ -291,7 +291,13 @@ async fn every_region_down_gives_503_json_and_writes_nothing() {
 async fn a_cached_key_is_served_stale_within_the_grace_while_every_region_is_down() {
     let mut deployment = Deployment::with_cache("ttl_seconds = 1\nstale_grace_seconds = 3").await;
     let client = reqwest::Client::new();
-    let server = deployment.server();
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&[
+        "--config",
+        deployment.dir.path().join("rkms.toml").to_str().unwrap(),
+        "--data-dir",
+        data_dir.path().to_str().unwrap(),
+    ]);
     let first = key(&client, &server, "aws-stale").await;
     for proxy in &mut deployment.proxies {
         proxy.set(ProxyMode::Refuse).await;
@@ -315,5 +321,14 @@ async fn a_cached_key_is_served_stale_within_the_grace_while_every_region_is_dow
             .iter()
             .any(|line| line.contains("serving a stale cached key")),
         "the stale answer is logged"
+    );
+    let audit = std::fs::read_to_string(data_dir.path().join("audit.log")).unwrap();
+    let stale_lines = audit
+        .lines()
+        .filter(|l| l.contains("\"id\":\"aws-stale\"") && l.contains("\"stale\":true"))
+        .count();
+    assert_eq!(
+        stale_lines, 1,
+        "the stale release is audited as stale:\n{audit}"
     );
 }

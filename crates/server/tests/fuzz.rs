@@ -14,7 +14,7 @@ use axum::Router;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rkms_core::{KeyService, LocalKeyring, MemoryStore};
-use rkms_server::audit::{AuditLog, AuditTarget};
+use rkms_server::audit::{AuditLog, AuditSync, AuditTarget};
 use rkms_server::auth::{
     Authenticator, IdPattern, Operations, Policy, PrincipalSpec, Rule, TokenHash,
 };
@@ -64,7 +64,7 @@ fn router(audit: &std::path::Path) -> Router {
             service: Arc::new(service),
             metrics: None,
             audit: Some(Arc::new(
-                AuditLog::open(&AuditTarget::File(audit.to_owned())).unwrap(),
+                AuditLog::open(&AuditTarget::File(audit.to_owned()), AuditSync::Os).unwrap(),
             )),
             auth: Arc::new(Authenticator::new(&[principal])),
         },

@@ -359,9 +359,10 @@ async fn a_corrupted_record_gives_500_json_and_other_ids_are_served() {
         ),
     )
     .unwrap();
+    // Started first: a new keyring is made only for a store without records.
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
     put_raw(&db, "broken", b"\x00\xffnot a record").await;
     put_raw(&db, "truncated", br#"{"format":1,"copies":{"a":"#).await;
-    let server = Server::start(&["--config", config.to_str().unwrap()]);
     let client = reqwest::Client::new();
     for id in ["broken", "truncated"] {
         let (status, body) = get_json(&client, &server.key_url(&format!("id={id}"))).await;

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{KeyService, ServiceError};
+use crate::health::Permit;
 use crate::record::{Record, WrappedCopy};
 use crate::store::StoreError;
 use crate::telemetry;
@@ -258,13 +259,19 @@ impl KeyService {
             if targets.is_empty() {
                 return Ok(RepairOutcome::Complete);
             }
-            if !self.any_callable(&targets) {
+            // Leave to call the regions to wrap in is taken before the key is decrypted, so
+            // that repairs racing for a half-open region's one probe decrypt nothing in vain.
+            let permits: Vec<(usize, Permit<'_>)> = targets
+                .iter()
+                .filter_map(|&index| self.permit(index).ok().map(|permit| (index, permit)))
+                .collect();
+            if permits.is_empty() {
                 metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
                 return Ok(RepairOutcome::StillMissing(still_missing));
             }
             self.inner.repair_budget.take().await;
             let (key, _) = self.decrypt_record(id, &record, &context).await?;
-            let added = self.wrap_paced(&key, &targets, &context).await;
+            let added = self.wrap_paced(&key, permits, &context).await;
             let Some((update, outcome)) = self.repaired_record(record, added) else {
                 metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
                 return Ok(RepairOutcome::StillMissing(still_missing));
@@ -300,20 +307,16 @@ impl KeyService {
             .collect()
     }
 
-    /// Wraps `key` in each of `regions` that may be called, each call in its budget slot.
+    /// Wraps `key` in each region it holds a permit for, each call in its budget slot.
     async fn wrap_paced(
         &self,
         key: &DataKey,
-        regions: &[usize],
+        permits: Vec<(usize, Permit<'_>)>,
         context: &EncryptionContext,
     ) -> BTreeMap<String, WrappedCopy> {
-        join_all(regions.iter().map(|&index| async move {
+        join_all(permits.into_iter().map(|(index, permit)| async move {
             let region = &self.inner.regions[index];
-            if !region.health.can_call() {
-                return None;
-            }
             self.inner.repair_budget.take().await;
-            let permit = self.permit(index).ok()?;
             let ciphertext = self
                 .kms_call(index, permit, "encrypt", region.kms.encrypt(key, context))
                 .await

@@ -2,9 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use axum::http::Uri;
 use serde::Deserialize;
 
 use super::{invalid, positive_ms, ConfigError, KEYRING_FILE};
@@ -23,6 +25,7 @@ pub(super) struct KmsSection {
     max_attempts: Option<u32>,
     #[serde(default)]
     endpoints: BTreeMap<String, String>,
+    allow_insecure_endpoints: Option<bool>,
     pub(super) min_regions: Option<usize>,
     #[serde(default)]
     pub(super) hedge: super::availability::HedgeSection,
@@ -186,6 +189,11 @@ pub(super) fn resolve_provider(
         "local" => {
             only_for("kms.endpoints", !kms.endpoints.is_empty(), "aws")?;
             only_for(
+                "kms.allow_insecure_endpoints",
+                kms.allow_insecure_endpoints.is_some(),
+                "aws",
+            )?;
+            only_for(
                 "kms.connect_timeout_ms",
                 kms.connect_timeout_ms.is_some(),
                 "aws",
@@ -203,4 +211,45 @@ pub(super) fn resolve_provider(
             format!("unknown provider {other:?}; expected \"aws\" or \"local\""),
         )),
     }
+}
+
+/// Refuses a plain `http://` endpoint to a host beyond loopback: data keys travel in KMS
+/// answers and requests, and would cross the network in the clear. With
+/// `allow_insecure_endpoints = true` each such endpoint is a warning instead.
+pub(super) fn check_endpoint_transport(kms: &KmsSection) -> Result<Vec<String>, ConfigError> {
+    let allowed = kms.allow_insecure_endpoints.unwrap_or(false);
+    let mut warnings = Vec::new();
+    for (region, endpoint) in &kms.endpoints {
+        let uri: Uri = endpoint.parse().map_err(|e| {
+            invalid(
+                "kms.endpoints",
+                format!("the endpoint of {region:?} is not a URL: {e}"),
+            )
+        })?;
+        if uri.scheme_str() != Some("http") || uri.host().is_some_and(is_loopback) {
+            continue;
+        }
+        if !allowed {
+            return Err(invalid(
+                "kms.endpoints",
+                format!(
+                    "the endpoint of {region:?}, {endpoint}, is plain HTTP to a host that is not \
+                     loopback: data keys would cross the network unencrypted. Use https://, or set \
+                     [kms] allow_insecure_endpoints = true if that path is protected otherwise"
+                ),
+            ));
+        }
+        warnings.push(format!(
+            "KMS region {region:?} is reached over plain HTTP at {endpoint} \
+             (allow_insecure_endpoints = true): data keys cross the network unencrypted"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// `localhost` or a loopback address (IPv6 in brackets, as URLs write it).
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

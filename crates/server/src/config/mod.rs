@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rkms_core::{ServiceOptions, MAX_DATA_KEY_LEN};
 
-use crate::audit::AuditTarget;
+use crate::audit::{AuditSync, AuditTarget};
 use crate::auth::PrincipalSpec;
 use crate::limits::Limits;
 use crate::tls::TlsSettings;
@@ -25,7 +25,9 @@ mod store;
 pub use kms::{KmsSettings, RegionSettings};
 pub use store::{ConnectionUrl, LegacyRecords, StoreSettings};
 
-use kms::{default_local_key, resolve_provider, resolve_regions, KmsSection};
+use kms::{
+    check_endpoint_transport, default_local_key, resolve_provider, resolve_regions, KmsSection,
+};
 use store::{resolve_original_dynamodb, resolve_store, sqlite_defaults};
 
 /// Regions of the embedded development default.
@@ -103,6 +105,8 @@ struct FileConfig {
 struct AuditSection {
     /// The audit log file, or "-" for standard output; default `<data-dir>/audit.log`.
     path: Option<PathBuf>,
+    /// `os` (default) or `always` (fsync before a key is handed out).
+    sync: Option<AuditSync>,
 }
 
 /// Audit log file name under the data directory.
@@ -178,6 +182,8 @@ pub struct Settings {
     pub notices: Vec<String>,
     /// Where key operations are recorded.
     pub audit: AuditTarget,
+    /// Whether an audit line is fsynced before its key is handed out.
+    pub audit_sync: AuditSync,
     /// Server TLS; `None` serves plain HTTP.
     pub tls: Option<TlsSettings>,
     /// Plain HTTP on a non-loopback address was asked for explicitly.
@@ -212,6 +218,7 @@ impl Settings {
             development_mode: true,
             notices: Vec::new(),
             audit: audit_target(None, data_dir),
+            audit_sync: AuditSync::default(),
             tls: None,
             allow_insecure_http: false,
             limits: Limits::default(),
@@ -300,7 +307,7 @@ impl Settings {
             ServiceOptions::default().kms_timeout,
         )?;
         let kms_settings = resolve_provider(&kms, kms_timeout, data_dir)?;
-        let mut notices = Vec::new();
+        let mut notices = check_endpoint_transport(&kms)?;
         let store = match (file.store, file.dynamodb) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -338,6 +345,15 @@ impl Settings {
             file.repair,
         )?;
 
+        let audit = audit_target(file.audit.path, data_dir);
+        let audit_sync = file.audit.sync.unwrap_or_default();
+        if audit == AuditTarget::Stdout && audit_sync == AuditSync::Always {
+            return Err(invalid(
+                "audit.sync",
+                "\"always\" needs an audit file: standard output cannot be fsynced; set [audit] path",
+            ));
+        }
+
         let tls = access::resolve_tls(file.server.tls)?;
         let (limits, default_rate) = access::resolve_limits(file.limits)?;
         let client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
@@ -354,7 +370,8 @@ impl Settings {
             service,
             development_mode: false,
             notices,
-            audit: audit_target(file.audit.path, data_dir),
+            audit,
+            audit_sync,
             tls,
             allow_insecure_http: file.server.allow_insecure_http.unwrap_or(false),
             limits,

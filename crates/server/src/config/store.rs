@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rkms_core::redact_url_password;
+use rkms_core::{redact_url_password, CacheOptions};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -327,15 +327,21 @@ pub(super) fn resolve_store(
 }
 
 /// Reads the original's `[dynamodb]` section. Returns the settings and a notice about its cache
-/// keys, which RKMS reads but does not act on: it has no in-process key cache of that kind.
+/// keys, which RKMS reads but does not act on: its own key cache is configured by `[cache]`.
 pub(super) fn resolve_original_dynamodb(
     table: toml::Table,
 ) -> Result<(StoreSettings, Option<String>), ConfigError> {
     let s: OriginalDynamoDbSection = section(table, "[dynamodb]")?;
+    let cache = CacheOptions::default();
     let notice = (s.cache_expiration_in_minutes.is_some() || s.cache_cleanup_internal_in_minutes.is_some()).then(|| {
-        "[dynamodb] cache_expiration_in_minutes and cache_cleanup_internal_in_minutes are accepted for \
-         compatibility and have no effect: RKMS keeps no plaintext key cache"
-            .to_owned()
+        format!(
+            "[dynamodb] cache_expiration_in_minutes and cache_cleanup_internal_in_minutes are accepted \
+             for compatibility and have no effect. RKMS keeps unwrapped data keys in an in-memory \
+             cache configured by [cache]: ttl_seconds (default {}), max_entries (default {}), \
+             stale_grace_seconds (default off), enabled = false to turn it off",
+            cache.ttl.as_secs(),
+            cache.max_entries,
+        )
     });
     let settings = StoreSettings::DynamoDb {
         table_name: s.table_name,

@@ -1,0 +1,12 @@
+//! Metric names the server's own modules record, kept below them all so that the modules
+//! that count a rejection or an audit sync need not import each other. The core's metrics
+//! are named in `rkms_core::telemetry`.
+
+/// Requests refused by authentication, authorization, limits or the TLS handshake, labelled
+/// by `reason`.
+pub const REJECTIONS: &str = "rkms_http_rejections_total";
+/// Audit log fsyncs (`[audit] sync = "always"`); each covers every line written before it
+/// started, so under load there are fewer fsyncs than lines.
+pub const AUDIT_SYNCS: &str = "rkms_audit_syncs_total";
+/// Duration of audit log fsyncs, in seconds.
+pub const AUDIT_SYNC_SECONDS: &str = "rkms_audit_sync_seconds";
