@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use rkms_server::config::{ConfigError, KmsSettings, Settings, StoreSettings};
+use rkms_server::config::{ConfigError, KmsSettings, LegacyRecords, Settings, StoreSettings};
 
 /// The original Go RKMS's config.toml, verbatim (its multi-line inline table is TOML 1.1).
 const ORIGINAL: &str = r#"[server]
@@ -179,15 +179,22 @@ fn every_store_backend_is_read() {
         panic!("etcd")
     };
     assert_eq!((endpoints.len(), prefix.as_str()), (2, "keys/"));
-    let StoreSettings::DynamoDb { endpoint, create_table, .. } = store(
+    let StoreSettings::DynamoDb { endpoint, create_table, legacy_records, .. } = store(
         "backend = \"dynamodb\"\ntable_name = \"t\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:8000\"\ncreate_table = true\n",
     ) else {
         panic!("dynamodb")
     };
     assert_eq!(
-        (endpoint.as_deref(), create_table),
-        (Some("http://127.0.0.1:8000"), true)
+        (endpoint.as_deref(), create_table, legacy_records),
+        (Some("http://127.0.0.1:8000"), true, LegacyRecords::Serve),
+        "the original's items are served unless refused"
     );
+    let StoreSettings::DynamoDb { legacy_records, .. } = store(
+        "backend = \"dynamodb\"\ntable_name = \"t\"\nregion = \"eu-west-1\"\nlegacy_records = \"refuse\"\n",
+    ) else {
+        panic!("dynamodb")
+    };
+    assert_eq!(legacy_records, LegacyRecords::Refuse);
     let settings = parse(&format!(
         "{LOCAL}[store]\nbackend = \"redis\"\nurl = \"redis://c/\"\ntimeout_ms = 750\n"
     ))
@@ -358,6 +365,11 @@ fn invalid_values_are_refused_by_name() {
         (format!("{LOCAL}[store]\nbackend = \"etcd\"\nendpoints = []\n"), "store.endpoints"),
         (format!("{LOCAL}[store]\nbackend = \"etcd\"\nendpoints = [\"http://a\"]\nurl = \"x\"\n"), "url"),
         (format!("{LOCAL}[store]\nbackend = \"dynamodb\"\ntable_name = \"t\"\n"), "region"),
+        (format!("{LOCAL}[store]\nbackend = \"dynamodb\"\ntable_name = \"t\"\nregion = \"x\"\nlegacy_records = \"trust\"\n"), "legacy_records"),
+        (format!("{LOCAL}[store]\nbackend = \"sqlite\"\nlegacy_records = \"serve\"\n"), "legacy_records"),
+        (format!("{LOCAL}[repair]\nkms_calls_per_second = 0\n"), "repair.kms_calls_per_second"),
+        (format!("{LOCAL}[repair]\nmax_pending = 0\n"), "repair.max_pending"),
+        (format!("{LOCAL}[repair]\nconcurrency = 0\n"), "repair.concurrency"),
         (format!("{LOCAL}[store]\nbackend = \"postgres\"\nurl = \"x\"\ntimeout_ms = 0\n"), "store.timeout_ms"),
         (format!("{LOCAL}[dynamodb]\nregion = \"x\"\ntable_name = \"t\"\ncolour = 1\n"), "colour"),
         (format!("{LOCAL}[store]\nbackend = \"floppy\"\n"), "store.backend"),

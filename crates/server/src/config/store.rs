@@ -102,8 +102,7 @@ pub enum StoreSettings {
 /// wrapped without encryption context. Serve them until `rkms-server legacy upgrade` has run,
 /// then refuse them, so that nobody who can write the table can move one id's copies under
 /// another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LegacyRecords {
     /// Serve them (the default, so that an existing table keeps working).
     #[default]
@@ -179,7 +178,7 @@ struct DynamoDbSection {
     endpoint: Option<String>,
     create_table: Option<bool>,
     timeout_ms: Option<u64>,
-    legacy_records: Option<LegacyRecords>,
+    legacy_records: Option<String>,
 }
 
 /// The original Go RKMS's `[dynamodb]` section, which alone selects the DynamoDB store.
@@ -192,7 +191,7 @@ struct OriginalDynamoDbSection {
     cache_expiration_in_minutes: Option<u64>,
     cache_cleanup_internal_in_minutes: Option<u64>,
     /// Not in the original's files; accepted here so a migrated file can refuse its items.
-    legacy_records: Option<LegacyRecords>,
+    legacy_records: Option<String>,
 }
 
 /// How long a SQLite writer waits for another process's lock by default.
@@ -215,6 +214,17 @@ fn section<T: DeserializeOwned>(table: toml::Table, name: &str) -> Result<T, Con
             section: name.to_owned(),
             message: e.message().to_owned(),
         })
+}
+
+fn legacy_records(key: &'static str, value: Option<String>) -> Result<LegacyRecords, ConfigError> {
+    match value.as_deref() {
+        None | Some("serve") => Ok(LegacyRecords::Serve),
+        Some("refuse") => Ok(LegacyRecords::Refuse),
+        Some(other) => Err(invalid(
+            key,
+            format!("{other:?} is neither \"serve\" nor \"refuse\""),
+        )),
+    }
 }
 
 fn nonzero(key: &'static str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
@@ -316,7 +326,7 @@ pub(super) fn resolve_store(
                 endpoint: s.endpoint,
                 create_table: s.create_table.unwrap_or(false),
                 timeout: timeout(s.timeout_ms)?,
-                legacy_records: s.legacy_records.unwrap_or_default(),
+                legacy_records: legacy_records("store.legacy_records", s.legacy_records)?,
             })
         }
         other => Err(invalid(
@@ -349,7 +359,7 @@ pub(super) fn resolve_original_dynamodb(
         endpoint: None,
         create_table: false,
         timeout: DEFAULT_TIMEOUT,
-        legacy_records: s.legacy_records.unwrap_or_default(),
+        legacy_records: legacy_records("dynamodb.legacy_records", s.legacy_records)?,
     };
     Ok((settings, notice))
 }
