@@ -13,6 +13,7 @@ use rkms_core::{
     ListPage, MemoryStore, PutOutcome, Record, RepairOutcome, ServiceError, ServiceOptions, Store,
     StoreError, Stored, Version,
 };
+use support::wrapped::{StoreWrapper, Wrapped};
 use support::{Mode, Regions};
 
 fn id(s: &str) -> KeyId {
@@ -43,31 +44,14 @@ struct CountingStore {
 }
 
 #[async_trait]
-impl Store for CountingStore {
+impl StoreWrapper for CountingStore {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
     async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(id).await
-    }
-    async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
-        self.inner.put_if_absent(id, bytes).await
-    }
-    async fn compare_and_swap(
-        &self,
-        id: &KeyId,
-        expected: Version,
-        bytes: Vec<u8>,
-    ) -> Result<Version, StoreError> {
-        self.inner.compare_and_swap(id, expected, bytes).await
-    }
-    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
-        self.inner.delete(id).await
-    }
-    async fn list(
-        &self,
-        cursor: Option<&ListCursor>,
-        limit: usize,
-    ) -> Result<ListPage, StoreError> {
-        self.inner.list(cursor, limit).await
     }
 }
 
@@ -142,7 +126,7 @@ async fn a_cache_miss_costs_one_kms_call_when_regions_are_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_misses_share_one_store_read_and_one_kms_call() {
     let regions = Regions::new();
-    let store = Arc::new(CountingStore::default());
+    let store = Arc::new(Wrapped(CountingStore::default()));
     regions
         .service(store.clone())
         .get_or_create(&id("a"))
@@ -240,15 +224,21 @@ impl SwitchableStore {
 }
 
 #[async_trait]
-impl Store for SwitchableStore {
+impl StoreWrapper for SwitchableStore {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
     async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
         self.check()?;
         self.inner.get(id).await
     }
+
     async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
         self.check()?;
         self.inner.put_if_absent(id, bytes).await
     }
+
     async fn compare_and_swap(
         &self,
         id: &KeyId,
@@ -258,10 +248,12 @@ impl Store for SwitchableStore {
         self.check()?;
         self.inner.compare_and_swap(id, expected, bytes).await
     }
+
     async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
         self.check()?;
         self.inner.delete(id).await
     }
+
     async fn list(
         &self,
         cursor: Option<&ListCursor>,
@@ -275,7 +267,7 @@ impl Store for SwitchableStore {
 #[tokio::test]
 async fn stale_keys_are_served_while_the_store_is_down() {
     let regions = Regions::new();
-    let store = Arc::new(SwitchableStore::default());
+    let store = Arc::new(Wrapped(SwitchableStore::default()));
     let service = regions.service_with(
         store.clone(),
         cached(Duration::from_millis(200), Some(Duration::from_secs(5))),
@@ -385,7 +377,11 @@ struct PanickingOnceStore {
 }
 
 #[async_trait]
-impl Store for PanickingOnceStore {
+impl StoreWrapper for PanickingOnceStore {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
     async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
         assert!(
             self.panicked.swap(true, Ordering::SeqCst),
@@ -393,34 +389,13 @@ impl Store for PanickingOnceStore {
         );
         self.inner.get(id).await
     }
-    async fn put_if_absent(&self, id: &KeyId, bytes: Vec<u8>) -> Result<PutOutcome, StoreError> {
-        self.inner.put_if_absent(id, bytes).await
-    }
-    async fn compare_and_swap(
-        &self,
-        id: &KeyId,
-        expected: Version,
-        bytes: Vec<u8>,
-    ) -> Result<Version, StoreError> {
-        self.inner.compare_and_swap(id, expected, bytes).await
-    }
-    async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
-        self.inner.delete(id).await
-    }
-    async fn list(
-        &self,
-        cursor: Option<&ListCursor>,
-        limit: usize,
-    ) -> Result<ListPage, StoreError> {
-        self.inner.list(cursor, limit).await
-    }
 }
 
 #[tokio::test]
 async fn a_fetch_that_panics_does_not_leave_its_id_stuck() {
     let regions = Regions::new();
     let service = regions.service_with(
-        Arc::new(PanickingOnceStore::default()),
+        Arc::new(Wrapped(PanickingOnceStore::default())),
         cached(Duration::from_secs(300), None),
     );
     let first = tokio::spawn({
@@ -594,17 +569,11 @@ async fn a_repair_that_loses_a_race_rereads_and_keeps_the_other_writers_change()
         interfered: std::sync::atomic::AtomicBool,
     }
     #[async_trait]
-    impl Store for Interfering {
-        async fn get(&self, id: &KeyId) -> Result<Option<Stored>, StoreError> {
-            self.inner.get(id).await
+    impl StoreWrapper for Interfering {
+        fn inner(&self) -> &MemoryStore {
+            &self.inner
         }
-        async fn put_if_absent(
-            &self,
-            id: &KeyId,
-            bytes: Vec<u8>,
-        ) -> Result<PutOutcome, StoreError> {
-            self.inner.put_if_absent(id, bytes).await
-        }
+
         async fn compare_and_swap(
             &self,
             id: &KeyId,
@@ -621,22 +590,12 @@ async fn a_repair_that_loses_a_race_rereads_and_keeps_the_other_writers_change()
             }
             self.inner.compare_and_swap(id, expected, bytes).await
         }
-        async fn delete(&self, id: &KeyId) -> Result<bool, StoreError> {
-            self.inner.delete(id).await
-        }
-        async fn list(
-            &self,
-            cursor: Option<&ListCursor>,
-            limit: usize,
-        ) -> Result<ListPage, StoreError> {
-            self.inner.list(cursor, limit).await
-        }
     }
     let regions = Regions::new();
-    let store = Arc::new(Interfering {
+    let store = Arc::new(Wrapped(Interfering {
         inner: MemoryStore::new(),
         interfered: Default::default(),
-    });
+    }));
     regions.0[2].set(Mode::Failing);
     let service = regions.service(store.clone());
     service.get_or_create(&id("a")).await.unwrap();

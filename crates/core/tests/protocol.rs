@@ -2,6 +2,7 @@
 
 mod support;
 
+use support::wrapped::{StoreWrapper, Wrapped};
 use support::{Mode, Regions};
 
 use std::sync::Arc;
@@ -287,41 +288,20 @@ async fn a_corrupt_record_is_a_clear_error_and_other_ids_still_work() {
 struct ReadsAlwaysMiss(MemoryStore);
 
 #[async_trait]
-impl Store for ReadsAlwaysMiss {
+impl StoreWrapper for ReadsAlwaysMiss {
+    fn inner(&self) -> &MemoryStore {
+        &self.0
+    }
+
     async fn get(&self, _: &KeyId) -> Result<Option<rkms_core::Stored>, rkms_core::StoreError> {
         Ok(None)
-    }
-    async fn put_if_absent(
-        &self,
-        id: &KeyId,
-        bytes: Vec<u8>,
-    ) -> Result<PutOutcome, rkms_core::StoreError> {
-        self.0.put_if_absent(id, bytes).await
-    }
-    async fn compare_and_swap(
-        &self,
-        id: &KeyId,
-        v: rkms_core::Version,
-        b: Vec<u8>,
-    ) -> Result<rkms_core::Version, rkms_core::StoreError> {
-        self.0.compare_and_swap(id, v, b).await
-    }
-    async fn delete(&self, id: &KeyId) -> Result<bool, rkms_core::StoreError> {
-        self.0.delete(id).await
-    }
-    async fn list(
-        &self,
-        cursor: Option<&rkms_core::ListCursor>,
-        limit: usize,
-    ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
-        self.0.list(cursor, limit).await
     }
 }
 
 #[tokio::test]
 async fn loser_of_a_race_returns_the_winners_key() {
     let regions = Regions::new();
-    let service = regions.service(Arc::new(ReadsAlwaysMiss(MemoryStore::new())));
+    let service = regions.service(Arc::new(Wrapped(ReadsAlwaysMiss(MemoryStore::new()))));
     let winner = service.get_or_create(&id("a")).await.unwrap();
     let loser = service.get_or_create(&id("a")).await.unwrap();
     assert!(winner.created);
@@ -488,7 +468,11 @@ struct TranslatingStore {
 }
 
 #[async_trait]
-impl Store for TranslatingStore {
+impl StoreWrapper for TranslatingStore {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
     async fn get(&self, id: &KeyId) -> Result<Option<rkms_core::Stored>, rkms_core::StoreError> {
         let legacy = self.originals.lock().unwrap().contains(id);
         Ok(self
@@ -497,13 +481,7 @@ impl Store for TranslatingStore {
             .await?
             .map(|stored| rkms_core::Stored { legacy, ..stored }))
     }
-    async fn put_if_absent(
-        &self,
-        id: &KeyId,
-        bytes: Vec<u8>,
-    ) -> Result<PutOutcome, rkms_core::StoreError> {
-        self.inner.put_if_absent(id, bytes).await
-    }
+
     async fn compare_and_swap(
         &self,
         id: &KeyId,
@@ -514,22 +492,12 @@ impl Store for TranslatingStore {
         self.originals.lock().unwrap().remove(id);
         Ok(version)
     }
-    async fn delete(&self, id: &KeyId) -> Result<bool, rkms_core::StoreError> {
-        self.inner.delete(id).await
-    }
-    async fn list(
-        &self,
-        cursor: Option<&rkms_core::ListCursor>,
-        limit: usize,
-    ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
-        self.inner.list(cursor, limit).await
-    }
 }
 
 #[tokio::test]
 async fn legacy_items_translated_by_their_store_are_served_then_upgraded_on_read() {
     let regions = Regions::new();
-    let store = Arc::new(TranslatingStore::default());
+    let store = Arc::new(Wrapped(TranslatingStore::default()));
     let service = regions.service(store.clone());
     let key = DataKey::new(vec![5; 32]);
     store
@@ -590,7 +558,11 @@ struct VanishingStore {
 }
 
 #[async_trait]
-impl Store for VanishingStore {
+impl StoreWrapper for VanishingStore {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
     async fn get(&self, id: &KeyId) -> Result<Option<rkms_core::Stored>, rkms_core::StoreError> {
         let read = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if read == 0 {
@@ -599,6 +571,7 @@ impl Store for VanishingStore {
             Ok(None)
         }
     }
+
     async fn put_if_absent(
         &self,
         id: &KeyId,
@@ -607,24 +580,6 @@ impl Store for VanishingStore {
         self.creates
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.put_if_absent(id, bytes).await
-    }
-    async fn compare_and_swap(
-        &self,
-        id: &KeyId,
-        expected: rkms_core::Version,
-        bytes: Vec<u8>,
-    ) -> Result<rkms_core::Version, rkms_core::StoreError> {
-        self.inner.compare_and_swap(id, expected, bytes).await
-    }
-    async fn delete(&self, id: &KeyId) -> Result<bool, rkms_core::StoreError> {
-        self.inner.delete(id).await
-    }
-    async fn list(
-        &self,
-        cursor: Option<&rkms_core::ListCursor>,
-        limit: usize,
-    ) -> Result<rkms_core::ListPage, rkms_core::StoreError> {
-        self.inner.list(cursor, limit).await
     }
 }
 
@@ -639,7 +594,7 @@ async fn a_reader_never_creates_even_when_the_record_vanishes_mid_read() {
         .unwrap();
     let bytes = elsewhere.get(&id("a")).await.unwrap().unwrap().bytes;
     for cache in [false, true] {
-        let store = Arc::new(VanishingStore::default());
+        let store = Arc::new(Wrapped(VanishingStore::default()));
         store
             .inner
             .put_if_absent(&id("a"), bytes.clone())

@@ -5,6 +5,8 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+pub(crate) mod wrapped;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
