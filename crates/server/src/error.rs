@@ -159,6 +159,10 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer realm=\"rkms\""),
                 );
             }
+            // Every route answers GET alone.
+            Self::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
             Self::TooManyRequests(wait) => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, Request, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -49,15 +50,17 @@ pub struct AppState {
 
 /// The whole HTTP API. `key_path` is `/api/<api_version>/key`. The key endpoint and
 /// `/metrics` need an authenticated principal; the health checks do not.
+///
+/// Every route answers GET only (see [`get_only`]).
 pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
     let protected = Router::new()
-        .route(key_path, get(get_key))
-        .route("/metrics", get(metrics))
+        .route(key_path, get_only(get_key))
+        .route("/metrics", get_only(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/healthz", get_only(healthz))
+        .route("/readyz", get_only(readyz))
         .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -65,6 +68,16 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// A route for GET alone. axum runs a GET handler for HEAD too, which on the key route would
+/// create and audit a key whose answer has no body; HEAD is refused like any other method.
+fn get_only<H, T>(handler: H) -> MethodRouter<AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    get(handler).head(|| async { ApiError::MethodNotAllowed })
 }
 
 /// Finds the request's principal (401 without one) and takes a request from its rate limit

@@ -630,3 +630,42 @@ async fn a_record_every_region_refuses_is_a_500_audited_as_an_integrity_failure(
     assert_eq!(last["id"], "a");
     assert_eq!(last["outcome"], "IntegrityFailure");
 }
+
+#[tokio::test]
+async fn head_on_the_key_route_is_refused_and_creates_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.log");
+    let anyone = PrincipalSpec {
+        anonymous: true,
+        tokens: Vec::new(),
+        ..principal("anyone", &["*"], BOTH)
+    };
+    let router = router_for(store.clone(), true, &[anyone], Some(&audit_path));
+    for uri in ["/api/v1/key?id=probe", "/metrics", "/healthz", "/readyz"] {
+        let (status, headers, _) = send(
+            &router,
+            Request::builder()
+                .method("HEAD")
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "HEAD {uri}");
+        assert_eq!(
+            headers.get("allow").map(|v| v.to_str().unwrap()),
+            Some("GET"),
+            "HEAD {uri}"
+        );
+    }
+    assert!(
+        store.list(None, 10).await.unwrap().ids.is_empty(),
+        "HEAD created no key"
+    );
+    let audited = std::fs::read_to_string(&audit_path).unwrap_or_default();
+    assert!(
+        !audited.contains("\"outcome\":\"ok\""),
+        "no key release is audited: {audited}"
+    );
+}
