@@ -776,3 +776,72 @@ fn plain_http_beyond_loopback_needs_an_explicit_allowance() {
     let error = development.check_exposure().unwrap_err().to_string();
     assert!(error.contains("loopback only"), "{error}");
 }
+
+/// Every duration setting, in the unit its key names.
+const DURATION_KEYS: [(&str, &str); 13] = [
+    ("limits", "header_read_timeout_seconds"),
+    ("cache", "ttl_seconds"),
+    ("cache", "stale_grace_seconds"),
+    ("repair", "interval_seconds"),
+    ("repair", "sweep_interval_seconds"),
+    ("kms.hedge", "delay_ms"),
+    ("kms.hedge", "floor_ms"),
+    ("kms.hedge", "cap_ms"),
+    ("kms.breaker", "open_ms"),
+    ("store", "busy_timeout_ms"),
+    ("kms", "timeout_ms"),
+    ("server.tls", "reload_interval_seconds"),
+    ("store", "timeout_ms"),
+];
+
+fn with_duration(section: &str, key: &str, value: u64) -> String {
+    match section {
+        "kms" => format!("{LOCAL}{key} = {value}\n"),
+        "store" if key == "timeout_ms" => format!(
+            "{LOCAL}[store]\nbackend = \"postgres\"\nurl = \"postgres://db/k\"\n{key} = {value}\n"
+        ),
+        "store" => format!("{LOCAL}[store]\nbackend = \"sqlite\"\n{key} = {value}\n"),
+        "server.tls" => format!(
+            "[server.tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n{key} = {value}\n{LOCAL}"
+        ),
+        _ => format!("{LOCAL}[{section}]\n{key} = {value}\n"),
+    }
+}
+
+proptest::proptest! {
+    /// A duration too long to add to a clock reading once panicked every connection: every
+    /// duration is either accepted at a sane size or refused at start with its key named.
+    #[test]
+    fn every_duration_is_bounded_or_refused_by_name(index in 0..DURATION_KEYS.len(), value in proptest::prelude::any::<u64>()) {
+        let (section, key) = DURATION_KEYS[index];
+        let text = with_duration(section, key, value);
+        match parse(&text) {
+            Ok(settings) => {
+                let limit = std::time::Duration::from_secs(30 * 24 * 3600);
+                proptest::prop_assert!(settings.limits.header_read_timeout <= limit);
+                proptest::prop_assert!(settings.service.cache.ttl <= limit);
+                proptest::prop_assert!(settings.service.cache.stale_grace.is_none_or(|g| g <= limit));
+                proptest::prop_assert!(settings.service.repair.interval <= limit);
+                proptest::prop_assert!(settings.service.repair.sweep_interval.is_none_or(|g| g <= limit));
+                proptest::prop_assert!(settings.service.breaker.open_for <= limit);
+                proptest::prop_assert!(settings.service.kms_timeout <= limit);
+                proptest::prop_assert!(settings.service.store_timeout <= limit);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                proptest::prop_assert!(message.contains(key), "{} refused without naming it: {}", key, message);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_overflowing_header_timeout_is_refused_by_name() {
+    let message = refusal(&format!(
+        "{LOCAL}[limits]\nheader_read_timeout_seconds = 18446744073709551615\n"
+    ));
+    assert!(
+        message.contains("limits.header_read_timeout_seconds"),
+        "{message}"
+    );
+}

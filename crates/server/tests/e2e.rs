@@ -264,3 +264,32 @@ async fn every_key_operation_is_audited_in_a_verifiable_chain_without_key_materi
     assert_eq!(removed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&removed.stderr).contains("line 2"));
 }
+
+/// Every duration at its largest accepted value still serves: none overflows a clock reading
+/// (a header timeout of `u64::MAX` seconds once panicked every connection).
+#[tokio::test]
+async fn the_longest_accepted_durations_still_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    let month: u64 = 30 * 24 * 3600;
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"eu\", \"us\"]\nkeyring_path = {:?}\n\
+             [kms.breaker]\nopen_ms = {}\n[store]\nbackend = \"sqlite\"\npath = {:?}\n\
+             [limits]\nheader_read_timeout_seconds = {month}\n\
+             [cache]\nttl_seconds = {month}\nstale_grace_seconds = {month}\n\
+             [repair]\ninterval_seconds = {month}\nsweep_interval_seconds = {month}\n{ANONYMOUS_PRINCIPAL}",
+            dir.path().join("ring.json"),
+            month * 1000,
+            dir.path().join("keys.db"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let first = key(&client, &server, "long-durations").await;
+    assert_eq!(key(&client, &server, "long-durations").await, first);
+    let (status, _) = get_json(&client, &format!("{}/healthz", server.base)).await;
+    assert_eq!(status, 200);
+}

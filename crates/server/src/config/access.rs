@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigError};
+use super::{invalid, positive_seconds, ConfigError};
 use crate::auth::{IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash};
 use crate::limits::Limits;
 use crate::tls::TlsSettings;
@@ -64,16 +64,11 @@ pub(super) fn resolve_tls(section: Option<TlsSection>) -> Result<Option<TlsSetti
     let Some(tls) = section else {
         return Ok(None);
     };
-    let reload_interval = match tls.reload_interval_seconds {
-        None => Duration::from_secs(30),
-        Some(0) => {
-            return Err(invalid(
-                "server.tls.reload_interval_seconds",
-                "must be greater than zero",
-            ))
-        }
-        Some(s) => Duration::from_secs(s),
-    };
+    let reload_interval = positive_seconds(
+        "server.tls.reload_interval_seconds",
+        tls.reload_interval_seconds,
+        Duration::from_secs(30),
+    )?;
     Ok(Some(TlsSettings {
         certificate: tls.certificate,
         private_key: tls.private_key,
@@ -103,16 +98,11 @@ pub(super) fn resolve_limits(
             section.max_header_bytes,
             defaults.max_header_bytes,
         )?,
-        header_read_timeout: match section.header_read_timeout_seconds {
-            Some(0) => {
-                return Err(invalid(
-                    "limits.header_read_timeout_seconds",
-                    "must be greater than zero",
-                ))
-            }
-            Some(s) => Duration::from_secs(s),
-            None => defaults.header_read_timeout,
-        },
+        header_read_timeout: positive_seconds(
+            "limits.header_read_timeout_seconds",
+            section.header_read_timeout_seconds,
+            defaults.header_read_timeout,
+        )?,
         max_connections: positive(
             "limits.max_connections",
             section.max_connections,

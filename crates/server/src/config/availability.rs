@@ -1,12 +1,10 @@
 //! The availability settings: `[kms] min_regions`, `[kms.hedge]`, `[kms.breaker]`, `[cache]`
 //! and `[repair]`.
 
-use std::time::Duration;
-
 use rkms_core::{BreakerOptions, CacheOptions, HedgeOptions, RepairOptions, ServiceOptions};
 use serde::Deserialize;
 
-use super::{invalid, positive_ms, ConfigError};
+use super::{invalid, optional_seconds, positive_ms, positive_seconds, ConfigError};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,14 +50,6 @@ fn nonzero<T: Default + PartialEq>(
         Some(v) if v == T::default() => Err(invalid(key, "must be greater than zero")),
         other => Ok(other.unwrap_or(default)),
     }
-}
-
-fn seconds(
-    key: &'static str,
-    value: Option<u64>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    positive_ms(key, value.map(|s| s.saturating_mul(1000)), default)
 }
 
 /// Fills the availability part of `service` from the file's sections; `regions` is the count.
@@ -127,29 +117,30 @@ pub(super) fn apply(
     let cache_defaults = CacheOptions::default();
     service.cache = CacheOptions {
         enabled: cache.enabled.unwrap_or(cache_defaults.enabled),
-        ttl: seconds("cache.ttl_seconds", cache.ttl_seconds, cache_defaults.ttl)?,
+        ttl: positive_seconds("cache.ttl_seconds", cache.ttl_seconds, cache_defaults.ttl)?,
         max_entries: match cache.max_entries {
             Some(0) => return Err(invalid("cache.max_entries", "must be greater than zero")),
             other => other.unwrap_or(cache_defaults.max_entries),
         },
-        stale_grace: cache
-            .stale_grace_seconds
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs),
+        stale_grace: optional_seconds(
+            "cache.stale_grace_seconds",
+            cache.stale_grace_seconds,
+            None,
+        )?,
     };
 
     let repair_defaults = RepairOptions::default();
     service.repair = RepairOptions {
-        interval: seconds(
+        interval: positive_seconds(
             "repair.interval_seconds",
             repair.interval_seconds,
             repair_defaults.interval,
         )?,
-        sweep_interval: match repair.sweep_interval_seconds {
-            Some(0) => None,
-            Some(s) => Some(Duration::from_secs(s)),
-            None => repair_defaults.sweep_interval,
-        },
+        sweep_interval: optional_seconds(
+            "repair.sweep_interval_seconds",
+            repair.sweep_interval_seconds,
+            repair_defaults.sweep_interval,
+        )?,
         max_pending: nonzero(
             "repair.max_pending",
             repair.max_pending,

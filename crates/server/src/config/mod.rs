@@ -435,8 +435,49 @@ fn positive_ms(
     match value {
         None => Ok(default),
         Some(0) => Err(invalid(key, "must be greater than zero")),
-        Some(ms) => Ok(Duration::from_millis(ms)),
+        Some(ms) => at_most_max(key, Duration::from_millis(ms)),
     }
+}
+
+/// The longest any duration setting may be: far beyond every sensible value, and short enough
+/// that adding it to a clock reading never overflows (a header timeout of `u64::MAX` seconds
+/// once panicked every connection).
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration given in seconds: zero refused, and at most [`MAX_DURATION`].
+fn positive_seconds(
+    key: &'static str,
+    value: Option<u64>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(invalid(key, "must be greater than zero")),
+        Some(s) => at_most_max(key, Duration::from_secs(s)),
+    }
+}
+
+/// A duration in seconds where zero means "off".
+fn optional_seconds(
+    key: &'static str,
+    value: Option<u64>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Ok(None),
+        Some(s) => at_most_max(key, Duration::from_secs(s)).map(Some),
+    }
+}
+
+fn at_most_max(key: &'static str, duration: Duration) -> Result<Duration, ConfigError> {
+    if duration > MAX_DURATION {
+        return Err(invalid(
+            key,
+            format!("must be at most {} days", MAX_DURATION.as_secs() / 86_400),
+        ));
+    }
+    Ok(duration)
 }
 
 /// Accepts the levels of `tracing` and those the original's logrus knew.
