@@ -32,6 +32,15 @@ fn cached(ttl: Duration, stale_grace: Option<Duration>) -> ServiceOptions {
     }
 }
 
+/// Writes `bytes` over `key_id`'s record, as whoever can write the store could.
+async fn overwrite(store: &MemoryStore, key_id: &str, bytes: Vec<u8>) {
+    let current = store.get(&id(key_id)).await.unwrap().unwrap();
+    store
+        .compare_and_swap(&id(key_id), current.version, bytes)
+        .await
+        .unwrap();
+}
+
 async fn record(store: &dyn Store, key_id: &str) -> Record {
     Record::decode(&store.get(&id(key_id)).await.unwrap().unwrap().bytes).unwrap()
 }
@@ -300,12 +309,8 @@ async fn a_tampered_record_is_never_served_stale() {
         .get_or_create(&id("b"))
         .await
         .unwrap();
-    let a = store.get(&id("a")).await.unwrap().unwrap();
     let b = store.get(&id("b")).await.unwrap().unwrap().bytes;
-    store
-        .compare_and_swap(&id("a"), a.version, b)
-        .await
-        .unwrap();
+    overwrite(&store, "a", b).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let err = service.get_or_create(&id("a")).await.unwrap_err();
     assert!(
@@ -332,11 +337,7 @@ async fn a_record_replaced_with_another_key_is_refused_while_the_old_key_is_cach
         .await
         .unwrap();
     let replacement = elsewhere.get(&id("a")).await.unwrap().unwrap().bytes;
-    let current = store.get(&id("a")).await.unwrap().unwrap();
-    store
-        .compare_and_swap(&id("a"), current.version, replacement)
-        .await
-        .unwrap();
+    overwrite(&store, "a", replacement).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     let err = service.get_or_create(&id("a")).await.unwrap_err();
     assert!(

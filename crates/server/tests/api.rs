@@ -127,14 +127,18 @@ fn router_for(
     )
 }
 
-/// A router whose anonymous callers may do anything, as in development.
-fn router(store: Arc<MemoryStore>, healthy: bool) -> Router {
-    let anyone = PrincipalSpec {
+/// An anonymous principal that may do anything, as in development.
+fn anyone() -> PrincipalSpec {
+    PrincipalSpec {
         anonymous: true,
         tokens: Vec::new(),
         ..principal("anyone", &["*"], BOTH)
-    };
-    router_for(store, healthy, &[anyone], None)
+    }
+}
+
+/// A router whose anonymous callers may do anything.
+fn router(store: Arc<MemoryStore>, healthy: bool) -> Router {
+    router_for(store, healthy, &[anyone()], None)
 }
 
 async fn send(router: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, Value) {
@@ -598,12 +602,7 @@ async fn a_record_every_region_refuses_is_a_500_audited_as_an_integrity_failure(
     let store = Arc::new(MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
     let audit_path = dir.path().join("audit.log");
-    let anyone = PrincipalSpec {
-        anonymous: true,
-        tokens: Vec::new(),
-        ..principal("anyone", &["*"], BOTH)
-    };
-    let router = router_for(store.clone(), true, &[anyone], Some(&audit_path));
+    let router = router_for(store.clone(), true, &[anyone()], Some(&audit_path));
     let (status, _, _) = call(&router, "GET", "/api/v1/key?id=b").await;
     assert_eq!(status, StatusCode::OK);
     // Someone with the store's credentials copies b's record under a.
@@ -636,12 +635,7 @@ async fn head_on_the_key_route_is_refused_and_creates_nothing() {
     let store = Arc::new(MemoryStore::new());
     let dir = tempfile::tempdir().unwrap();
     let audit_path = dir.path().join("audit.log");
-    let anyone = PrincipalSpec {
-        anonymous: true,
-        tokens: Vec::new(),
-        ..principal("anyone", &["*"], BOTH)
-    };
-    let router = router_for(store.clone(), true, &[anyone], Some(&audit_path));
+    let router = router_for(store.clone(), true, &[anyone()], Some(&audit_path));
     for uri in ["/api/v1/key?id=probe", "/metrics", "/healthz", "/readyz"] {
         let (status, headers, _) = send(
             &router,

@@ -427,6 +427,7 @@ fn key_path(api_version: &str) -> String {
     format!("/api/{api_version}/key")
 }
 
+/// A duration given in milliseconds: zero refused, and at most [`MAX_DURATION`].
 fn positive_ms(
     key: &'static str,
     value: Option<u64>,
@@ -444,17 +445,13 @@ fn positive_ms(
 /// once panicked every connection).
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A duration given in seconds: zero refused, and at most [`MAX_DURATION`].
+/// [`positive_ms`] for a duration given in seconds.
 fn positive_seconds(
     key: &'static str,
     value: Option<u64>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(0) => Err(invalid(key, "must be greater than zero")),
-        Some(s) => at_most_max(key, Duration::from_secs(s)),
-    }
+    positive_ms(key, value.map(|s| s.saturating_mul(1000)), default)
 }
 
 /// A duration in seconds where zero means "off".
