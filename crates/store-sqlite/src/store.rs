@@ -1,5 +1,7 @@
 //! `SqliteStore`: the `Store` trait over one SQLite file.
 
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use rkms_core::{KeyId, ListCursor, ListPage, PutOutcome, Store, StoreError, Stored, Version};
 use sqlx::sqlite::{
@@ -7,7 +9,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row as _;
 
-use crate::error::{from_sqlx, STORE};
+use crate::error::{from_sqlx, is_busy, STORE};
 use crate::SqliteConfig;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS rkms_keys (
@@ -31,6 +33,22 @@ impl SqliteStore {
                 source: Box::new(e),
             })?;
         }
+        // Switching a new file into WAL mode takes a lock that SQLite's busy timeout does not
+        // wait for, so servers started together on a fresh directory retry here instead.
+        let deadline = Instant::now() + config.busy_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match Self::connect(config).await {
+                Err(e) if is_busy(&e) && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                opened => return opened.map_err(from_sqlx),
+            }
+        }
+    }
+
+    async fn connect(config: &SqliteConfig) -> Result<Self, sqlx::Error> {
         let options = SqliteConnectOptions::new()
             .filename(&config.path)
             .create_if_missing(true)
@@ -40,12 +58,8 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .connect_with(options)
-            .await
-            .map_err(from_sqlx)?;
-        sqlx::query(SCHEMA)
-            .execute(&pool)
-            .await
-            .map_err(from_sqlx)?;
+            .await?;
+        sqlx::query(SCHEMA).execute(&pool).await?;
         Ok(Self { pool })
     }
 

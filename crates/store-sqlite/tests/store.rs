@@ -38,3 +38,26 @@ async fn an_unopenable_path_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(err.to_string().contains("sqlite"), "{err}");
 }
+
+/// Servers started together on a fresh data directory all open the file: switching a new
+/// database into WAL mode takes a lock SQLite's busy timeout does not wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opened_together_on_a_fresh_file_all_open() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::new(dir.path().join("rkms.sqlite3"));
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let config = config.clone();
+                tokio::spawn(async move { SqliteStore::open(&config).await })
+            })
+            .collect();
+        for open in opens {
+            let store = open.await.unwrap().expect("every store opens");
+            store
+                .put_if_absent(&id("shared"), b"bytes".to_vec())
+                .await
+                .unwrap();
+        }
+    }
+}
