@@ -10,13 +10,12 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rkms_core::{BreakerState, IssuedKey, KeyId, KeyService, ServiceError};
+use rkms_core::{IssuedKey, KeyId, KeyService, ServiceError};
 use serde::Serialize;
-use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use tracing::warn;
@@ -26,6 +25,7 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
 use crate::limits::{self, Limits};
+use crate::probes::{self, Probes};
 use crate::serve::Peer;
 use crate::telemetry::REJECTIONS;
 
@@ -49,7 +49,8 @@ pub struct AppState {
 }
 
 /// The whole HTTP API. `key_path` is `/api/<api_version>/key`. The key endpoint and
-/// `/metrics` need an authenticated principal; the health checks do not.
+/// `/metrics` need an authenticated principal; the health checks do not, and are limited per
+/// client address instead. Starts the background readiness check: needs a Tokio runtime.
 ///
 /// Every route answers GET only (see [`get_only`]).
 pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
@@ -57,10 +58,18 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
         .route(key_path, get_only(get_key))
         .route("/metrics", get_only(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let probes = Probes::start(Arc::clone(&state.service));
+    let probe_routes = Router::new()
+        .route("/healthz", get_only(probes::healthz))
+        .route("/readyz", get_only(probes::readyz))
+        .route_layer(middleware::from_fn_with_state(
+            probes.clone(),
+            probes::limit,
+        ))
+        .with_state(probes);
     Router::new()
         .merge(protected)
-        .route("/healthz", get_only(healthz))
-        .route("/readyz", get_only(readyz))
+        .merge(probe_routes)
         .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -72,10 +81,11 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
 
 /// A route for GET alone. axum runs a GET handler for HEAD too, which on the key route would
 /// create and audit a key whose answer has no body; HEAD is refused like any other method.
-fn get_only<H, T>(handler: H) -> MethodRouter<AppState>
+fn get_only<H, T, S>(handler: H) -> MethodRouter<S>
 where
-    H: Handler<T, AppState>,
+    H: Handler<T, S>,
     T: 'static,
+    S: Clone + Send + Sync + 'static,
 {
     get(handler).head(|| async { ApiError::MethodNotAllowed })
 }
@@ -279,36 +289,6 @@ fn id_from_query(query: &str) -> Result<KeyId, ApiError> {
         ));
     }
     KeyId::parse(&id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")))
-}
-
-/// `GET /healthz`: the process is up.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-/// `GET /readyz`: the store answers and at least one region's circuit breaker is not open.
-async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.service.check_store().await.map_err(|e| {
-        tracing::warn!(error = %e, "readiness: store check failed");
-        ApiError::Unavailable("the key store is not reachable".into())
-    })?;
-    let regions = state.service.region_status();
-    if regions.iter().all(|r| r.breaker == BreakerState::Open) {
-        return Err(ApiError::Unavailable(
-            "every KMS region's circuit breaker is open after repeated failures".into(),
-        ));
-    }
-    let regions: Vec<serde_json::Value> = regions
-        .iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "breaker": r.breaker.name(),
-                "latency_ms": r.latency.map(|l| l.as_secs_f64() * 1000.0),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "status": "ready", "regions": regions })))
 }
 
 /// `GET /metrics`: Prometheus text, for principals allowed to read it.

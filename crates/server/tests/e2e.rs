@@ -293,3 +293,60 @@ async fn the_longest_accepted_durations_still_serve() {
     let (status, _) = get_json(&client, &format!("{}/healthz", server.base)).await;
     assert_eq!(status, 200);
 }
+
+/// The `rkms_store_calls_total{op="get"}` counter from `/metrics`.
+async fn store_gets(client: &reqwest::Client, server: &Server) -> f64 {
+    let text = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("rkms_store_calls_total{") && l.contains("op=\"get\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn readiness_probes_read_nothing_reveal_no_latency_and_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::development(dir.path());
+    let client = reqwest::Client::new();
+    key(&client, &server, "warm").await;
+    let before = store_gets(&client, &server).await;
+    for _ in 0..30 {
+        let (status, body) = get_json(&client, &format!("{}/readyz", server.base)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["store"], "up", "{body}");
+        for region in body["regions"].as_array().unwrap() {
+            assert_eq!(
+                region.as_object().unwrap().keys().collect::<Vec<_>>(),
+                ["name", "state"],
+                "only a name and up or down: {body}"
+            );
+            assert_eq!(region["state"], "up", "{body}");
+        }
+    }
+    let probe_reads = store_gets(&client, &server).await - before;
+    assert!(
+        probe_reads <= 5.0,
+        "30 probes made {probe_reads} store reads: a probe must not read the store"
+    );
+    let mut limited = None;
+    for _ in 0..500 {
+        let response = client
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(response.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+    }
+    let limited = limited.expect("500 probes from one address in a burst are rate limited");
+    assert_eq!(limited["error_type"], "TooManyRequests", "{limited}");
+}

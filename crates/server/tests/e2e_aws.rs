@@ -273,8 +273,17 @@ async fn every_region_down_gives_503_json_and_writes_nothing() {
     // One more failed request opens every region's breaker: not ready, and answers come fast.
     let (status, _) = get_json(&client, &server.key_url("id=down-existing")).await;
     assert_eq!(status, 503);
-    let (status, _) = get_json(&client, &format!("{}/readyz", server.base)).await;
-    assert_eq!(status, 503);
+    let mut status = 0;
+    for _ in 0..30 {
+        status = get_json(&client, &format!("{}/readyz", server.base))
+            .await
+            .0;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 503, "not ready within 3 s of every breaker opening");
     let started = Instant::now();
     let (status, _) = get_json(&client, &server.key_url("id=down-existing")).await;
     assert_eq!(status, 503);

@@ -154,6 +154,7 @@ fn request() -> impl Strategy<Value = FuzzRequest> {
 #[test]
 fn any_request_through_the_api_gets_json_and_never_a_5xx() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
     let dir = tempfile::tempdir().unwrap();
     let router = router(&dir.path().join("audit.log"));
     runner()
@@ -241,7 +242,7 @@ fn raw_request() -> impl Strategy<Value = Vec<u8>> {
 
 /// Serves the fuzz router on a loopback port from `runtime`; returns the address.
 fn serve_on_loopback(runtime: &tokio::runtime::Runtime, audit: &std::path::Path) -> SocketAddr {
-    let router = router(audit);
+    let router = runtime.block_on(async { router(audit) });
     let limits = Limits {
         header_read_timeout: Duration::from_millis(500),
         ..Limits::default()

@@ -1,0 +1,166 @@
+//! `/healthz` and `/readyz`. Anyone who reaches the port may call them, so they are rate
+//! limited per client address and answer from memory: readiness is checked in the background
+//! once a second, and the answer says only up or down, nothing that moves with key traffic.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use rkms_core::{BreakerState, KeyService};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::address_limit::AddressLimit;
+use crate::error::ApiError;
+use crate::serve::Peer;
+use crate::telemetry::REJECTIONS;
+
+/// How often readiness is checked.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Probes per second one address may send, and at once: far above what an orchestrator or a
+/// load balancer sends, far below what would cost anything.
+const PROBES_PER_SECOND: NonZeroU32 = NonZeroU32::new(20).expect("non-zero");
+const PROBE_BURST: NonZeroU32 = NonZeroU32::new(40).expect("non-zero");
+
+/// What the last background check found.
+#[derive(Debug, Clone)]
+struct Readiness {
+    checked: Instant,
+    store_up: bool,
+    /// Each region's name, and whether its circuit breaker lets calls through.
+    regions: Vec<(String, bool)>,
+}
+
+/// The probes' shared state: the latest readiness and the per-address limit. The background
+/// check stops when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    latest: watch::Receiver<Option<Readiness>>,
+    limit: Arc<AddressLimit>,
+    /// A check older than this is not trusted: the checker is stuck, and so may the server be.
+    stale_after: Duration,
+    _checker: Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Probes {
+    /// Starts checking `service`'s readiness in the background. Needs a Tokio runtime.
+    pub fn start(service: Arc<KeyService>) -> Self {
+        let (publish, latest) = watch::channel(None);
+        let limit = Arc::new(AddressLimit::new(PROBES_PER_SECOND, PROBE_BURST));
+        let store_timeout = service.options().store_timeout;
+        let checker = tokio::spawn({
+            let limit = Arc::clone(&limit);
+            async move {
+                let mut ticks = tokio::time::interval(CHECK_INTERVAL);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    publish.send_replace(Some(check(&service).await));
+                    limit.forget_idle();
+                }
+            }
+        });
+        Self {
+            latest,
+            limit,
+            stale_after: CHECK_INTERVAL * 3 + store_timeout,
+            _checker: Arc::new(AbortOnDrop(checker)),
+        }
+    }
+}
+
+async fn check(service: &KeyService) -> Readiness {
+    let store_up = match service.check_store().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: store check failed");
+            false
+        }
+    };
+    let regions = service
+        .region_status()
+        .into_iter()
+        .map(|r| (r.name, r.breaker != BreakerState::Open))
+        .collect();
+    Readiness {
+        checked: Instant::now(),
+        store_up,
+        regions,
+    }
+}
+
+/// Takes one probe from the caller's per-address budget (429 when spent).
+pub async fn limit(
+    State(probes): State<Probes>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    // Every request through the server carries its peer; one without (in-process callers)
+    // shares a single budget rather than escaping the limit.
+    let address = request
+        .extensions()
+        .get::<Peer>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.remote.ip());
+    probes.limit.admit(address).map_err(|wait| {
+        metrics::counter!(REJECTIONS, "reason" => "probe_rate_limited").increment(1);
+        ApiError::TooManyRequests(wait)
+    })?;
+    Ok(next.run(request).await)
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the last check found the store answering and at least one region whose
+/// circuit breaker is not open.
+pub async fn readyz(State(probes): State<Probes>) -> Result<Json<serde_json::Value>, ApiError> {
+    // Only the probes in the server's first moments wait, for the first check.
+    let mut latest = probes.latest.clone();
+    let checked = tokio::time::timeout(probes.stale_after, latest.wait_for(Option::is_some)).await;
+    let Some(readiness) = checked.ok().and_then(Result::ok).and_then(|r| r.clone()) else {
+        return Err(ApiError::Unavailable("readiness not checked yet".into()));
+    };
+    if readiness.checked.elapsed() > probes.stale_after {
+        return Err(ApiError::Unavailable(format!(
+            "readiness last checked {:?} ago",
+            readiness.checked.elapsed()
+        )));
+    }
+    if !readiness.store_up {
+        return Err(ApiError::Unavailable(
+            "the key store is not reachable".into(),
+        ));
+    }
+    if !readiness.regions.iter().any(|(_, up)| *up) {
+        return Err(ApiError::Unavailable(
+            "every KMS region's circuit breaker is open after repeated failures".into(),
+        ));
+    }
+    let up_or_down = |up: bool| if up { "up" } else { "down" };
+    let regions: Vec<serde_json::Value> = readiness
+        .regions
+        .iter()
+        .map(|(name, up)| json!({ "name": name, "state": up_or_down(*up) }))
+        .collect();
+    Ok(Json(
+        json!({ "status": "ready", "store": "up", "regions": regions }),
+    ))
+}
