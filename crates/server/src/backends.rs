@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rkms_core::{Kms, LocalKeyring, Store};
+use tracing::warn;
 
 #[cfg(feature = "dynamodb")]
 use crate::config::LegacyRecords;
@@ -124,6 +125,12 @@ pub async fn open_regions(
 ) -> Result<Vec<Arc<dyn Kms>>, String> {
     match kms {
         KmsSettings::Local { keyring_path } => {
+            warn!(
+                keyring = %keyring_path.display(),
+                "the local KMS provider serves: its master keys sit unprotected in the keyring \
+                 file, on the same disk as the records, and whoever reads both has every key. \
+                 Use it for development, or where that disk is the boundary you trust"
+            );
             refuse_new_keyring_over_records(keyring_path, store).await?;
             let names: Vec<&str> = regions.iter().map(|r| r.key_id.as_str()).collect();
             let keyring =

@@ -350,3 +350,30 @@ async fn readiness_probes_read_nothing_reveal_no_latency_and_are_rate_limited() 
     let limited = limited.expect("500 probes from one address in a burst are rate limited");
     assert_eq!(limited["error_type"], "TooManyRequests", "{limited}");
 }
+
+#[tokio::test]
+async fn local_state_is_private_to_the_server_user_and_the_local_provider_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let server = Server::development(&data);
+    key(&reqwest::Client::new(), &server, "private").await;
+    let mode = |name: &str| {
+        std::fs::metadata(data.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700, "the data directory");
+    for file in std::fs::read_dir(&data).unwrap() {
+        let name = file.unwrap().file_name().into_string().unwrap();
+        assert_eq!(mode(&name), 0o600, "{name}");
+    }
+    assert!(server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("WARN") && l.contains("local KMS provider")));
+}

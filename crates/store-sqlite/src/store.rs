@@ -1,5 +1,8 @@
 //! `SqliteStore`: the `Store` trait over one SQLite file.
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,12 +30,10 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database and its table.
     pub async fn open(config: &SqliteConfig) -> Result<Self, StoreError> {
-        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable {
-                store: STORE,
-                source: Box::new(e),
-            })?;
-        }
+        create_private(&config.path).map_err(|e| StoreError::Unavailable {
+            store: STORE,
+            source: Box::new(e),
+        })?;
         // Switching a new file into WAL mode takes a lock that SQLite's busy timeout does not
         // wait for, so servers started together on a fresh directory retry here instead.
         let deadline = Instant::now() + config.busy_timeout;
@@ -66,6 +67,38 @@ impl SqliteStore {
     /// Closes the pool, waiting for connections in use.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Creates the database file (and its directories) readable by this user alone: every local
+/// user could otherwise list the ids. An existing file keeps its mode, with a warning if others
+/// may read it. SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "the SQLite store is readable by other users, who can list every id; chmod 600 it"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
