@@ -3,7 +3,8 @@
 //! Closed: calls go through; `failure_threshold` failures in a row open the breaker. Open:
 //! the region is skipped until `open_for` has passed. Half-open: one probe call goes through;
 //! its success closes the breaker, its failure opens it again. A region that answers with a
-//! refusal (wrong context, foreign key) is healthy: refusals do not count as failures.
+//! refusal (wrong context, foreign key) is healthy: refusals do not count as failures, and
+//! neither does throttling.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -201,6 +202,23 @@ impl Permit<'_> {
         self.reported = true;
         self.health.record_failure(self.probe);
     }
+
+    /// The region answered that it is throttling us: no failure, and no latency sample.
+    pub(crate) fn throttled(mut self) {
+        self.reported = true;
+        self.free_probe();
+    }
+
+    /// Lets the next call probe a half-open region, if this permit was its probe.
+    fn free_probe(&self) {
+        if !self.probe {
+            return;
+        }
+        let mut state = self.health.lock();
+        if let Breaker::HalfOpen { probing: true } = state.breaker {
+            state.breaker = Breaker::HalfOpen { probing: false };
+        }
+    }
 }
 
 impl Drop for Permit<'_> {
@@ -213,11 +231,8 @@ impl Drop for Permit<'_> {
             .is_some_and(|after| self.started.elapsed() >= after)
         {
             self.health.record_failure(self.probe);
-        } else if self.probe {
-            let mut state = self.health.lock();
-            if let Breaker::HalfOpen { probing: true } = state.breaker {
-                state.breaker = Breaker::HalfOpen { probing: false };
-            }
+        } else {
+            self.free_probe();
         }
     }
 }

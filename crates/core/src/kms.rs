@@ -19,12 +19,22 @@ pub struct GeneratedKey {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KmsError {
-    /// The region could not be reached, throttled us, or did not answer in time.
+    /// The region could not be reached or did not answer in time.
     #[error("KMS region {region} is unavailable: {message}")]
     Unavailable {
         /// Which region.
         region: String,
         /// What happened.
+        message: String,
+    },
+    /// The region answered that our request quota is spent (after the client's own retries
+    /// with backoff). It is up: the request goes to another region, but the region's circuit
+    /// breaker does not count it, or one caller's burst would shut the region for everyone.
+    #[error("KMS region {region} is throttling requests: {message}")]
+    Throttled {
+        /// Which region.
+        region: String,
+        /// What it said.
         message: String,
     },
     /// The region answered and refused: wrong context, foreign master key, damaged ciphertext,
@@ -42,7 +52,9 @@ impl KmsError {
     /// The region the error came from.
     pub fn region(&self) -> &str {
         match self {
-            Self::Unavailable { region, .. } | Self::Refused { region, .. } => region,
+            Self::Unavailable { region, .. }
+            | Self::Throttled { region, .. }
+            | Self::Refused { region, .. } => region,
         }
     }
 }

@@ -94,6 +94,40 @@ async fn a_failing_region_trips_its_breaker_is_skipped_then_probed_and_closed() 
     );
 }
 
+/// One caller's burst that spends a region's request quota must not shut the region for
+/// everyone: throttling falls back to another region but never opens the breaker.
+#[tokio::test(start_paused = true)]
+async fn a_throttling_region_falls_back_but_never_opens_its_breaker() {
+    let regions = Regions::new();
+    let service = regions.service(Arc::new(MemoryStore::new()));
+    service.get_or_create(&id("a")).await.unwrap();
+    regions.0[0].set(Mode::Throttling);
+    for n in 0..10 {
+        let fetched = service.get_existing(&id("a")).await.unwrap().unwrap();
+        assert_eq!(fetched.region, "r2", "request {n} falls back");
+        service
+            .get_or_create(&id(&format!("new-{n}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        service.region_status()[0].breaker,
+        BreakerState::Closed,
+        "throttling is an answer, not an outage"
+    );
+    regions.0[0].set(Mode::Healthy);
+    assert_eq!(
+        service
+            .get_existing(&id("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .region,
+        "r1",
+        "the region serves again as soon as it stops throttling"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn hedging_takes_the_fast_region_and_cancels_the_slow_one() {
     let regions = Regions::new();

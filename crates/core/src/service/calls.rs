@@ -100,17 +100,21 @@ impl KeyService {
         };
         cancel.finished = true;
         let latency = started.elapsed();
+        // A refusal is an answer: the region is up. So is a throttled call, but its latency
+        // (the client's retries and backoff) says nothing about the region's speed.
         let outcome = match &result {
             Ok(_) => "ok",
             Err(KmsError::Refused { .. }) => "refused",
-            Err(_) => "unavailable",
+            Err(KmsError::Throttled { .. }) => "throttled",
+            Err(KmsError::Unavailable { .. }) => "unavailable",
         };
-        // A refusal is an answer: the region is up.
-        if outcome == "unavailable" {
-            permit.failed();
-        } else {
-            permit.succeeded(latency);
-            metrics::histogram!(telemetry::KMS_CALL_SECONDS, "region" => name.to_owned(), "op" => op).record(latency.as_secs_f64());
+        match outcome {
+            "unavailable" => permit.failed(),
+            "throttled" => permit.throttled(),
+            _ => {
+                permit.succeeded(latency);
+                metrics::histogram!(telemetry::KMS_CALL_SECONDS, "region" => name.to_owned(), "op" => op).record(latency.as_secs_f64());
+            }
         }
         metrics::counter!(telemetry::KMS_CALLS, "region" => name.to_owned(), "op" => op, "outcome" => outcome).increment(1);
         let state = match region.health.state() {

@@ -27,6 +27,8 @@ pub(crate) enum Mode {
     Slow(Duration),
     /// Only `generate_data_key` fails; encrypt and decrypt work.
     FailingGenerate,
+    /// Every call answers that the request quota is spent.
+    Throttling,
 }
 
 /// A LocalKms region that can be told to fail or hang, counting calls and recording contexts.
@@ -76,6 +78,10 @@ impl FaultyKms {
             Mode::Failing | Mode::FailingGenerate => Err(KmsError::Unavailable {
                 region: self.region().into(),
                 message: "injected failure".into(),
+            }),
+            Mode::Throttling => Err(KmsError::Throttled {
+                region: self.region().into(),
+                message: "injected throttling".into(),
             }),
             Mode::Hanging => std::future::pending().await,
         };
