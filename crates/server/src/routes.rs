@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::limits::{self, Limits};
 use crate::probes::{self, Probes};
 use crate::serve::Peer;
-use crate::telemetry::REJECTIONS;
+use crate::telemetry::{KEYS_CREATED, REJECTIONS};
 
 /// Longest query string the key endpoint reads; anything longer cannot hold a valid id.
 const MAX_QUERY_LEN: usize = 4096;
@@ -162,10 +162,22 @@ async fn issue_key(
             id.as_str()
         )));
     }
-    let result = if allowed.create {
-        state.service.get_or_create(&id).await.map(Some)
-    } else {
+    let result = if !allowed.create {
         state.service.get_existing(&id).await
+    } else if principal.limits_creates() {
+        // An existing key costs nothing from the create allowance; a create takes one first.
+        match state.service.get_existing(&id).await {
+            Ok(None) => {
+                principal.admit_create().map_err(|wait| {
+                    ::metrics::counter!(REJECTIONS, "reason" => "create_rate_limited").increment(1);
+                    ApiError::TooManyRequests(wait)
+                })?;
+                state.service.get_or_create(&id).await.map(Some)
+            }
+            existing => existing,
+        }
+    } else {
+        state.service.get_or_create(&id).await.map(Some)
     };
     let issued = match result {
         Err(error) => {
@@ -197,6 +209,9 @@ async fn issue_key(
     };
     // A key is handed out only once its release is on record.
     audit.issued(&issued).await?;
+    if issued.created {
+        ::metrics::counter!(KEYS_CREATED, "principal" => principal.name.clone()).increment(1);
+    }
     key_response(&id, &issued)
 }
 

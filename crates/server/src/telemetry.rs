@@ -10,3 +10,5 @@ pub const REJECTIONS: &str = "rkms_http_rejections_total";
 pub const AUDIT_SYNCS: &str = "rkms_audit_syncs_total";
 /// Duration of audit log fsyncs, in seconds.
 pub const AUDIT_SYNC_SECONDS: &str = "rkms_audit_sync_seconds";
+/// Keys created, labelled by the `principal` that created them (a bounded, configured set).
+pub const KEYS_CREATED: &str = "rkms_keys_created_total";

@@ -92,6 +92,7 @@ fn principal(name: &str, patterns: &[&str], operations: Operations) -> Principal
             operations,
         }]),
         rate_limit: None,
+        create_rate: None,
     }
 }
 
@@ -524,6 +525,40 @@ async fn metrics_need_a_principal_allowed_to_read_them() {
     // This router renders no metrics: an allowed principal gets past authorization to a 404.
     let (status, _) = get_as(&router, Some("prometheus"), "/metrics").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Each create costs KMS calls in every region and room in the shared cache: a principal's
+/// creates are limited apart from its requests, and reading existing keys costs none of it.
+#[tokio::test]
+async fn a_principal_past_its_create_rate_gets_429_and_creates_nothing_but_still_reads() {
+    let creator = PrincipalSpec {
+        create_rate: Some(RateLimit {
+            per_second: NonZeroU32::new(1).unwrap(),
+            burst: NonZeroU32::new(2).unwrap(),
+        }),
+        ..principal("creator", &["*"], BOTH)
+    };
+    let store = Arc::new(MemoryStore::new());
+    let router = router_for(Arc::clone(&store), true, &[creator], None);
+    for id in ["first", "second"] {
+        let uri = format!("/api/v1/key?id={id}");
+        assert_eq!(
+            get_as(&router, Some("creator"), &uri).await.0,
+            StatusCode::OK
+        );
+    }
+    let (status, body) = get_as(&router, Some("creator"), "/api/v1/key?id=third").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error_type"], "TooManyRequests");
+    assert_eq!(
+        store.list(None, 10).await.unwrap().ids.len(),
+        2,
+        "nothing created"
+    );
+    for _ in 0..5 {
+        let (status, body) = get_as(&router, Some("creator"), "/api/v1/key?id=first").await;
+        assert_eq!(status, StatusCode::OK, "reads are not creates: {body}");
+    }
 }
 
 #[tokio::test]

@@ -845,3 +845,28 @@ fn an_overflowing_header_timeout_is_refused_by_name() {
         "{message}"
     );
 }
+
+#[test]
+fn a_principals_create_rate_is_read_apart_from_its_request_rate() {
+    let settings = parse(&format!(
+        "{LOCAL_KMS}\n{}{}",
+        principal(
+            "creator",
+            &format!("token_sha256 = [\"{HASH_A}\"]\ncreate_rate_per_second = 2\n{ALLOW_GET}")
+        ),
+        principal(
+            "reader",
+            &format!("token_sha256 = [\"{HASH_B}\"]\n{ALLOW_GET}")
+        ),
+    ))
+    .unwrap();
+    let [creator, reader] = &settings.principals[..] else {
+        unreachable!()
+    };
+    let rate = creator.create_rate.unwrap();
+    assert_eq!((rate.per_second.get(), rate.burst.get()), (2, 4));
+    assert!(
+        reader.create_rate.is_none(),
+        "no create limit unless configured"
+    );
+}

@@ -58,6 +58,7 @@ fn router(audit: &std::path::Path) -> Router {
             },
         }]),
         rate_limit: None,
+        create_rate: None,
     };
     app(
         AppState {

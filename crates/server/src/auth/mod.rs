@@ -98,6 +98,9 @@ pub struct PrincipalSpec {
     pub policy: Policy,
     /// `None`: no rate limit.
     pub rate_limit: Option<RateLimit>,
+    /// Keys it may create, apart from its request rate: each create costs KMS calls in every
+    /// region and room in the shared cache. `None`: no limit.
+    pub create_rate: Option<RateLimit>,
 }
 
 /// An authenticated caller.
@@ -109,17 +112,36 @@ pub struct Principal {
     /// May read `/metrics`.
     pub metrics: bool,
     limiter: Option<DefaultDirectRateLimiter>,
+    create_limiter: Option<DefaultDirectRateLimiter>,
 }
 
 impl Principal {
     /// Takes one request from the principal's allowance; `Err` is how long until the next.
     pub fn admit(&self) -> Result<(), Duration> {
-        match &self.limiter {
-            None => Ok(()),
-            Some(limiter) => limiter
-                .check()
-                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
-        }
+        take(self.limiter.as_ref())
+    }
+
+    /// Whether the principal's creates are limited apart from its requests.
+    pub fn limits_creates(&self) -> bool {
+        self.create_limiter.is_some()
+    }
+
+    /// Takes one create from the principal's allowance; `Err` is how long until the next.
+    pub fn admit_create(&self) -> Result<(), Duration> {
+        take(self.create_limiter.as_ref())
+    }
+}
+
+fn limiter(rate: Option<RateLimit>) -> Option<DefaultDirectRateLimiter> {
+    rate.map(|r| RateLimiter::direct(Quota::per_second(r.per_second).allow_burst(r.burst)))
+}
+
+fn take(limiter: Option<&DefaultDirectRateLimiter>) -> Result<(), Duration> {
+    match limiter {
+        None => Ok(()),
+        Some(limiter) => limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
     }
 }
 
@@ -129,6 +151,7 @@ impl fmt::Debug for Principal {
             .field("name", &self.name)
             .field("metrics", &self.metrics)
             .field("rate_limited", &self.limiter.is_some())
+            .field("create_limited", &self.create_limiter.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -208,9 +231,8 @@ impl Tables {
                 name: spec.name.clone(),
                 policy: spec.policy.clone(),
                 metrics: spec.metrics,
-                limiter: spec.rate_limit.map(|r| {
-                    RateLimiter::direct(Quota::per_second(r.per_second).allow_burst(r.burst))
-                }),
+                limiter: limiter(spec.rate_limit),
+                create_limiter: limiter(spec.create_rate),
             }));
             tables
                 .tokens
@@ -283,6 +305,7 @@ mod tests {
             metrics: false,
             policy: Policy::default(),
             rate_limit: None,
+            create_rate: None,
         }
     }
 

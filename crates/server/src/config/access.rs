@@ -49,6 +49,8 @@ pub(super) struct PrincipalSection {
     metrics: bool,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
+    create_rate_per_second: Option<u32>,
+    create_rate_burst: Option<u32>,
     #[serde(default)]
     allow: Vec<AllowSection>,
 }
@@ -250,6 +252,11 @@ pub(super) fn resolve_principals(
             metrics: section.metrics,
             policy,
             rate_limit: rate,
+            create_rate: rate_limit(
+                "principals",
+                section.create_rate_per_second,
+                section.create_rate_burst,
+            )?,
         });
     }
     Ok(specs)
@@ -293,5 +300,6 @@ pub(super) fn development_principal() -> PrincipalSpec {
             },
         }]),
         rate_limit: None,
+        create_rate: None,
     }
 }
