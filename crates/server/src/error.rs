@@ -10,6 +10,8 @@ use rkms_core::ServiceError;
 use serde::Serialize;
 use tracing::error;
 
+use crate::auth::AuthError;
+
 /// An error answer. Messages are for clients: they never hold key material, and the details
 /// of a 5xx go to the log instead.
 #[derive(Debug)]
@@ -20,12 +22,16 @@ pub enum ApiError {
     Unauthorized(String),
     /// 403: the principal may not do this.
     Forbidden(String),
+    /// 403: a request without credentials addressed to a host anonymous callers may not use.
+    HostNotAllowed(String),
     /// 413: a request body; no endpoint takes one.
     PayloadTooLarge,
     /// 414: the path and query are longer than this many bytes.
     UriTooLong(usize),
     /// 429: the principal's rate limit is spent; retry after this long.
     TooManyRequests(Duration),
+    /// 429: the client address failed to authenticate too often; retry after this long.
+    TooManyFailures(Duration),
     /// 431: the headers are larger than this many bytes.
     HeadersTooLarge(usize),
     /// 404: no such path.
@@ -99,6 +105,9 @@ impl ApiError {
                 (StatusCode::UNAUTHORIZED, "Unauthorized", message.into())
             }
             Self::Forbidden(message) => (StatusCode::FORBIDDEN, "Forbidden", message.into()),
+            Self::HostNotAllowed(message) => {
+                (StatusCode::FORBIDDEN, "HostNotAllowed", message.into())
+            }
             Self::NotFound => (StatusCode::NOT_FOUND, "NotFound", "no such endpoint".into()),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -119,6 +128,13 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "TooManyRequests",
                 "rate limit exceeded for this principal; retry after the Retry-After delay".into(),
+            ),
+            Self::TooManyFailures(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "too many failed authentications from this client address; retry after the \
+                 Retry-After delay"
+                    .into(),
             ),
             Self::HeadersTooLarge(limit) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -163,12 +179,22 @@ impl IntoResponse for ApiError {
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
             }
-            Self::TooManyRequests(wait) => {
+            Self::TooManyRequests(wait) | Self::TooManyFailures(wait) => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
             _ => {}
         }
         response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::TooManyFailures(wait) => Self::TooManyFailures(wait),
+            AuthError::HostNotAllowed => Self::HostNotAllowed(error.to_string()),
+            other => Self::Unauthorized(other.to_string()),
+        }
     }
 }

@@ -11,7 +11,9 @@ use rkms_core::{KeyService, Store};
 use rkms_server::audit::{self, AuditLog};
 use rkms_server::auth::{self, Authenticator, TokenHash};
 use rkms_server::backends::{open_regions, open_store};
-use rkms_server::config::{LegacyRecords, LogFormat, Settings, StoreSettings};
+use rkms_server::config::{
+    ConfigError, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
+};
 use rkms_server::legacy;
 use rkms_server::routes::{app, AppState};
 use rkms_server::serve::serve;
@@ -80,7 +82,8 @@ enum LegacyAction {
 enum TokenAction {
     /// Makes a random token: the token goes to its client, the hash into `token_sha256`.
     New,
-    /// Reads a token from standard input and prints its hash for `token_sha256`.
+    /// Reads a token from standard input and prints its hash for `token_sha256`; refuses
+    /// tokens shorter than 32 characters.
     Hash,
 }
 
@@ -151,6 +154,13 @@ async fn main() -> ExitCode {
         }
     };
     settings.notices.extend(exposure_warnings);
+    match settings.load_generated_tokens() {
+        Ok(made) => made.iter().for_each(show_new_token),
+        Err(e) => {
+            eprintln!("rkms-server: {e}");
+            return ExitCode::from(2);
+        }
+    }
     init_logging(&settings);
     let reload = cli.config.clone().map(|path| (path, cli.data_dir.clone()));
     match run(settings, reload).await {
@@ -182,10 +192,26 @@ fn token_command(action: &TokenAction) -> ExitCode {
                 eprintln!("rkms-server: no token on standard input");
                 return ExitCode::FAILURE;
             }
+            if let Err(e) = auth::check_chosen_token(token) {
+                eprintln!("rkms-server: {e}");
+                return ExitCode::FAILURE;
+            }
             println!("{}", TokenHash::of(token).to_hex());
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Prints a token the server made, on standard error, where the operator starting it looks;
+/// it is never shown again.
+fn show_new_token(made: &NewToken) {
+    eprintln!(
+        "rkms-server: made a token for principal {:?}; it is shown only this once (its hash is \
+         kept in {}; delete that file and restart for a new one):\n{}",
+        made.principal,
+        made.file.display(),
+        made.token.as_str()
+    );
 }
 
 /// `rkms-server legacy upgrade`: see [`rkms_server::legacy`].
@@ -328,9 +354,14 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
         service,
         metrics: Some(metrics),
         audit: Some(Arc::clone(&audit)),
-        auth: Arc::new(Authenticator::new(&settings.principals)),
+        auth: Arc::new(
+            Authenticator::new(&settings.principals)
+                .failure_budget(settings.failed_auth_per_minute)
+                .allowed_hosts(settings.allowed_hosts.clone()),
+        ),
     };
     let auth = Arc::clone(&state.auth);
+    let failure_reports = tokio::spawn(Arc::clone(&auth).report_failures());
     let tls = match &settings.tls {
         None => None,
         Some(tls) => Some(Arc::new(
@@ -365,6 +396,7 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     .await;
     repairer.abort();
     reloader.abort();
+    failure_reports.abort();
     if let Some(watcher) = tls_watcher {
         watcher.abort();
     }
@@ -392,7 +424,7 @@ async fn reload_on_hangup(
         }
         match &source {
             None => info!("SIGHUP: the development default has no configuration file to re-read"),
-            Some((path, data_dir)) => match Settings::from_file(path, data_dir) {
+            Some((path, data_dir)) => match reread(path, data_dir) {
                 Ok(settings) => {
                     auth.replace(&settings.principals);
                     let names: Vec<&str> = settings
@@ -412,6 +444,16 @@ async fn reload_on_hangup(
             tls.reload_and_log(true);
         }
     }
+}
+
+/// The configuration file as SIGHUP re-reads it, generated tokens included.
+fn reread(path: &std::path::Path, data_dir: &std::path::Path) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::from_file(path, data_dir)?;
+    settings
+        .load_generated_tokens()?
+        .iter()
+        .for_each(show_new_token);
+    Ok(settings)
 }
 
 /// Resolves on SIGINT or SIGTERM; in-flight requests then finish before the server exits.

@@ -18,11 +18,10 @@ use rkms_core::{IssuedKey, KeyId, KeyService, ServiceError};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
-use tracing::warn;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, AuditLog};
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{Authenticator, Credentials, Principal};
 use crate::error::ApiError;
 use crate::limits::{self, Limits};
 use crate::probes::{self, Probes};
@@ -90,24 +89,33 @@ where
     get(handler).head(|| async { ApiError::MethodNotAllowed })
 }
 
-/// Finds the request's principal (401 without one) and takes a request from its rate limit
-/// (429 when spent).
+/// Finds the request's principal (401 without one; 429 for an address that failed too
+/// often; 403 for an anonymous request to a host not allowed) and takes a request from its
+/// rate limit (429 when spent). Failures are logged by the authenticator, in counts.
 async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let peer = request.extensions().get::<Peer>();
-    let certificate = peer.and_then(|p| p.certificate.as_deref());
-    let principal = state
-        .auth
-        .authenticate(request.headers().get(header::AUTHORIZATION), certificate)
-        .map_err(|e| {
-            let remote = peer.map(|p| p.remote.to_string()).unwrap_or_default();
-            warn!(%remote, reason = %e, path = request.uri().path(), "request not authenticated");
-            ::metrics::counter!(REJECTIONS, "reason" => "unauthenticated").increment(1);
-            ApiError::Unauthorized(e.to_string())
-        })?;
+    // An absolute-form request line names its host itself; `Host` is then ignored (RFC 9112).
+    let host = match request.uri().authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes),
+    };
+    let credentials = Credentials {
+        authorization: request.headers().get(header::AUTHORIZATION),
+        certificate: peer.and_then(|p| p.certificate.as_deref()),
+        client: peer.map(|p| p.remote.ip()),
+        host,
+    };
+    let principal = state.auth.authenticate(&credentials).map_err(|e| {
+        ::metrics::counter!(REJECTIONS, "reason" => e.reason()).increment(1);
+        ApiError::from(e)
+    })?;
     principal.admit().map_err(|wait| {
         ::metrics::counter!(REJECTIONS, "reason" => "rate_limited").increment(1);
         ApiError::TooManyRequests(wait)

@@ -207,11 +207,60 @@ fn build(settings: &TlsSettings, files: &Files) -> Result<Loaded, TlsError> {
     })
 }
 
-/// The names of a client certificate the TLS handshake verified: the subject's common names,
-/// then its DNS and URI subject alternative names. Principals are configured by these names.
+/// A name a principal's client certificate is known by, of one kind: a configured name
+/// matches only a certificate name of the same kind, so a common name that reads like a URI
+/// is never taken for one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CertificateName {
+    /// A URI subject alternative name (a SPIFFE id and the like), compared exactly.
+    Uri(String),
+    /// A DNS subject alternative name, compared without regard to ASCII case (kept lowercase).
+    Dns(String),
+    /// The subject common name; a certificate's is read only when it has no DNS or URI name.
+    CommonName(String),
+}
+
+impl CertificateName {
+    /// Reads a configured name: `uri:<uri>`, `dns:<name>` or `cn:<common name>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let name = match text.split_once(':') {
+            Some(("uri", uri)) => Self::Uri(uri.to_owned()),
+            Some(("dns", dns)) => Self::Dns(dns.to_ascii_lowercase()),
+            Some(("cn", cn)) => Self::CommonName(cn.to_owned()),
+            _ => {
+                let kind = if text.contains("://") { "uri" } else { "dns" };
+                return Err(format!(
+                    "client certificate name {text:?} needs its kind: \"{kind}:{text}\" (or \
+                     \"uri:\", \"dns:\", \"cn:\"; a common name counts only on a certificate \
+                     without DNS or URI names)"
+                ));
+            }
+        };
+        match &name {
+            Self::Uri(value) | Self::Dns(value) | Self::CommonName(value) if value.is_empty() => {
+                Err(format!("client certificate name {text:?} is empty"))
+            }
+            _ => Ok(name),
+        }
+    }
+}
+
+impl std::fmt::Display for CertificateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uri(uri) => write!(f, "uri:{uri}"),
+            Self::Dns(dns) => write!(f, "dns:{dns}"),
+            Self::CommonName(cn) => write!(f, "cn:{cn}"),
+        }
+    }
+}
+
+/// The names of a client certificate the TLS handshake verified: its DNS and URI subject
+/// alternative names, or, when it has none, its subject common names (RFC 6125, 6.4.4).
+/// Principals are configured by these names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCertificate {
-    names: Vec<String>,
+    names: Vec<CertificateName>,
 }
 
 impl ClientCertificate {
@@ -221,35 +270,110 @@ impl ClientCertificate {
         let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
             return Self { names: Vec::new() };
         };
-        let mut names: Vec<String> = certificate
-            .subject()
-            .iter_common_name()
-            .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
-            .collect();
+        let mut names = Vec::new();
         if let Ok(Some(san)) = certificate.subject_alternative_name() {
             for name in &san.value.general_names {
                 match name {
                     x509_parser::extensions::GeneralName::DNSName(dns) => {
-                        names.push((*dns).to_owned());
+                        names.push(CertificateName::Dns(dns.to_ascii_lowercase()));
                     }
                     x509_parser::extensions::GeneralName::URI(uri) => {
-                        names.push((*uri).to_owned());
+                        names.push(CertificateName::Uri((*uri).to_owned()));
                     }
                     _ => {}
                 }
             }
+        }
+        if names.is_empty() {
+            names.extend(
+                certificate
+                    .subject()
+                    .iter_common_name()
+                    .filter_map(|cn| cn.as_str().ok())
+                    .map(|cn| CertificateName::CommonName(cn.to_owned())),
+            );
         }
         Self { names }
     }
 
     /// A certificate carrying these names, for tests.
     #[cfg(test)]
-    pub(crate) fn from_names(names: Vec<String>) -> Self {
+    pub(crate) fn from_names(names: Vec<CertificateName>) -> Self {
         Self { names }
     }
 
-    /// Common names, then DNS names, then URIs.
-    pub fn names(&self) -> &[String] {
+    /// DNS and URI names in the certificate's order, or else its common names.
+    pub fn names(&self) -> &[CertificateName] {
         &self.names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn certificate(common_name: &str, names: Vec<SanType>) -> ClientCertificate {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.subject_alt_names = names;
+        let der = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        ClientCertificate::from_der(der.der())
+    }
+
+    #[test]
+    fn the_common_name_is_read_only_without_dns_or_uri_names() {
+        let uri = |u: &str| SanType::URI(u.try_into().unwrap());
+        let dns = |d: &str| SanType::DnsName(d.try_into().unwrap());
+        assert_eq!(
+            certificate("spiffe://corp/billing", vec![]).names(),
+            [CertificateName::CommonName("spiffe://corp/billing".into())]
+        );
+        assert_eq!(
+            certificate(
+                "admin",
+                vec![dns("Orders.Internal"), uri("spiffe://corp/orders")]
+            )
+            .names(),
+            [
+                CertificateName::Dns("orders.internal".into()),
+                CertificateName::Uri("spiffe://corp/orders".into())
+            ]
+        );
+        let address = SanType::IpAddress("10.0.0.1".parse().unwrap());
+        assert_eq!(
+            certificate("admin", vec![address]).names(),
+            [CertificateName::CommonName("admin".into())],
+            "an IP address is not a name principals are configured by"
+        );
+    }
+
+    #[test]
+    fn configured_names_say_their_kind() {
+        assert_eq!(
+            CertificateName::parse("uri:spiffe://corp/billing").unwrap(),
+            CertificateName::Uri("spiffe://corp/billing".into())
+        );
+        assert_eq!(
+            CertificateName::parse("dns:Billing.Internal").unwrap(),
+            CertificateName::Dns("billing.internal".into())
+        );
+        assert_eq!(
+            CertificateName::parse("cn:Billing Service").unwrap(),
+            CertificateName::CommonName("Billing Service".into())
+        );
+        let error = CertificateName::parse("spiffe://corp/billing").unwrap_err();
+        assert!(error.contains("\"uri:spiffe://corp/billing\""), "{error}");
+        let error = CertificateName::parse("billing.internal").unwrap_err();
+        assert!(error.contains("\"dns:billing.internal\""), "{error}");
+        assert!(CertificateName::parse("dns:").is_err());
+        assert_eq!(
+            CertificateName::parse("uri:spiffe://a/b")
+                .unwrap()
+                .to_string(),
+            "uri:spiffe://a/b"
+        );
     }
 }

@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use rkms_server::config::{ConfigError, KmsSettings, LegacyRecords, Settings, StoreSettings};
+use rkms_server::config::{
+    ConfigError, GeneratedToken, KmsSettings, LegacyRecords, Settings, StoreSettings,
+};
+use rkms_server::tls::CertificateName;
 
 /// The original Go RKMS's config.toml, verbatim (its multi-line inline table is TOML 1.1).
 const ORIGINAL: &str = r#"[server]
@@ -613,6 +616,7 @@ fn principals_policies_and_limits_are_read() {
         r#"{LOCAL_KMS}
 [server]
 host = "127.0.0.1"
+allowed_hosts = ["rkms.internal", "10.0.0.5"]
 [server.tls]
 certificate = "/etc/rkms/server.crt"
 private_key = "/etc/rkms/server.key"
@@ -625,6 +629,7 @@ max_header_bytes = 8192
 header_read_timeout_seconds = 3
 max_connections = 64
 rate_limit_per_second = 10
+failed_auth_per_minute = 5
 
 [[principals]]
 name = "orders"
@@ -636,13 +641,14 @@ allow = [
 
 [[principals]]
 name = "billing"
-client_certificate_names = ["billing.internal", "spiffe://corp/billing"]
+client_certificate_names = ["dns:Billing.Internal", "uri:spiffe://corp/billing", "cn:Billing"]
 rate_limit_per_second = 0
 allow = [{{ ids = ["billing/*"], operations = ["create"] }}]
 
 [[principals]]
 name = "prometheus"
 token_sha256 = ["{HASH_B}"]
+generated_token_file = "/var/lib/rkms/prometheus.token-sha256"
 metrics = true
 rate_limit_burst = 5
 "#,
@@ -675,11 +681,49 @@ rate_limit_burst = 5
     let allowed = orders.policy.allowed(&id("shared/x"));
     assert!(allowed.get && !allowed.create);
     assert!(orders.policy.allowed(&id("billing/x")).is_empty());
-    assert_eq!(billing.certificate_names.len(), 2);
+    assert_eq!(
+        billing.certificate_names,
+        [
+            CertificateName::Dns("billing.internal".into()),
+            CertificateName::Uri("spiffe://corp/billing".into()),
+            CertificateName::CommonName("Billing".into()),
+        ]
+    );
+    assert_eq!(settings.failed_auth_per_minute.map(|n| n.get()), Some(5));
+    assert!(settings.allowed_hosts.allows(Some(b"rkms.internal:8443")));
+    assert!(!settings.allowed_hosts.allows(Some(b"other.internal")));
+    assert_eq!(
+        settings.generated_tokens,
+        [GeneratedToken {
+            principal: "prometheus".into(),
+            file: "/var/lib/rkms/prometheus.token-sha256".into(),
+        }]
+    );
     assert!(billing.rate_limit.is_none(), "0 turns the limit off");
     assert!(prometheus.metrics && prometheus.policy.is_empty());
     let rate = prometheus.rate_limit.unwrap();
     assert_eq!((rate.per_second.get(), rate.burst.get()), (10, 5));
+}
+
+#[test]
+fn the_failed_authentication_budget_defaults_to_60_a_minute_and_0_turns_it_off() {
+    let budget = |extra: &str| {
+        parse(&format!("{LOCAL_KMS}{extra}"))
+            .unwrap()
+            .failed_auth_per_minute
+            .map(|n| n.get())
+    };
+    assert_eq!(budget(""), Some(60));
+    assert_eq!(budget("[limits]\nfailed_auth_per_minute = 0\n"), None);
+    let development = Settings::development(Path::new("data"));
+    assert_eq!(
+        development.failed_auth_per_minute.map(|n| n.get()),
+        Some(60)
+    );
+    assert!(development.allowed_hosts.allows(Some(b"localhost:8080")));
+    assert!(!development
+        .allowed_hosts
+        .allows(Some(b"attacker.example:8080")));
 }
 
 /// One `[[principals]]` entry named `name` with `lines`.
@@ -688,6 +732,10 @@ fn principal(name: &str, lines: &str) -> String {
 }
 
 const ALLOW_GET: &str = "allow = [{ ids = [\"*\"], operations = [\"get\"] }]";
+
+/// A `[server.tls]` section that verifies client certificates.
+const TLS_WITH_CLIENT_CA: &str =
+    "[server.tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\nclient_ca = \"ca.pem\"\n";
 
 #[test]
 fn bad_principals_are_refused_with_the_reason() {
@@ -733,9 +781,38 @@ fn bad_principals_are_refused_with_the_reason() {
         (
             principal(
                 "a",
-                &format!("client_certificate_names = [\"a.internal\"]\n{ALLOW_GET}"),
+                &format!("client_certificate_names = [\"dns:a.internal\"]\n{ALLOW_GET}"),
             ),
             "client_ca",
+        ),
+        (
+            format!("{TLS_WITH_CLIENT_CA}{}", principal("a", &format!("client_certificate_names = [\"spiffe://corp/a\"]\n{ALLOW_GET}"))),
+            "needs its kind: \"uri:spiffe://corp/a\"",
+        ),
+        (
+            format!("{TLS_WITH_CLIENT_CA}{}", principal("a", &format!("client_certificate_names = [\"a.internal\"]\n{ALLOW_GET}"))),
+            "needs its kind: \"dns:a.internal\"",
+        ),
+        (
+            format!(
+                "{TLS_WITH_CLIENT_CA}{}{}",
+                principal("a", &format!("client_certificate_names = [\"dns:a.internal\"]\n{ALLOW_GET}")),
+                principal("b", &format!("client_certificate_names = [\"dns:A.Internal\"]\n{ALLOW_GET}")),
+            ),
+            "\"dns:a.internal\" is used twice",
+        ),
+        (
+            principal("a", &format!("anonymous = true\ngenerated_token_file = \"a.sha256\"\n{ALLOW_GET}")),
+            "takes no tokens",
+        ),
+        (
+            principal("a", &format!("generated_token_file = \"t.sha256\"\n{ALLOW_GET}"))
+                + &principal("b", &format!("generated_token_file = \"t.sha256\"\n{ALLOW_GET}")),
+            "generated_token_file t.sha256 is used twice",
+        ),
+        (
+            format!("[server]\nallowed_hosts = [\"rkms.internal:8443\"]\n{}", principal("a", &token(HASH_A))),
+            "server.allowed_hosts",
         ),
         (principal("a b", &token(HASH_A)), "1 to 64 letters"),
         (principal("a", "token = \"plain\""), "unknown field"),

@@ -37,18 +37,42 @@ fn docker_compose_file_follows_the_compose_specification() {
 }
 
 #[test]
-fn the_compose_server_configuration_loads() {
-    let text = std::fs::read_to_string(repository_root().join("deploy/compose.toml")).unwrap();
+fn the_compose_server_configuration_loads_and_ships_no_token() {
+    let root = repository_root();
+    let text = std::fs::read_to_string(root.join("deploy/compose.toml")).unwrap();
     let settings = Settings::from_toml(&text, Path::new("/var/lib/rkms")).unwrap();
     assert!(matches!(settings.store, StoreSettings::Postgres { .. }));
     settings
         .check_exposure()
         .expect("the compose server may listen on its network");
-    let token = "rkms_compose-development-token-change-me";
+    // Everyone who read the repository knew a fixed token; each installation makes its own.
     assert!(
-        text.contains(token),
-        "the file tells users the development token"
+        !text.lines().any(|l| l.starts_with("token_sha256")),
+        "compose.toml holds a token hash"
     );
-    let hash = rkms_server::auth::TokenHash::of(token).to_hex();
-    assert!(settings.principals[0].tokens[0].to_hex() == hash);
+    let published = "rkms_compose-development-token-change-me";
+    for file in ["deploy/compose.toml", "docker-compose.yml", "README.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            !text.contains(published),
+            "{file} still tells the old token"
+        );
+    }
+
+    // The first start makes the token and keeps its hash on the data volume; later starts
+    // read it.
+    let volume = tempfile::tempdir().unwrap();
+    let on_volume = text.replace("/var/lib/rkms", volume.path().to_str().unwrap());
+    let start = || {
+        let mut settings = Settings::from_toml(&on_volume, volume.path()).unwrap();
+        let made = settings.load_generated_tokens().unwrap();
+        (settings, made)
+    };
+    let (first, made) = start();
+    assert_eq!(made.len(), 1, "the first start makes one token");
+    let hash = rkms_server::auth::TokenHash::of(&made[0].token);
+    assert_eq!(first.principals[0].tokens, [hash]);
+    let (again, made) = start();
+    assert!(made.is_empty(), "a later start makes none");
+    assert_eq!(again.principals[0].tokens, [hash]);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use rkms_core::{KeyId, Store as _};
 use rkms_server::auth::TokenHash;
@@ -42,7 +42,15 @@ impl Authority {
 
     fn issue(&self, common_name: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
+        self.issue_with(common_name, CertificateParams::new(names).unwrap(), usage)
+    }
+
+    fn issue_with(
+        &self,
+        common_name: &str,
+        mut params: CertificateParams,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Leaf {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -64,8 +72,16 @@ impl Authority {
         )
     }
 
-    fn client(&self, common_name: &str) -> Leaf {
-        self.issue(common_name, &[], ExtendedKeyUsagePurpose::ClientAuth)
+    /// A client certificate whose DNS name (and common name) is `name`.
+    fn client(&self, name: &str) -> Leaf {
+        self.issue(name, &[name], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A client certificate with this common name and these subject alternative names only.
+    fn client_with(&self, common_name: &str, names: Vec<SanType>) -> Leaf {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names;
+        self.issue_with(common_name, params, ExtendedKeyUsagePurpose::ClientAuth)
     }
 }
 
@@ -92,8 +108,12 @@ impl TlsSetup {
             "[server.tls]\ncertificate = {:?}\nprivate_key = {:?}\nclient_ca = {:?}\nreload_interval_seconds = 1\n\
              [kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\nkeyring_path = {:?}\n\
              [store]\nbackend = \"sqlite\"\npath = {:?}\n[audit]\npath = {:?}\n\
-             [[principals]]\nname = \"orders\"\nclient_certificate_names = [\"orders.internal\"]\n\
+             [[principals]]\nname = \"orders\"\nclient_certificate_names = [\"dns:orders.internal\"]\n\
              allow = [{{ ids = [\"orders/*\"], operations = [\"get\", \"create\"] }}]\n\
+             [[principals]]\nname = \"billing\"\nclient_certificate_names = [\"uri:spiffe://corp/billing\"]\n\
+             allow = [{{ ids = [\"billing/*\"], operations = [\"get\", \"create\"] }}]\n\
+             [[principals]]\nname = \"legacy\"\nclient_certificate_names = [\"cn:legacy-client\"]\n\
+             allow = [{{ ids = [\"legacy/*\"], operations = [\"get\", \"create\"] }}]\n\
              [[principals]]\nname = \"batch\"\ntoken_sha256 = [\"{}\"]\n\
              allow = [{{ ids = [\"batch/*\"], operations = [\"get\", \"create\"] }}]\n",
             setup.path("server.pem"),
@@ -234,6 +254,62 @@ async fn tls_clients_are_known_by_certificate_or_token_and_nothing_leaks() {
                 "a key leaked"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn certificate_names_match_by_kind_and_the_common_name_only_without_alternative_names() {
+    let setup = TlsSetup::new();
+    let server = setup.start();
+    let uri = |u: &str| SanType::URI(u.try_into().unwrap());
+    let dns = |d: &str| SanType::DnsName(d.try_into().unwrap());
+    let cases = [
+        // The URI the billing principal is configured by, as a URI name: billing.
+        (
+            setup
+                .ca
+                .client_with("anything", vec![uri("spiffe://corp/billing")]),
+            "billing/1",
+            200,
+        ),
+        // The same text as a common name is not a URI.
+        (
+            setup.ca.client_with("spiffe://corp/billing", vec![]),
+            "billing/1",
+            401,
+        ),
+        // A DNS name as a common name is not a DNS name either.
+        (
+            setup.ca.client_with("orders.internal", vec![]),
+            "orders/1",
+            401,
+        ),
+        // A common name counts only on a certificate without DNS or URI names (RFC 6125).
+        (
+            setup.ca.client_with("legacy-client", vec![]),
+            "legacy/1",
+            200,
+        ),
+        (
+            setup
+                .ca
+                .client_with("legacy-client", vec![dns("other.internal")]),
+            "legacy/1",
+            401,
+        ),
+        (
+            setup
+                .ca
+                .client_with("legacy-client", vec![uri("spiffe://corp/other")]),
+            "legacy/1",
+            401,
+        ),
+    ];
+    for (leaf, id, expected) in &cases {
+        let client = setup.client(Some(leaf));
+        let url = https(&server, &format!("/api/v1/key?id={id}"));
+        let (status, body) = get_json(&client, &url).await;
+        assert_eq!(status, *expected, "{id}: {body}");
     }
 }
 
@@ -416,7 +492,7 @@ async fn oversized_requests_over_the_wire_get_4xx_json_and_the_server_keeps_serv
     .unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let request = |target: &str, extra: &str| {
-        format!("GET {target} HTTP/1.1\r\nHost: rkms\r\nConnection: close\r\n{extra}\r\n")
+        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n")
             .into_bytes()
     };
     let cases = [
@@ -516,4 +592,283 @@ async fn principals_are_reloaded_on_sighup_and_a_refused_file_keeps_them() {
         "the principals in force stay"
     );
     assert_eq!(status_with("rkms_newer").await, 401);
+}
+
+/// A configuration with one token principal limited to 5 requests a second, and one that may
+/// read metrics.
+fn token_config(dir: &Path, token: &str, metrics_token: &str) -> PathBuf {
+    let config = dir.join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\nkeyring_path = {:?}\n\
+             [store]\nbackend = \"sqlite\"\npath = {:?}\n\
+             [[principals]]\nname = \"app\"\ntoken_sha256 = [\"{}\"]\n\
+             rate_limit_per_second = 5\nrate_limit_burst = 5\n\
+             allow = [{{ ids = [\"*\"], operations = [\"get\", \"create\"] }}]\n\
+             [[principals]]\nname = \"prometheus\"\ntoken_sha256 = [\"{}\"]\nmetrics = true\n",
+            dir.join("ring.json"),
+            dir.join("keys.db"),
+            TokenHash::of(token).to_hex(),
+            TokenHash::of(metrics_token).to_hex(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A client whose connections come from `source`, a loopback address.
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn wrong_tokens_past_the_address_budget_get_429_and_the_log_counts_them_in_a_few_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "rkms_the-right-token-for-the-app";
+    let metrics_token = "rkms_the-token-of-the-metrics-reader";
+    let config = token_config(dir.path(), token, metrics_token);
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let logged_before = server.log.lock().unwrap().len();
+
+    let guesser = client_from("127.0.0.1");
+    let url = server.key_url("id=guessed");
+    let started = Instant::now();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut last_refusal = None;
+    for n in 0..3000 {
+        let response = guesser
+            .get(&url)
+            .bearer_auth(format!("rkms_guess-{n}"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        *statuses.entry(status).or_default() += 1;
+        if status == 429 {
+            let retry_after = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            last_refusal = Some((
+                retry_after,
+                response.json::<serde_json::Value>().await.unwrap(),
+            ));
+        }
+    }
+    // The default budget: 60 at once, then one a second.
+    let budget = 60 + started.elapsed().as_secs() as usize + 1;
+    let unauthorized = statuses.get(&401).copied().unwrap_or_default();
+    assert!(
+        (60..=budget).contains(&unauthorized),
+        "a guesser gets a minute's budget of answers: {statuses:?}"
+    );
+    assert_eq!(
+        unauthorized + statuses.get(&429).copied().unwrap_or_default(),
+        3000
+    );
+    let (retry_after, body) = last_refusal.expect("refusals");
+    assert!(retry_after.parse::<u64>().unwrap() >= 1, "{retry_after}");
+    assert_eq!(body["error_type"], "TooManyRequests");
+    assert!(
+        body["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("failed authentications"),
+        "{body}"
+    );
+    // Another address is not affected.
+    let other = client_from("127.0.0.2");
+    let response = other.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let metrics = other
+        .get(format!("{}/metrics", server.base))
+        .bearer_auth(metrics_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = |reason: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("rkms_http_rejections_total") && l.contains(reason))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        counted("\"unauthenticated\""),
+        unauthorized as f64,
+        "{metrics}"
+    );
+    assert!(counted("\"too_many_failures\"") >= 2900.0, "{metrics}");
+
+    let log = server.log.lock().unwrap()[logged_before..].to_vec();
+    assert!(
+        log.len() <= 5,
+        "3000 failures wrote {} log lines:\n{}",
+        log.len(),
+        log.join("\n")
+    );
+    assert!(log.iter().any(|l| l.contains("127.0.0.1")), "{log:?}");
+    assert!(
+        !log.iter().any(|l| l.contains("rkms_guess")),
+        "no token is logged"
+    );
+}
+
+/// Runs `rkms-server token hash` with `input` on standard input.
+fn token_hash(input: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        .args(["token", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn token_hash_refuses_tokens_too_short_to_resist_guessing() {
+    let output = token_hash("rkms_password123\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a short token was hashed");
+    assert!(output.stdout.is_empty());
+    assert!(
+        stderr.contains("32 characters") && stderr.contains("token new"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("password123"), "the token is not echoed");
+
+    let generated = run_server(&["token", "new"]);
+    let text = String::from_utf8(generated.stdout).unwrap();
+    let token = text
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("token:")
+        .trim();
+    let hash = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("token_sha256:")
+        .trim();
+    let output = token_hash(&format!("{token}\n"));
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8(output.stdout).unwrap().trim(), hash);
+}
+
+#[tokio::test]
+async fn the_development_default_answers_only_requests_addressed_to_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::development(dir.path());
+    let port = server.addr.rsplit(':').next().unwrap();
+    let request = |host: Option<&str>| {
+        let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        format!(
+            "GET /api/v1/key?id=rebound HTTP/1.1\r\n{host}Origin: http://attacker.example:{port}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    // A page whose name was rebound to 127.0.0.1 sends its own name.
+    for host in [
+        format!("attacker.example:{port}"),
+        "attacker.example".to_owned(),
+        format!("localhost.attacker.example:{port}"),
+        format!("10.0.0.5:{port}"),
+    ] {
+        let (status, body) = raw_exchange(&server.addr, &request(Some(&host))).await;
+        assert_eq!(status, 403, "Host: {host}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error_type"], "HostNotAllowed", "{body}");
+        assert!(body.get("key").is_none());
+        let message = body["error_message"].as_str().unwrap();
+        assert!(message.contains("allowed_hosts"), "{message}");
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("127.1.2.3:{port}"),
+        format!("[::1]:{port}"),
+        format!("rkms.localhost:{port}"),
+    ] {
+        let (status, body) = raw_exchange(&server.addr, &request(Some(&host))).await;
+        assert_eq!(status, 200, "Host: {host}: {body}");
+    }
+    // No browser sends a request without Host, and rebinding needs a browser.
+    let http10 = b"GET /api/v1/key?id=rebound HTTP/1.0\r\n\r\n";
+    let (status, body) = raw_exchange(&server.addr, http10).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_generated_token_is_printed_once_at_first_start_and_only_its_hash_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("quickstart.token-sha256");
+    let config = dir.path().join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\nkeyring_path = {:?}\n\
+             [store]\nbackend = \"sqlite\"\npath = {:?}\n\
+             [[principals]]\nname = \"quickstart\"\ngenerated_token_file = {token_file:?}\n\
+             allow = [{{ ids = [\"*\"], operations = [\"get\", \"create\"] }}]\n",
+            dir.path().join("ring.json"),
+            dir.path().join("keys.db"),
+        ),
+    )
+    .unwrap();
+    let printed = |server: &Server| -> Vec<String> {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("rkms_") && w.len() == 48)
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let tokens = printed(&server);
+    assert_eq!(tokens.len(), 1, "{:?}", server.log.lock().unwrap());
+    let token = tokens[0].clone();
+    let client = reqwest::Client::new();
+    let status = |server: &Server, token: &str| {
+        let request = client.get(server.key_url("id=quick")).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(&server, &token).await, 200);
+    assert_eq!(
+        status(&server, "rkms_anything-else-at-all-32-chars").await,
+        401
+    );
+    let kept = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(kept.trim(), TokenHash::of(&token).to_hex());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    drop(server);
+
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    assert!(printed(&server).is_empty(), "printed once");
+    assert_eq!(status(&server, &token).await, 200);
 }

@@ -1,14 +1,18 @@
 //! Authentication: who is calling (a bearer token, a client certificate, or nobody, when an
 //! anonymous principal is configured), and each principal's rate limit. [`policy`] decides
-//! what an authenticated principal may do.
+//! what an authenticated principal may do; `failures` budgets and reports failed
+//! authentications per client address; `hosts` says where anonymous requests may be sent.
 
+mod failures;
+mod hosts;
 pub mod policy;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
@@ -17,13 +21,31 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use tracing::warn;
 use zeroize::Zeroizing;
 
-use crate::tls::ClientCertificate;
+use crate::tls::{CertificateName, ClientCertificate};
+use failures::{Client, Failures, Report, REPORT_INTERVAL};
+pub use hosts::AllowedHosts;
 pub use policy::{IdPattern, Operations, Policy, Rule};
 
 /// Prefix of the tokens [`new_token`] makes, so a leaked one is easy to recognise and search for.
 pub const TOKEN_PREFIX: &str = "rkms_";
+
+/// The shortest token `rkms-server token hash` accepts. Tokens are hashed with plain SHA-256,
+/// which is safe only for tokens nobody can guess; [`new_token`] makes 48-character ones.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// Refuses a token chosen by hand that is too short to resist guessing.
+pub fn check_chosen_token(token: &str) -> Result<(), String> {
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "the token is shorter than {MIN_TOKEN_LEN} characters, short enough to guess (online, \
+             or offline from its hash); make one with `rkms-server token new`"
+        ));
+    }
+    Ok(())
+}
 
 /// SHA-256 of a bearer token: the configuration holds this, never the token. Tokens are 256
 /// random bits, so a plain hash cannot be reversed by guessing; no slow password hash is needed.
@@ -88,8 +110,8 @@ pub struct PrincipalSpec {
     pub name: String,
     /// Hashes of the bearer tokens that authenticate it (several allow rotation).
     pub tokens: Vec<TokenHash>,
-    /// Client certificate names (subject CN, DNS or URI SAN) that authenticate it.
-    pub certificate_names: Vec<String>,
+    /// Client certificate names, by kind, that authenticate it.
+    pub certificate_names: Vec<CertificateName>,
     /// Requests without credentials are this principal's.
     pub anonymous: bool,
     /// May read `/metrics`.
@@ -173,21 +195,86 @@ pub enum AuthError {
     /// A trusted certificate whose names map to no principal, or to more than one.
     #[error("the client certificate does not name exactly one configured principal")]
     UnknownCertificate,
+    /// The client's address spent its failed-authentication budget; retry after this long.
+    #[error("too many failed authentications from this client address")]
+    TooManyFailures(Duration),
+    /// A request without credentials addressed to a host that is not allowed.
+    #[error(
+        "requests without credentials are answered only when addressed to localhost, a loopback \
+         address or a host in [server] allowed_hosts (a guard against DNS rebinding)"
+    )]
+    HostNotAllowed,
+}
+
+impl AuthError {
+    /// The label of `rkms_http_rejections_total` that counts it, also the reason logged.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing | Self::Malformed | Self::UnknownToken | Self::UnknownCertificate => {
+                "unauthenticated"
+            }
+            Self::TooManyFailures(_) => "too_many_failures",
+            Self::HostNotAllowed => "host_not_allowed",
+        }
+    }
+
+    fn detail(&self) -> &'static str {
+        match self {
+            Self::Missing => "no credentials",
+            Self::Malformed => "malformed Authorization header",
+            Self::UnknownToken => "unknown token",
+            Self::UnknownCertificate => "certificate names no principal",
+            Self::TooManyFailures(_) | Self::HostNotAllowed => self.reason(),
+        }
+    }
+}
+
+/// What a request presents to be authenticated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The `Authorization` header.
+    pub authorization: Option<&'a HeaderValue>,
+    /// The client certificate the TLS handshake verified.
+    pub certificate: Option<&'a ClientCertificate>,
+    /// The client's address, which failed authentications are budgeted by.
+    pub client: Option<IpAddr>,
+    /// The host the request is addressed to (URI authority or `Host`, port included).
+    pub host: Option<&'a [u8]>,
 }
 
 /// Maps credentials to principals; the principals can be replaced while serving.
 #[derive(Debug)]
 pub struct Authenticator {
     tables: RwLock<Arc<Tables>>,
+    failures: Failures,
+    hosts: AllowedHosts,
 }
 
 impl Authenticator {
     /// An authenticator for `specs`, which the configuration checked (unique names, tokens and
-    /// certificate names, at most one anonymous principal).
+    /// certificate names, at most one anonymous principal). Failed authentications are
+    /// reported but not limited; anonymous requests must name a loopback host.
     pub fn new(specs: &[PrincipalSpec]) -> Self {
         Self {
             tables: RwLock::new(Arc::new(Tables::new(specs))),
+            failures: Failures::new(None),
+            hosts: AllowedHosts::default(),
         }
+    }
+
+    /// Refuses a client address's requests, before reading their credentials, once it has
+    /// failed to authenticate `per_minute` times in a minute (`None`: never).
+    #[must_use]
+    pub fn failure_budget(mut self, per_minute: Option<NonZeroU32>) -> Self {
+        self.failures = Failures::new(per_minute);
+        self
+    }
+
+    /// The hosts anonymous requests may be addressed to besides loopback.
+    #[must_use]
+    pub fn allowed_hosts(mut self, hosts: AllowedHosts) -> Self {
+        self.hosts = hosts;
+        self
     }
 
     /// Puts `specs` in force for every later request (rate limits start afresh); requests
@@ -197,16 +284,58 @@ impl Authenticator {
         *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
     }
 
-    /// Who is calling. A token, when sent, decides alone (a wrong one is refused even with a
-    /// good certificate); then a client certificate; then the anonymous principal.
-    pub fn authenticate(
-        &self,
-        authorization: Option<&HeaderValue>,
-        certificate: Option<&ClientCertificate>,
-    ) -> Result<Arc<Principal>, AuthError> {
+    /// Who is calling. A client address past its failure budget is refused first. Then a
+    /// token, when sent, decides alone (a wrong one is refused even with a good certificate);
+    /// then a client certificate; then the anonymous principal, for requests addressed to an
+    /// allowed host.
+    pub fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Arc<Principal>, AuthError> {
+        let now = Instant::now();
+        let client = Client::of(credentials.client);
+        if let Err(refused) = self.failures.check(client, now) {
+            if let Some(report) = &refused.report {
+                log_failures(report);
+            }
+            return Err(AuthError::TooManyFailures(refused.wait));
+        }
         let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
-        tables.authenticate(authorization, certificate)
+        let found = tables.authenticate(credentials.authorization, credentials.certificate);
+        let anonymous = credentials.authorization.is_none() && credentials.certificate.is_none();
+        match found {
+            Ok(_) if anonymous && !self.hosts.allows(credentials.host) => {
+                Err(AuthError::HostNotAllowed)
+            }
+            Ok(principal) => Ok(principal),
+            Err(error) => {
+                if let Some(report) = self.failures.fail(client, error.detail(), now) {
+                    log_failures(&report);
+                }
+                Err(error)
+            }
+        }
     }
+
+    /// Logs the failure counts that waited for their minute, every few seconds, and forgets
+    /// quiet clients; runs until aborted.
+    pub async fn report_failures(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(REPORT_INTERVAL / 6);
+        loop {
+            ticks.tick().await;
+            self.failures
+                .sweep(Instant::now())
+                .iter()
+                .for_each(log_failures);
+        }
+    }
+}
+
+fn log_failures(report: &Report) {
+    warn!(
+        client = %report.client,
+        failures = report.failures,
+        refused = report.refused,
+        last_reason = report.reason,
+        "failed authentications from this client since its last report (at most one a minute)"
+    );
 }
 
 /// The principals in force and their lookup tables.
@@ -214,7 +343,7 @@ impl Authenticator {
 struct Tables {
     principals: Vec<Arc<Principal>>,
     tokens: Vec<(TokenHash, usize)>,
-    certificates: HashMap<String, usize>,
+    certificates: HashMap<CertificateName, usize>,
     anonymous: Option<usize>,
 }
 
@@ -313,6 +442,24 @@ mod tests {
         HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
     }
 
+    fn with_token(header: &HeaderValue) -> Credentials<'_> {
+        Credentials {
+            authorization: Some(header),
+            ..Credentials::default()
+        }
+    }
+
+    fn with_certificate(certificate: &ClientCertificate) -> Credentials<'_> {
+        Credentials {
+            certificate: Some(certificate),
+            ..Credentials::default()
+        }
+    }
+
+    fn dns(name: &str) -> CertificateName {
+        CertificateName::Dns(name.into())
+    }
+
     #[test]
     fn tokens_certificates_and_anonymous_map_to_principals() {
         let token = new_token();
@@ -322,41 +469,53 @@ mod tests {
                 ..spec("orders")
             },
             PrincipalSpec {
-                certificate_names: vec!["billing.internal".into()],
+                certificate_names: vec![dns("billing.internal")],
                 ..spec("billing")
             },
         ]);
         let name = |r: Result<Arc<Principal>, AuthError>| r.map(|p| p.name.clone());
         assert_eq!(
-            name(authenticator.authenticate(Some(&bearer(&token)), None)).unwrap(),
+            name(authenticator.authenticate(&with_token(&bearer(&token)))).unwrap(),
             "orders"
         );
         assert!(matches!(
-            authenticator.authenticate(Some(&bearer("rkms_wrong")), None),
+            authenticator.authenticate(&with_token(&bearer("rkms_wrong"))),
             Err(AuthError::UnknownToken)
         ));
         assert!(matches!(
-            authenticator.authenticate(Some(&HeaderValue::from_static("Basic eDp5")), None),
+            authenticator.authenticate(&with_token(&HeaderValue::from_static("Basic eDp5"))),
             Err(AuthError::Malformed)
         ));
         assert!(matches!(
-            authenticator.authenticate(None, None),
+            authenticator.authenticate(&Credentials::default()),
             Err(AuthError::Missing)
         ));
-        let billing = ClientCertificate::from_names(vec!["CN".into(), "billing.internal".into()]);
+        let billing = ClientCertificate::from_names(vec![dns("billing.internal")]);
         assert_eq!(
-            name(authenticator.authenticate(None, Some(&billing))).unwrap(),
+            name(authenticator.authenticate(&with_certificate(&billing))).unwrap(),
             "billing"
         );
-        let stranger = ClientCertificate::from_names(vec!["someone.else".into()]);
+        let stranger = ClientCertificate::from_names(vec![dns("someone.else")]);
         assert!(matches!(
-            authenticator.authenticate(None, Some(&stranger)),
+            authenticator.authenticate(&with_certificate(&stranger)),
             Err(AuthError::UnknownCertificate)
         ));
         // A wrong token is refused even alongside a good certificate.
+        let wrong = bearer("rkms_wrong");
         assert!(authenticator
-            .authenticate(Some(&bearer("rkms_wrong")), Some(&billing))
+            .authenticate(&Credentials {
+                certificate: Some(&billing),
+                ..with_token(&wrong)
+            })
             .is_err());
+        // A common name matches only a `cn:` name, a DNS name only a `dns:` name.
+        let common_name = ClientCertificate::from_names(vec![CertificateName::CommonName(
+            "billing.internal".into(),
+        )]);
+        assert!(matches!(
+            authenticator.authenticate(&with_certificate(&common_name)),
+            Err(AuthError::UnknownCertificate)
+        ));
     }
 
     #[test]
@@ -365,9 +524,15 @@ mod tests {
             anonymous: true,
             ..spec("dev")
         }]);
-        assert_eq!(authenticator.authenticate(None, None).unwrap().name, "dev");
+        assert_eq!(
+            authenticator
+                .authenticate(&Credentials::default())
+                .unwrap()
+                .name,
+            "dev"
+        );
         assert!(authenticator
-            .authenticate(Some(&bearer("rkms_x")), None)
+            .authenticate(&with_token(&bearer("rkms_x")))
             .is_err());
     }
 
@@ -379,17 +544,17 @@ mod tests {
         };
         let authenticator = Authenticator::new(&[first]);
         let before = authenticator
-            .authenticate(Some(&bearer("rkms_first")), None)
+            .authenticate(&with_token(&bearer("rkms_first")))
             .unwrap();
         authenticator.replace(&[PrincipalSpec {
             tokens: vec![TokenHash::of("rkms_second")],
             ..spec("app")
         }]);
         assert!(authenticator
-            .authenticate(Some(&bearer("rkms_first")), None)
+            .authenticate(&with_token(&bearer("rkms_first")))
             .is_err());
         assert!(authenticator
-            .authenticate(Some(&bearer("rkms_second")), None)
+            .authenticate(&with_token(&bearer("rkms_second")))
             .is_ok());
         assert_eq!(before.name, "app", "a principal handed out stays usable");
     }
@@ -418,7 +583,7 @@ mod tests {
             }),
             ..spec("dev")
         }]);
-        let principal = authenticator.authenticate(None, None).unwrap();
+        let principal = authenticator.authenticate(&Credentials::default()).unwrap();
         assert!(principal.admit().is_ok());
         assert!(principal.admit().is_ok());
         let wait = principal.admit().unwrap_err();
@@ -426,5 +591,93 @@ mod tests {
             wait > Duration::ZERO && wait <= Duration::from_secs(1),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn anonymous_requests_must_name_an_allowed_host_and_credentials_need_not() {
+        let token = new_token();
+        let authenticator = Authenticator::new(&[
+            PrincipalSpec {
+                anonymous: true,
+                ..spec("dev")
+            },
+            PrincipalSpec {
+                tokens: vec![TokenHash::of(&token)],
+                ..spec("app")
+            },
+        ]);
+        let addressed = |host: &'static str| Credentials {
+            host: Some(host.as_bytes()),
+            ..Credentials::default()
+        };
+        assert!(authenticator
+            .authenticate(&addressed("localhost:8080"))
+            .is_ok());
+        assert!(matches!(
+            authenticator.authenticate(&addressed("attacker.example:8080")),
+            Err(AuthError::HostNotAllowed)
+        ));
+        // A page that rebinds a name cannot present the token.
+        let header = bearer(&token);
+        let with_token = Credentials {
+            host: Some(b"rkms.example.com"),
+            ..with_token(&header)
+        };
+        assert_eq!(authenticator.authenticate(&with_token).unwrap().name, "app");
+        let configured = Authenticator::new(&[PrincipalSpec {
+            anonymous: true,
+            ..spec("dev")
+        }])
+        .allowed_hosts(AllowedHosts::parse(&["rkms.internal".into()]).unwrap());
+        assert!(configured
+            .authenticate(&addressed("rkms.internal:80"))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_client_past_its_failure_budget_is_refused_even_with_the_right_token() {
+        let token = new_token();
+        let authenticator = Authenticator::new(&[PrincipalSpec {
+            tokens: vec![TokenHash::of(&token)],
+            ..spec("app")
+        }])
+        .failure_budget(NonZeroU32::new(2));
+        let guesser = Some("192.0.2.1".parse().unwrap());
+        let (wrong, right) = (bearer("rkms_guess"), bearer(&token));
+        let from = |client, header| Credentials {
+            client,
+            ..with_token(header)
+        };
+        for _ in 0..2 {
+            assert!(matches!(
+                authenticator.authenticate(&from(guesser, &wrong)),
+                Err(AuthError::UnknownToken)
+            ));
+        }
+        let Err(AuthError::TooManyFailures(wait)) =
+            authenticator.authenticate(&from(guesser, &right))
+        else {
+            panic!("the right token from a spent address was looked at");
+        };
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        let other = Some("192.0.2.2".parse().unwrap());
+        assert_eq!(
+            authenticator
+                .authenticate(&from(other, &right))
+                .unwrap()
+                .name,
+            "app"
+        );
+    }
+
+    #[test]
+    fn chosen_tokens_shorter_than_the_minimum_are_refused() {
+        assert!(check_chosen_token("rkms_password123").is_err());
+        assert!(check_chosen_token(&"x".repeat(MIN_TOKEN_LEN - 1)).is_err());
+        assert!(check_chosen_token(&"x".repeat(MIN_TOKEN_LEN)).is_ok());
+        assert!(check_chosen_token(&new_token()).is_ok());
     }
 }

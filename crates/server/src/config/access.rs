@@ -7,13 +7,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::generated_tokens::GeneratedToken;
 use super::{invalid, positive_seconds, ConfigError};
 use crate::auth::{IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash};
 use crate::limits::Limits;
-use crate::tls::TlsSettings;
+use crate::tls::{CertificateName, TlsSettings};
 
 /// Default per-principal rate limit of a configuration file, per server process.
 const DEFAULT_RATE_PER_SECOND: u32 = 1000;
+
+/// Default failed authentications per client address and minute, per server process: plenty
+/// for a client with a wrong token to show up in the log, little for guessing.
+pub(super) const DEFAULT_FAILED_AUTH_PER_MINUTE: u32 = 60;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +38,7 @@ pub(super) struct LimitsSection {
     max_connections: Option<usize>,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
+    failed_auth_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +47,7 @@ pub(super) struct PrincipalSection {
     name: String,
     #[serde(default)]
     token_sha256: Vec<String>,
+    generated_token_file: Option<PathBuf>,
     #[serde(default)]
     client_certificate_names: Vec<String>,
     #[serde(default)]
@@ -77,6 +84,15 @@ pub(super) fn resolve_tls(section: Option<TlsSection>) -> Result<Option<TlsSetti
         client_ca: tls.client_ca,
         reload_interval,
     }))
+}
+
+/// Failed authentications each client address may make a minute (`None`: unlimited).
+pub(super) fn failed_auth_budget(section: &LimitsSection) -> Option<NonZeroU32> {
+    NonZeroU32::new(
+        section
+            .failed_auth_per_minute
+            .unwrap_or(DEFAULT_FAILED_AUTH_PER_MINUTE),
+    )
 }
 
 /// The limits, and the default rate limit of principals that set none (`None`: unlimited).
@@ -141,17 +157,18 @@ fn rate_limit(
     Ok(Some(RateLimit { per_second, burst }))
 }
 
-fn principal_error(name: &str, message: impl std::fmt::Display) -> ConfigError {
+pub(super) fn principal_error(name: &str, message: impl std::fmt::Display) -> ConfigError {
     invalid("principals", format!("principal {name:?}: {message}"))
 }
 
-/// Checks every principal and their relations: unique names, tokens and certificate names, at
-/// most one anonymous principal, certificate names only with a client CA.
+/// Checks every principal and their relations: unique names, tokens, token files and
+/// certificate names, at most one anonymous principal, certificate names only with a client
+/// CA. Returns the principals and the tokens to read or make from files.
 pub(super) fn resolve_principals(
     sections: Vec<PrincipalSection>,
     default_rate: Option<RateLimit>,
     client_ca: bool,
-) -> Result<Vec<PrincipalSpec>, ConfigError> {
+) -> Result<(Vec<PrincipalSpec>, Vec<GeneratedToken>), ConfigError> {
     if sections.is_empty() {
         return Err(invalid(
             "principals",
@@ -162,6 +179,8 @@ pub(super) fn resolve_principals(
     let mut names = HashSet::new();
     let mut tokens = HashSet::new();
     let mut certificate_names = HashSet::new();
+    let mut token_files = HashSet::new();
+    let mut generated = Vec::new();
     let mut anonymous = None;
     let mut specs = Vec::with_capacity(sections.len());
     for section in sections {
@@ -190,21 +209,39 @@ pub(super) fn resolve_principals(
                 return Err(principal_error(&name, "a token hash is configured twice"));
             }
         }
-        for certificate_name in &section.client_certificate_names {
+        if let Some(file) = &section.generated_token_file {
+            if !token_files.insert(file.clone()) {
+                return Err(principal_error(
+                    &name,
+                    format!("generated_token_file {} is used twice", file.display()),
+                ));
+            }
+            generated.push(GeneratedToken {
+                principal: name.clone(),
+                file: file.clone(),
+            });
+        }
+        let mut names_by_kind = Vec::with_capacity(section.client_certificate_names.len());
+        for text in &section.client_certificate_names {
             if !client_ca {
                 return Err(principal_error(
                     &name,
                     "client_certificate_names need [server.tls] client_ca to verify certificates",
                 ));
             }
-            if certificate_name.is_empty() || !certificate_names.insert(certificate_name.clone()) {
+            let certificate_name =
+                CertificateName::parse(text).map_err(|e| principal_error(&name, e))?;
+            if !certificate_names.insert(certificate_name.clone()) {
                 return Err(principal_error(
                     &name,
-                    format!("client certificate name {certificate_name:?} is empty or used twice"),
+                    format!("client certificate name \"{certificate_name}\" is used twice"),
                 ));
             }
+            names_by_kind.push(certificate_name);
         }
-        let has_credentials = !hashes.is_empty() || !section.client_certificate_names.is_empty();
+        let has_credentials = !hashes.is_empty()
+            || section.generated_token_file.is_some()
+            || !names_by_kind.is_empty();
         if section.anonymous {
             if has_credentials {
                 return Err(principal_error(
@@ -221,7 +258,8 @@ pub(super) fn resolve_principals(
         } else if !has_credentials {
             return Err(principal_error(
                 &name,
-                "needs token_sha256, client_certificate_names, or anonymous = true",
+                "needs token_sha256, generated_token_file, client_certificate_names, or \
+                 anonymous = true",
             ));
         }
         let rules = section
@@ -247,7 +285,7 @@ pub(super) fn resolve_principals(
         specs.push(PrincipalSpec {
             name,
             tokens: hashes,
-            certificate_names: section.client_certificate_names,
+            certificate_names: names_by_kind,
             anonymous: section.anonymous,
             metrics: section.metrics,
             policy,
@@ -259,7 +297,7 @@ pub(super) fn resolve_principals(
             )?,
         });
     }
-    Ok(specs)
+    Ok((specs, generated))
 }
 
 fn rule(principal: &str, allow: AllowSection) -> Result<Rule, ConfigError> {

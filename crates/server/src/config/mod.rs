@@ -6,22 +6,25 @@
 //! keys and invalid values are refused with a message that names them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rkms_core::{ServiceOptions, MAX_DATA_KEY_LEN};
 
 use crate::audit::{AuditSync, AuditTarget};
-use crate::auth::PrincipalSpec;
+use crate::auth::{AllowedHosts, PrincipalSpec};
 use crate::limits::Limits;
 use crate::tls::TlsSettings;
 use serde::Deserialize;
 
 mod access;
 mod availability;
+mod generated_tokens;
 mod kms;
 mod store;
 
+pub use generated_tokens::{GeneratedToken, NewToken};
 pub use kms::{KmsSettings, RegionSettings};
 pub use store::{ConnectionUrl, LegacyRecords, StoreSettings};
 
@@ -129,6 +132,7 @@ struct ServerSection {
     api_version: Option<String>,
     request_timeout_ms: Option<u64>,
     allow_insecure_http: Option<bool>,
+    allowed_hosts: Option<Vec<String>>,
     tls: Option<access::TlsSection>,
 }
 
@@ -192,6 +196,13 @@ pub struct Settings {
     pub limits: Limits,
     /// Who may call, and what each may do.
     pub principals: Vec<PrincipalSpec>,
+    /// Principals whose token the server makes and keeps the hash of; see
+    /// [`Settings::load_generated_tokens`].
+    pub generated_tokens: Vec<GeneratedToken>,
+    /// Failed authentications each client address may make a minute (`None`: unlimited).
+    pub failed_auth_per_minute: Option<NonZeroU32>,
+    /// Hosts besides loopback that anonymous requests may be addressed to.
+    pub allowed_hosts: AllowedHosts,
 }
 
 impl Settings {
@@ -223,6 +234,9 @@ impl Settings {
             allow_insecure_http: false,
             limits: Limits::default(),
             principals: vec![access::development_principal()],
+            generated_tokens: Vec::new(),
+            failed_auth_per_minute: NonZeroU32::new(access::DEFAULT_FAILED_AUTH_PER_MINUTE),
+            allowed_hosts: AllowedHosts::default(),
         }
     }
 
@@ -355,9 +369,14 @@ impl Settings {
         }
 
         let tls = access::resolve_tls(file.server.tls)?;
+        let failed_auth_per_minute = access::failed_auth_budget(&file.limits);
         let (limits, default_rate) = access::resolve_limits(file.limits)?;
         let client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        let principals = access::resolve_principals(file.principals, default_rate, client_ca)?;
+        let (principals, generated_tokens) =
+            access::resolve_principals(file.principals, default_rate, client_ca)?;
+        let allowed_hosts =
+            AllowedHosts::parse(file.server.allowed_hosts.as_deref().unwrap_or_default())
+                .map_err(|e| invalid("server.allowed_hosts", e))?;
 
         Ok(Self {
             listen: SocketAddr::new(host, port),
@@ -376,6 +395,9 @@ impl Settings {
             allow_insecure_http: file.server.allow_insecure_http.unwrap_or(false),
             limits,
             principals,
+            generated_tokens,
+            failed_auth_per_minute,
+            allowed_hosts,
         })
     }
 
@@ -415,7 +437,8 @@ impl Settings {
         }
         if let Some(anonymous) = self.principals.iter().find(|p| p.anonymous) {
             warnings.push(format!(
-                "anonymous callers on {addr} act as principal {:?}",
+                "anonymous callers on {addr} act as principal {:?}, for requests addressed to \
+                 loopback or a host in [server] allowed_hosts",
                 anonymous.name
             ));
         }
