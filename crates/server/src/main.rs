@@ -89,12 +89,30 @@ enum TokenAction {
 
 #[derive(Debug, clap::Subcommand)]
 enum AuditAction {
-    /// Checks an audit log's hash chain: exit 0 if intact, 1 at the first broken line.
+    /// Checks an audit log. With --public-key: exit 0 when signed checkpoints anchor every
+    /// line, 1 at the first line that fails (broken chain, bad signature), 3 when some lines
+    /// are not anchored yet. Without: only checks that the lines chain together (exit 0 or
+    /// 1), which whoever can write the file can recompute.
     Verify {
         /// The audit log file.
         file: PathBuf,
+        /// PEM public key whose checkpoints to check (`audit keygen` writes it); repeat for
+        /// a file that spans a key change.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_keys: Vec<PathBuf>,
+    },
+    /// Makes a key pair for `[audit] signing_key`: the private key at FILE (mode 0600), the
+    /// public key at FILE.pub, for `audit verify --public-key`.
+    Keygen {
+        /// Where to write the private key; neither it nor FILE.pub may exist.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
+
+/// `audit verify`'s exit code when the chains hold and the signatures verify, but some
+/// lines are not anchored by any checkpoint.
+const UNANCHORED: u8 = 3;
 
 /// Histogram buckets for call latencies, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -105,20 +123,7 @@ const LATENCY_BUCKETS: [f64; 14] = [
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::Audit {
-            action: AuditAction::Verify { file },
-        }) => {
-            return match audit::verify(file) {
-                Ok(report) => {
-                    print_verified(file, &report);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Some(Command::Audit { action }) => return audit_command(action),
         Some(Command::Token { action }) => return token_command(action),
         Some(Command::Legacy { .. }) | None => {}
     }
@@ -289,14 +294,104 @@ async fn open_service(settings: &Settings) -> Result<(Arc<dyn Store>, KeyService
     Ok((store, service))
 }
 
-/// Prints what `audit verify` found in a log whose chains are intact.
-fn print_verified(file: &std::path::Path, report: &audit::Verified) {
+fn audit_command(action: &AuditAction) -> ExitCode {
+    match action {
+        AuditAction::Keygen { out } => match audit::generate_key_pair(out) {
+            Ok((public, key)) => {
+                println!(
+                    "private key: {} (mode 0600; set [audit] signing_key to it)",
+                    out.display()
+                );
+                println!(
+                    "public key:  {} (key id {}; for audit verify --public-key)",
+                    public.display(),
+                    key.id()
+                );
+                print!("{}", key.public_pem());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rkms-server: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        AuditAction::Verify { file, public_keys } => {
+            let keys = match public_keys
+                .iter()
+                .map(|path| audit::PublicKey::load(path))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(keys) => keys,
+                Err(e) => {
+                    eprintln!("rkms-server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match audit::verify_signed(file, &keys) {
+                Ok(report) => print_verified(file, &report, &keys),
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Prints what `audit verify` found in a log whose chains hold, saying what is proven and
+/// what is not; returns the exit code.
+fn print_verified(
+    file: &std::path::Path,
+    report: &audit::Verified,
+    keys: &[audit::PublicKey],
+) -> ExitCode {
     println!(
-        "{}: {} lines, chain intact; writers: {}",
+        "{}: {} lines, writers: {}; the chains are consistent",
         file.display(),
         report.lines,
         report.writers
     );
+    let code = match &report.unanchored {
+        None => {
+            println!(
+                "not proven: without --public-key this checks only that the lines chain \
+                 together, which whoever can write the file can recompute ({} checkpoints \
+                 not checked)",
+                report.checkpoints
+            );
+            ExitCode::SUCCESS
+        }
+        Some(unanchored) => {
+            let ids: Vec<&str> = keys.iter().map(audit::PublicKey::id).collect();
+            match report.checkpoints {
+                0 => println!(
+                    "no checkpoints: nothing here is signed (written without [audit] \
+                     signing_key, or the checkpoints were removed)"
+                ),
+                n => println!(
+                    "checkpoints: {n}, every signature valid (keys {})",
+                    ids.join(", ")
+                ),
+            }
+            for range in unanchored {
+                let writer = match range.writer.as_str() {
+                    "" => "(unnamed)",
+                    id => id,
+                };
+                println!(
+                    "unanchored: {} lines of writer {writer}, lines {} to {}: no checkpoint \
+                     covers them, so a change there is not detected",
+                    range.lines, range.first, range.last
+                );
+            }
+            if unanchored.is_empty() {
+                println!("every line is anchored by a signed checkpoint");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(UNANCHORED)
+            }
+        }
+    };
     for line in &report.restarts {
         println!("line {line}: torn by a crash mid-write; the chains restart after it");
     }
@@ -306,6 +401,7 @@ fn print_verified(file: &std::path::Path, report: &audit::Verified) {
              server start completes it)"
         );
     }
+    code
 }
 
 /// Logs go to stderr; `RUST_LOG`, when set, overrides `[logger] level`.
@@ -347,9 +443,8 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
         let service = Arc::clone(&service);
         async move { service.run_repairer().await }
     });
-    let audit = AuditLog::open(&settings.audit, settings.audit_sync)
-        .map_err(|e| format!("cannot open the audit log {:?}: {e}", settings.audit))?;
-    let audit = Arc::new(audit);
+    let audit = open_audit(&settings)?;
+    let checkpoints = tokio::spawn(Arc::clone(&audit).write_checkpoints());
     let state = AppState {
         service,
         metrics: Some(metrics),
@@ -372,7 +467,13 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     // Registered before the server listens, so that no SIGHUP finds the default action (exit).
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
-    let reloader = tokio::spawn(reload_on_hangup(hangup, reload, auth, tls.clone(), audit));
+    let reloader = tokio::spawn(reload_on_hangup(
+        hangup,
+        reload,
+        auth,
+        tls.clone(),
+        Arc::clone(&audit),
+    ));
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -397,11 +498,38 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     repairer.abort();
     reloader.abort();
     failure_reports.abort();
+    checkpoints.abort();
+    if let Err(e) = audit.close().await {
+        tracing::error!(error = %e, "cannot write the audit checkpoint at shutdown");
+    }
     if let Some(watcher) = tls_watcher {
         watcher.abort();
     }
     info!("rkms-server stopped");
     Ok(())
+}
+
+/// Opens the audit log, with signed checkpoints when a signing key is configured.
+fn open_audit(settings: &Settings) -> Result<Arc<AuditLog>, String> {
+    let audit = AuditLog::open(&settings.audit, settings.audit_sync)
+        .map_err(|e| format!("cannot open the audit log {:?}: {e}", settings.audit))?;
+    let audit = match &settings.audit_signing_key {
+        Some(path) => {
+            let key =
+                audit::SigningKey::load(path).map_err(|e| format!("[audit] signing_key: {e}"))?;
+            info!(key_id = key.id(), "audit checkpoints are signed");
+            audit.with_checkpoints(key, settings.audit_checkpoints)
+        }
+        None => {
+            warn!(
+                "the audit log has no [audit] signing_key: its hash chain shows accidental \
+                 damage, but whoever can write the file can rewrite it and recompute the chain \
+                 undetected"
+            );
+            audit
+        }
+    };
+    Ok(Arc::new(audit))
 }
 
 /// On SIGHUP (as `systemctl reload` and logrotate send): reopens the audit log at its path,

@@ -532,6 +532,54 @@ fn the_audit_log_syncs_as_configured_and_always_needs_a_file() {
     assert!(message.contains("always"), "{message}");
 }
 
+#[test]
+fn audit_checkpoints_are_signed_only_with_a_key_and_at_sane_frequencies() {
+    use rkms_server::audit::Checkpoints;
+    let unsigned = parse(LOCAL).unwrap();
+    assert_eq!(unsigned.audit_signing_key, None);
+    assert_eq!(
+        unsigned.audit_checkpoints,
+        Checkpoints {
+            every_lines: 1000,
+            interval: std::time::Duration::from_secs(60)
+        }
+    );
+    let signed = parse(&format!(
+        "{LOCAL}[audit]\nsigning_key = \"/etc/rkms/audit.key\"\ncheckpoint_lines = 50\n\
+         checkpoint_interval_seconds = 5\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        signed.audit_signing_key.as_deref(),
+        Some(Path::new("/etc/rkms/audit.key"))
+    );
+    assert_eq!(
+        signed.audit_checkpoints,
+        Checkpoints {
+            every_lines: 50,
+            interval: std::time::Duration::from_secs(5)
+        }
+    );
+    for (section, key) in [
+        ("checkpoint_lines = 5", "audit.checkpoint_lines"),
+        (
+            "checkpoint_interval_seconds = 5",
+            "audit.checkpoint_interval_seconds",
+        ),
+        (
+            "signing_key = \"k\"\ncheckpoint_lines = 0",
+            "audit.checkpoint_lines",
+        ),
+        (
+            "signing_key = \"k\"\ncheckpoint_interval_seconds = 0",
+            "audit.checkpoint_interval_seconds",
+        ),
+    ] {
+        let message = refusal(&format!("{LOCAL}[audit]\n{section}\n"));
+        assert!(message.contains(key), "{section}: {message}");
+    }
+}
+
 /// `[kms]` for the AWS provider with one region, `extra` keys and its endpoint.
 fn aws_with_endpoint(endpoint: &str, extra: &str) -> String {
     format!("{AWS}{extra}[kms.endpoints]\na = {endpoint:?}\n")
@@ -855,7 +903,7 @@ fn plain_http_beyond_loopback_needs_an_explicit_allowance() {
 }
 
 /// Every duration setting, in the unit its key names.
-const DURATION_KEYS: [(&str, &str); 13] = [
+const DURATION_KEYS: [(&str, &str); 14] = [
     ("limits", "header_read_timeout_seconds"),
     ("cache", "ttl_seconds"),
     ("cache", "stale_grace_seconds"),
@@ -869,6 +917,7 @@ const DURATION_KEYS: [(&str, &str); 13] = [
     ("kms", "timeout_ms"),
     ("server.tls", "reload_interval_seconds"),
     ("store", "timeout_ms"),
+    ("audit", "checkpoint_interval_seconds"),
 ];
 
 fn with_duration(section: &str, key: &str, value: u64) -> String {
@@ -881,6 +930,7 @@ fn with_duration(section: &str, key: &str, value: u64) -> String {
         "server.tls" => format!(
             "[server.tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n{key} = {value}\n{LOCAL}"
         ),
+        "audit" => format!("{LOCAL}[audit]\nsigning_key = \"k.pem\"\n{key} = {value}\n"),
         _ => format!("{LOCAL}[{section}]\n{key} = {value}\n"),
     }
 }
@@ -903,6 +953,7 @@ proptest::proptest! {
                 proptest::prop_assert!(settings.service.breaker.open_for <= limit);
                 proptest::prop_assert!(settings.service.kms_timeout <= limit);
                 proptest::prop_assert!(settings.service.store_timeout <= limit);
+                proptest::prop_assert!(settings.audit_checkpoints.interval <= limit);
             }
             Err(e) => {
                 let message = e.to_string();

@@ -1,5 +1,5 @@
 //! End to end: the audit log of the built server binary, with fsync per group of lines,
-//! rotation on SIGHUP, and several servers writing one file.
+//! rotation on SIGHUP, several servers writing one file, and signed checkpoints.
 
 mod support;
 
@@ -9,12 +9,18 @@ use std::time::Duration;
 
 use support::{assert_servers_converge, get_json, key, Server, ANONYMOUS_PRINCIPAL};
 
-/// `rkms-server audit verify FILE`.
-fn verify(path: &Path) -> Output {
+/// `rkms-server audit ARGS`.
+fn audit(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
-        .args(["audit", "verify", path.to_str().unwrap()])
+        .arg("audit")
+        .args(args)
         .output()
         .unwrap()
+}
+
+/// `rkms-server audit verify FILE`.
+fn verify(path: &Path) -> Output {
+    audit(&["verify", path.to_str().unwrap()])
 }
 
 fn assert_intact(path: &Path) -> String {
@@ -148,4 +154,136 @@ async fn three_servers_sharing_a_data_directory_write_one_verifiable_audit_log()
         .map(|l| l["writer"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(writers.len(), 3, "each server's lines name it");
+}
+
+/// What a forger who can write the file does after an edit to a one-writer log: every line's
+/// `prev` becomes the SHA-256 of the line before it as it now reads.
+fn recompute(lines: &mut [String]) {
+    use sha2::{Digest as _, Sha256};
+    for n in 1..lines.len() {
+        let prev: String = Sha256::digest(lines[n - 1].as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let at = lines[n].find("\"prev\":\"").unwrap() + 8;
+        lines[n].replace_range(at..at + 64, &prev);
+    }
+}
+
+fn rewrite(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// A local-KMS configuration whose audit checkpoints are signed by `key`.
+fn signed_config(dir: &Path, key: &Path) -> std::path::PathBuf {
+    let config = dir.join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"eu\", \"us\"]\n[audit]\nsigning_key = {key:?}\n\
+             checkpoint_lines = 2\n{ANONYMOUS_PRINCIPAL}"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn a_recomputed_chain_is_refused_with_the_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let signing_key = dir.path().join("audit.key");
+    let made = audit(&["keygen", "--out", signing_key.to_str().unwrap()]);
+    assert!(made.status.success(), "{made:?}");
+    let public = dir.path().join("audit.key.pub");
+    let config = signed_config(dir.path(), &signing_key);
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let client = reqwest::Client::new();
+    for id in ["a", "b", "c", "d", "e"] {
+        key(&client, &server, id).await;
+    }
+    assert!(server.stop().success());
+    let log = dir.path().join("audit.log");
+    let signed_verify = || {
+        audit(&[
+            "verify",
+            log.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+        ])
+    };
+    let output = signed_verify();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("every line is anchored"), "{stdout}");
+    let original: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        original.last().unwrap().contains("\"reason\":\"shutdown\""),
+        "the server checkpoints as it stops: {original:#?}"
+    );
+
+    // Issue 17's forgery: line 1's id changed, every later `prev` recomputed.
+    let mut forged = original.clone();
+    forged[0] = forged[0].replacen("\"id\":\"a\"", "\"id\":\"forged\"", 1);
+    recompute(&mut forged);
+    rewrite(&log, &forged);
+    let unsigned = verify(&log);
+    let stdout = String::from_utf8_lossy(&unsigned.stdout);
+    assert!(
+        stdout.contains("not proven") && !stdout.contains("intact"),
+        "without the key, verify claims no more than consistency: {stdout}"
+    );
+    let refused = signed_verify();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("signature does not verify"), "{stderr}");
+
+    // The same, with the checkpoints removed: nothing is anchored any more.
+    let mut stripped: Vec<String> = forged
+        .into_iter()
+        .filter(|l| !l.contains("\"checkpoint\""))
+        .collect();
+    recompute(&mut stripped);
+    rewrite(&log, &stripped);
+    let refused = signed_verify();
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert!(stdout.contains("unanchored: 5 lines"), "{stdout}");
+}
+
+#[test]
+fn a_signing_key_others_may_read_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let signing_key = dir.path().join("audit.key");
+    assert!(audit(&["keygen", "--out", signing_key.to_str().unwrap()])
+        .status
+        .success());
+    std::fs::set_permissions(&signing_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = signed_config(dir.path(), &signing_key);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("signing_key") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
 }

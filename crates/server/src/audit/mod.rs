@@ -7,9 +7,17 @@
 //! restarts, and several servers sharing one data directory append to one file without
 //! breaking each other's chains: each line goes out with one `O_APPEND` write, and
 //! [`verify`] follows every writer's chain through the file. Editing or removing a line
-//! breaks its writer's chain at that writer's next line. Removing a writer's last lines
-//! leaves valid, shorter chains: ship the log off the host (or keep the last hashes
-//! elsewhere) to detect truncation. No line ever holds key material.
+//! breaks its writer's chain at that writer's next line, but whoever can write the file can
+//! also recompute every later `prev`: the chain alone shows accidents, not forgery.
+//!
+//! With a signing key, each writer also writes signed checkpoints (see `checkpoint`): after
+//! [`Checkpoints::every_lines`] lines, [`Checkpoints::interval`] after its last one when it
+//! has written since, before leaving a file on [`AuditLog::reopen`], and on
+//! [`AuditLog::close`]. A checkpoint signs the writer's chain head and the last lines other
+//! writers appended since its previous one, so it anchors every line that leads to those;
+//! [`verify_signed`] with the public key refuses an anchored line that was changed, removed or
+//! inserted, and reports the lines no checkpoint covers yet (those after the last one). No
+//! line ever holds key material.
 //!
 //! A crash can leave the file ending in a torn line (no newline). The next writer to open it
 //! completes that line with a newline and marks its own first line `"break":"torn"`, which
@@ -20,21 +28,29 @@
 //! failed fsync no further line is confirmed until the server restarts.
 
 use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+mod checkpoint;
 mod commit;
 mod file;
+mod heads;
+mod keys;
 mod verify;
+mod writer;
 
-pub use verify::{verify, Verified, VerifyError};
+pub use checkpoint::Checkpoints;
+pub use keys::{generate_key_pair, KeyError, PublicKey, SigningKey};
+pub use verify::{verify, verify_signed, Unanchored, Verified, VerifyError};
 
+use checkpoint::{Checkpoint, Reason};
 use commit::GroupCommit;
+use heads::Heads;
+use writer::{CheckpointLine, Sink, Writer};
 
 /// The `prev` of a writer's first line in an empty file.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -87,36 +103,11 @@ pub struct AuditEvent<'a> {
     pub stale: bool,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    time_ms: u128,
-    writer: &'a str,
-    /// `torn` on the first line after a torn one.
-    #[serde(rename = "break", skip_serializing_if = "Option::is_none")]
-    restart: Option<&'static str>,
-    #[serde(flatten)]
-    event: &'a AuditEvent<'a>,
-    prev: &'a str,
-}
-
-/// Where this process's lines go now.
-enum Sink {
-    Stdout,
-    File(Arc<File>),
-}
-
-/// The writer's position: its file, its chain, and how many lines it has written.
-struct Writer {
-    sink: Sink,
-    id: String,
-    prev: String,
-    /// The file may end in a torn line: the next line starts with a newline and is marked.
-    torn: bool,
-    /// Lines written since the log was opened, across reopens; a line's number is its place.
-    written: u64,
-    /// Files replaced by a reopen, with the number of the last line written to each, until a
-    /// sync covers them.
-    retired: Vec<(Arc<File>, u64)>,
+/// The key that signs checkpoints, and how often.
+#[derive(Debug)]
+struct Signing {
+    key: SigningKey,
+    every: Checkpoints,
 }
 
 /// An open audit log; see the module documentation.
@@ -125,6 +116,11 @@ pub struct AuditLog {
     sync: AuditSync,
     writer: Mutex<Writer>,
     commit: GroupCommit,
+    signing: Option<Signing>,
+    /// Other writers' lines in the current file; locked before `writer` when both are.
+    heads: Mutex<Heads>,
+    /// Woken when the writer has written `every_lines` lines since its last checkpoint.
+    due: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -132,6 +128,7 @@ impl std::fmt::Debug for AuditLog {
         f.debug_struct("AuditLog")
             .field("target", &self.target)
             .field("sync", &self.sync)
+            .field("signing", &self.signing)
             .finish_non_exhaustive()
     }
 }
@@ -151,17 +148,18 @@ impl AuditLog {
     /// Opens the target as a new writer; a file is created (0600) or continued from its last
     /// complete line, and a torn last line is completed by this writer's first line.
     pub fn open(target: &AuditTarget, sync: AuditSync) -> io::Result<Self> {
-        let writer = match target {
+        let (writer, len) = match target {
             AuditTarget::Stdout if sync == AuditSync::Always => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "sync = \"always\" needs an audit file, not standard output",
                 ));
             }
-            AuditTarget::Stdout => Writer::starting(Sink::Stdout, None, false),
+            AuditTarget::Stdout => (Writer::starting(Sink::Stdout, None, false), 0),
             AuditTarget::File(path) => {
                 let opened = file::open(path, sync)?;
-                Writer::starting(Sink::File(Arc::new(opened.file)), opened.last, opened.torn)
+                let sink = Sink::File(Arc::new(opened.file));
+                (Writer::starting(sink, opened.last, opened.torn), opened.len)
             }
         };
         Ok(Self {
@@ -169,18 +167,35 @@ impl AuditLog {
             sync,
             writer: Mutex::new(writer),
             commit: GroupCommit::default(),
+            signing: None,
+            heads: Mutex::new(Heads::from(len)),
+            due: tokio::sync::Notify::new(),
         })
     }
 
+    /// Signs checkpoints with `key`, as often as `every` says (see the module documentation);
+    /// [`AuditLog::write_checkpoints`] must run for the periodic ones.
+    pub fn with_checkpoints(mut self, key: SigningKey, every: Checkpoints) -> Self {
+        self.signing = Some(Signing { key, every });
+        self
+    }
+
     /// Opens the file at the target's path again, as a new writer, after log rotation moved
-    /// the old one away (SIGHUP). On failure the current file stays in use.
+    /// the old one away (SIGHUP). A checkpoint ends the writer's chain in the old file first
+    /// (a failed one is logged, and does not stop the reopen). On failure to open, the
+    /// current file stays in use.
     pub fn reopen(&self) -> io::Result<()> {
         let AuditTarget::File(path) = &self.target else {
             return Ok(());
         };
         let opened = file::open(path, self.sync)?;
-        let mut writer = self.lock();
+        let mut heads = self.lock_heads();
+        let mut writer = self.lock_for_checkpoint(&mut heads);
+        if let Err(e) = self.checkpoint_locked(&mut writer, &mut heads, Reason::Reopen) {
+            tracing::error!(error = %e, "cannot write the audit checkpoint before the reopen");
+        }
         let old = writer.restart(Sink::File(Arc::new(opened.file)), opened.last, opened.torn);
+        *heads = Heads::from(opened.len);
         if let (Sink::File(old), AuditSync::Always) = (old, self.sync) {
             let last = writer.written;
             writer.retired.push((old, last));
@@ -195,10 +210,41 @@ impl AuditLog {
         let number = self.append(event)?;
         match self.sync {
             AuditSync::Os => Ok(()),
+            AuditSync::Always => self.cover(number).await,
+        }
+    }
+
+    /// Writes the checkpoints that fall due while the server runs: after `every_lines` lines,
+    /// and `interval` after the last one when a line was written since. Returns at once
+    /// without a signing key.
+    pub async fn write_checkpoints(self: Arc<Self>) {
+        let Some(interval) = self.signing.as_ref().map(|s| s.every.interval) else {
+            return;
+        };
+        loop {
+            let reason = tokio::select! {
+                () = tokio::time::sleep(interval) => Reason::Interval,
+                () = self.due.notified() => Reason::Lines,
+            };
+            let log = Arc::clone(&self);
+            let written = tokio::task::spawn_blocking(move || log.checkpoint(reason))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            if let Err(e) = written {
+                tracing::error!(error = %e, "cannot write an audit checkpoint");
+            }
+        }
+    }
+
+    /// Ends the writer at shutdown: a last checkpoint, made durable with
+    /// [`AuditSync::Always`].
+    pub async fn close(&self) -> io::Result<()> {
+        self.checkpoint(Reason::Shutdown)?;
+        match self.sync {
+            AuditSync::Os => Ok(()),
             AuditSync::Always => {
-                self.commit
-                    .cover(number, |synced| self.files_to_sync(synced))
-                    .await
+                let written = self.lock().written;
+                self.cover(written).await
             }
         }
     }
@@ -207,55 +253,79 @@ impl AuditLog {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Chains and writes one line with one write; returns its number.
+    fn lock_heads(&self) -> std::sync::MutexGuard<'_, Heads> {
+        self.heads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once line `number` is on disk.
+    async fn cover(&self, number: u64) -> io::Result<()> {
+        self.commit
+            .cover(number, |synced| self.files_to_sync(synced))
+            .await
+    }
+
+    /// Chains and writes one event line with one write; returns its number.
     fn append(&self, event: &AuditEvent<'_>) -> io::Result<u64> {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
         let mut writer = self.lock();
-        let mut bytes = Vec::with_capacity(320);
-        if writer.torn {
-            bytes.push(b'\n');
+        let number = writer.append(event, None)?;
+        writer.since_checkpoint += 1;
+        if self
+            .signing
+            .as_ref()
+            .is_some_and(|s| writer.since_checkpoint == s.every.every_lines)
+        {
+            self.due.notify_one();
         }
-        let start = bytes.len();
-        serde_json::to_writer(
-            &mut bytes,
-            &Line {
-                time_ms,
-                writer: &writer.id,
-                restart: writer.torn.then_some("torn"),
-                event,
-                prev: &writer.prev,
+        Ok(number)
+    }
+
+    /// Writes a checkpoint if there is a signing key and the writer has written lines since
+    /// its last one. Blocks on file I/O.
+    fn checkpoint(&self, reason: Reason) -> io::Result<()> {
+        let mut heads = self.lock_heads();
+        let mut writer = self.lock_for_checkpoint(&mut heads);
+        self.checkpoint_locked(&mut writer, &mut heads, reason)
+    }
+
+    /// Brings `heads` up to the end of the current file, then locks the writer. Reading other
+    /// writers' lines, which may be many, happens before the lock that appending waits for;
+    /// a failed read is logged, and the checkpoint then names fewer heads.
+    fn lock_for_checkpoint(&self, heads: &mut Heads) -> std::sync::MutexGuard<'_, Writer> {
+        if self.signing.is_some() {
+            let file = match &self.lock().sink {
+                Sink::File(file) => Some(Arc::clone(file)),
+                Sink::Stdout => None,
+            };
+            if let Some(Err(e)) = file.map(|file| heads.read(&file)) {
+                tracing::error!(error = %e, "cannot read other writers' audit lines");
+            }
+        }
+        self.lock()
+    }
+
+    fn checkpoint_locked(
+        &self,
+        writer: &mut Writer,
+        heads: &mut Heads,
+        reason: Reason,
+    ) -> io::Result<()> {
+        let Some(signing) = &self.signing else {
+            return Ok(());
+        };
+        if writer.since_checkpoint == 0 {
+            return Ok(());
+        }
+        let line = CheckpointLine {
+            checkpoint: Checkpoint {
+                key: signing.key.id().to_owned(),
+                reason,
+                heads: heads.pending(&writer.id),
             },
-        )
-        .map_err(io::Error::other)?;
-        let next = hash(&bytes[start..]);
-        bytes.push(b'\n');
-        match &writer.sink {
-            Sink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(&bytes)?;
-                out.flush()?;
-            }
-            Sink::File(file) => {
-                let written = (&**file).write(&bytes)?;
-                if written < bytes.len() {
-                    // Part of the line is in the file: the next one completes and marks it.
-                    writer.torn = true;
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!(
-                            "short write to the audit log ({written} of {} bytes)",
-                            bytes.len()
-                        ),
-                    ));
-                }
-            }
-        }
-        writer.prev = next;
-        writer.torn = false;
-        writer.written += 1;
-        Ok(writer.written)
+        };
+        writer.append(&line, Some(&signing.key))?;
+        writer.since_checkpoint = 0;
+        heads.named();
+        Ok(())
     }
 
     /// For a group commit: the number of the last line written, and the fsync that makes
@@ -273,33 +343,6 @@ impl AuditLog {
         let upto = writer.written;
         (upto, move || files.iter().try_for_each(|f| f.sync_data()))
     }
-}
-
-impl Writer {
-    /// A new writer whose first line follows `last` (the hash of the file's last complete
-    /// line).
-    fn starting(sink: Sink, last: Option<String>, torn: bool) -> Self {
-        Self {
-            sink,
-            id: new_writer_id(),
-            prev: last.unwrap_or_else(|| GENESIS.to_owned()),
-            torn,
-            written: 0,
-            retired: Vec::new(),
-        }
-    }
-
-    /// Goes on as a new writer on `sink`, keeping the line count; returns the old sink.
-    fn restart(&mut self, sink: Sink, last: Option<String>, torn: bool) -> Sink {
-        self.id = new_writer_id();
-        self.prev = last.unwrap_or_else(|| GENESIS.to_owned());
-        self.torn = torn;
-        std::mem::replace(&mut self.sink, sink)
-    }
-}
-
-fn new_writer_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 #[cfg(test)]

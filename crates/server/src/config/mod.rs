@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rkms_core::{ServiceOptions, MAX_DATA_KEY_LEN};
 
-use crate::audit::{AuditSync, AuditTarget};
+use crate::audit::{AuditSync, AuditTarget, Checkpoints};
 use crate::auth::{AllowedHosts, PrincipalSpec};
 use crate::limits::Limits;
 use crate::tls::TlsSettings;
@@ -110,6 +110,55 @@ struct AuditSection {
     path: Option<PathBuf>,
     /// `os` (default) or `always` (fsync before a key is handed out).
     sync: Option<AuditSync>,
+    /// PEM Ed25519 private key (mode 0600) that signs checkpoints; none by default.
+    signing_key: Option<PathBuf>,
+    checkpoint_lines: Option<u64>,
+    checkpoint_interval_seconds: Option<u64>,
+}
+
+/// The signing key and how often it checkpoints; the frequencies only with a key.
+fn audit_checkpoints(
+    section: &AuditSection,
+) -> Result<(Option<PathBuf>, Checkpoints), ConfigError> {
+    let default = Checkpoints::default();
+    if section.signing_key.is_none() {
+        for (key, set) in [
+            ("audit.checkpoint_lines", section.checkpoint_lines.is_some()),
+            (
+                "audit.checkpoint_interval_seconds",
+                section.checkpoint_interval_seconds.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(invalid(
+                    key,
+                    "checkpoints are written only with audit.signing_key; set it or remove this",
+                ));
+            }
+        }
+    }
+    let every_lines = match section.checkpoint_lines {
+        None => default.every_lines,
+        Some(0) => {
+            return Err(invalid(
+                "audit.checkpoint_lines",
+                "must be greater than zero",
+            ))
+        }
+        Some(lines) => lines,
+    };
+    let interval = positive_seconds(
+        "audit.checkpoint_interval_seconds",
+        section.checkpoint_interval_seconds,
+        default.interval,
+    )?;
+    Ok((
+        section.signing_key.clone(),
+        Checkpoints {
+            every_lines,
+            interval,
+        },
+    ))
 }
 
 /// Audit log file name under the data directory.
@@ -188,6 +237,10 @@ pub struct Settings {
     pub audit: AuditTarget,
     /// Whether an audit line is fsynced before its key is handed out.
     pub audit_sync: AuditSync,
+    /// The private key that signs audit checkpoints; `None` writes none.
+    pub audit_signing_key: Option<PathBuf>,
+    /// How often audit checkpoints are written, with a signing key.
+    pub audit_checkpoints: Checkpoints,
     /// Server TLS; `None` serves plain HTTP.
     pub tls: Option<TlsSettings>,
     /// Plain HTTP on a non-loopback address was asked for explicitly.
@@ -230,6 +283,8 @@ impl Settings {
             notices: Vec::new(),
             audit: audit_target(None, data_dir),
             audit_sync: AuditSync::default(),
+            audit_signing_key: None,
+            audit_checkpoints: Checkpoints::default(),
             tls: None,
             allow_insecure_http: false,
             limits: Limits::default(),
@@ -359,6 +414,7 @@ impl Settings {
             file.repair,
         )?;
 
+        let (audit_signing_key, audit_checkpoints) = audit_checkpoints(&file.audit)?;
         let audit = audit_target(file.audit.path, data_dir);
         let audit_sync = file.audit.sync.unwrap_or_default();
         if audit == AuditTarget::Stdout && audit_sync == AuditSync::Always {
@@ -391,6 +447,8 @@ impl Settings {
             notices,
             audit,
             audit_sync,
+            audit_signing_key,
+            audit_checkpoints,
             tls,
             allow_insecure_http: file.server.allow_insecure_http.unwrap_or(false),
             limits,
