@@ -59,8 +59,8 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)
-        .route("/healthz", get_only(healthz))
-        .route("/readyz", get_only(readyz))
+        .route(limits::HEALTH_PATH, get_only(healthz))
+        .route(limits::READY_PATH, get_only(readyz))
         .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -623,6 +623,8 @@ reload_interval_seconds = 5
 max_uri_bytes = 2048
 max_header_bytes = 8192
 header_read_timeout_seconds = 3
+write_timeout_seconds = 4
+max_connection_age_seconds = 60
 max_connections = 64
 rate_limit_per_second = 10
 
@@ -658,7 +660,13 @@ rate_limit_burst = 5
     assert_eq!(settings.limits.max_uri_bytes, 2048);
     assert_eq!(settings.limits.max_header_bytes, 8192);
     assert_eq!(settings.limits.header_read_timeout.as_secs(), 3);
+    assert_eq!(settings.limits.write_timeout.as_secs(), 4);
+    assert_eq!(settings.limits.max_connection_age.as_secs(), 60);
     assert_eq!(settings.limits.max_connections, 64);
+    assert_eq!(
+        settings.limits.max_connections_per_address, 16,
+        "a quarter of max_connections unless configured"
+    );
     let names: Vec<&str> = settings
         .principals
         .iter()
@@ -778,8 +786,10 @@ fn plain_http_beyond_loopback_needs_an_explicit_allowance() {
 }
 
 /// Every duration setting, in the unit its key names.
-const DURATION_KEYS: [(&str, &str); 13] = [
+const DURATION_KEYS: [(&str, &str); 15] = [
     ("limits", "header_read_timeout_seconds"),
+    ("limits", "write_timeout_seconds"),
+    ("limits", "max_connection_age_seconds"),
     ("cache", "ttl_seconds"),
     ("cache", "stale_grace_seconds"),
     ("repair", "interval_seconds"),
@@ -819,6 +829,8 @@ proptest::proptest! {
             Ok(settings) => {
                 let limit = std::time::Duration::from_secs(30 * 24 * 3600);
                 proptest::prop_assert!(settings.limits.header_read_timeout <= limit);
+                proptest::prop_assert!(settings.limits.write_timeout <= limit);
+                proptest::prop_assert!(settings.limits.max_connection_age <= limit);
                 proptest::prop_assert!(settings.service.cache.ttl <= limit);
                 proptest::prop_assert!(settings.service.cache.stale_grace.is_none_or(|g| g <= limit));
                 proptest::prop_assert!(settings.service.repair.interval <= limit);
@@ -848,10 +860,11 @@ fn an_overflowing_header_timeout_is_refused_by_name() {
 
 /// Every size and count setting: where it goes, and the range it is accepted in (README,
 /// Configuration). Everything outside is refused with the key named.
-const SIZE_KEYS: [(&str, &str, u64, u64); 19] = [
+const SIZE_KEYS: [(&str, &str, u64, u64); 20] = [
     ("limits", "max_uri_bytes", 1, 65_536),
     ("limits", "max_header_bytes", 1, 1_048_576),
     ("limits", "max_connections", 1, 100_000),
+    ("limits", "max_connections_per_address", 0, 100_000),
     ("limits", "rate_limit_per_second", 0, 1_000_000),
     ("limits", "rate_limit_burst", 1, 1_000_000),
     ("principal", "rate_limit_per_second", 0, 1_000_000),

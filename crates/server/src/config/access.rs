@@ -38,7 +38,10 @@ pub(super) struct LimitsSection {
     max_uri_bytes: Option<usize>,
     max_header_bytes: Option<usize>,
     header_read_timeout_seconds: Option<u64>,
+    write_timeout_seconds: Option<u64>,
+    max_connection_age_seconds: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
 }
@@ -90,6 +93,12 @@ pub(super) fn resolve_limits(
     section: LimitsSection,
 ) -> Result<(Limits, Option<RateLimit>), ConfigError> {
     let defaults = Limits::default();
+    let max_connections = count(
+        "limits.max_connections",
+        section.max_connections,
+        defaults.max_connections,
+        1..=MAX_CONNECTIONS,
+    )?;
     let limits = Limits {
         max_uri_bytes: count(
             "limits.max_uri_bytes",
@@ -108,11 +117,22 @@ pub(super) fn resolve_limits(
             section.header_read_timeout_seconds,
             defaults.header_read_timeout,
         )?,
-        max_connections: count(
-            "limits.max_connections",
-            section.max_connections,
-            defaults.max_connections,
-            1..=MAX_CONNECTIONS,
+        write_timeout: positive_seconds(
+            "limits.write_timeout_seconds",
+            section.write_timeout_seconds,
+            defaults.write_timeout,
+        )?,
+        max_connection_age: positive_seconds(
+            "limits.max_connection_age_seconds",
+            section.max_connection_age_seconds,
+            defaults.max_connection_age,
+        )?,
+        max_connections,
+        max_connections_per_address: count(
+            "limits.max_connections_per_address",
+            section.max_connections_per_address,
+            Limits::default_per_address(max_connections),
+            0..=MAX_CONNECTIONS,
         )?,
     };
     let per_second = count(
