@@ -14,7 +14,7 @@ use rkms_server::backends::{open_regions, open_store};
 use rkms_server::config::{LegacyRecords, LogFormat, Settings, StoreSettings};
 use rkms_server::legacy;
 use rkms_server::routes::{app, AppState};
-use rkms_server::serve::serve;
+use rkms_server::serve::{fit_open_file_limit, serve};
 use rkms_server::tls::TlsConfig;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -151,6 +151,22 @@ async fn main() -> ExitCode {
         }
     };
     settings.notices.extend(exposure_warnings);
+    let store_pool = match &settings.store {
+        StoreSettings::Sqlite {
+            max_connections, ..
+        }
+        | StoreSettings::Postgres {
+            max_connections, ..
+        } => *max_connections,
+        _ => 0,
+    };
+    match fit_open_file_limit(&mut settings.limits, store_pool) {
+        Ok(warning) => settings.notices.extend(warning),
+        Err(e) => {
+            eprintln!("rkms-server: {e}");
+            return ExitCode::from(2);
+        }
+    }
     init_logging(&settings);
     let reload = cli.config.clone().map(|path| (path, cli.data_dir.clone()));
     match run(settings, reload).await {

@@ -37,9 +37,11 @@ use crate::limits::{Limits, HEALTH_PATH, READY_PATH};
 use crate::telemetry::REJECTIONS;
 use crate::tls::{ClientCertificate, TlsConfig};
 
+mod open_files;
 mod per_address;
 mod write_deadline;
 
+pub use open_files::fit_open_file_limit;
 use per_address::PerAddress;
 use write_deadline::WriteDeadline;
 

@@ -1,6 +1,6 @@
 //! Connection limits against the built binary: clients that hold connections (idle, or
 //! pipelining without reading the answers) cannot keep the health checks or other clients
-//! out.
+//! out, and the connection limit fits the open-file limit.
 
 mod support;
 
@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::{Server, ANONYMOUS_PRINCIPAL};
+use support::{ulimit_command, Server, ANONYMOUS_PRINCIPAL};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
@@ -264,6 +264,116 @@ async fn one_address_gets_at_most_max_connections_per_address() {
         &server.key_url("id=again"),
         200,
         Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// Runs the server with `args` under `ulimit` with `limit` until it exits (at most 10 s).
+fn run_with_ulimit(limit: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = ulimit_command(limit)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn an_open_file_limit_too_low_for_any_connections_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let (code, stderr) = run_with_ulimit("-n 64", &args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("limits.max_connections"), "{stderr}");
+    assert!(stderr.contains("RLIMIT_NOFILE"), "{stderr}");
+}
+
+/// The soft open-file limit of process `pid`.
+fn soft_file_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_low_soft_file_limit_is_raised_to_the_hard_limit() {
+    let hard: u64 = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    assert!(
+        hard >= 2000,
+        "this test needs a hard open-file limit of at least 2000 (ulimit -Hn); it is {hard}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "max_connections = 1000");
+    let server = Server::start_with_ulimit("-Sn 400", &["--config", config.to_str().unwrap()]);
+    assert!(soft_file_limit(server.pid()) >= 1000);
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("max_connections"), "{log}");
+}
+
+#[tokio::test]
+async fn a_connection_limit_beyond_the_hard_file_limit_is_lowered_and_never_runs_out_of_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        "max_connections_per_address = 0\nheader_read_timeout_seconds = 60",
+    );
+    let server = Server::start_with_ulimit("-n 400", &["--config", config.to_str().unwrap()]);
+    let warning = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("WARN") && l.contains("limits.max_connections"))
+        .cloned();
+    let warning = warning.expect("a warning that max_connections was lowered");
+    assert!(warning.contains("RLIMIT_NOFILE"), "{warning}");
+
+    let mut idle = Vec::new();
+    for _ in 0..420 {
+        idle.push(connect_from("127.0.0.1", &server).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("Too many open files"), "{log}");
+    drop(idle);
+    wait_for_status(
+        &impatient_client(),
+        &server.key_url("id=after-the-crowd"),
+        200,
+        Duration::from_secs(10),
     )
     .await;
 }
