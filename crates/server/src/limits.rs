@@ -11,6 +11,11 @@ use axum::response::Response;
 use crate::error::ApiError;
 use crate::telemetry::REJECTIONS;
 
+/// The health checks' paths: a connection beyond `max_connections` may still make these.
+pub const HEALTH_PATH: &str = "/healthz";
+/// See [`HEALTH_PATH`].
+pub const READY_PATH: &str = "/readyz";
+
 /// Size, time and connection limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -21,22 +26,40 @@ pub struct Limits {
     /// Time a client gets to complete a TLS handshake or send a request's headers, and how
     /// long an idle keep-alive connection stays open.
     pub header_read_timeout: Duration,
-    /// Open connections at once; more wait in the listen queue.
+    /// Time a client may go without taking any of the bytes the server is sending; then its
+    /// connection is closed, so a client that stops reading cannot hold a slot.
+    pub write_timeout: Duration,
+    /// Age at which a connection is closed after the request in progress, so that no client
+    /// holds a slot for good, however it paces its reads.
+    pub max_connection_age: Duration,
+    /// Open connections at once serving every route; a few more answer health checks only.
     pub max_connections: usize,
+    /// Open connections at once from one client address (an IPv6 /64); 0 turns the cap off.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let max_connections = 1024;
         Self {
             max_uri_bytes: 4096,
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 1024,
+            write_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(600),
+            max_connections,
+            max_connections_per_address: Self::default_per_address(max_connections),
         }
     }
 }
 
 impl Limits {
+    /// The per-address cap unless configured: a quarter of the connections, so that it takes
+    /// four addresses to hold them all.
+    pub fn default_per_address(max_connections: usize) -> usize {
+        max_connections.div_ceil(4)
+    }
+
     /// HTTP/1 read buffer: room for a request just past the limits, so that it reaches
     /// [`enforce`] and gets a JSON answer; anything larger is cut off by hyper with a bare 431.
     pub fn read_buffer_bytes(&self) -> usize {

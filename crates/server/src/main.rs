@@ -16,7 +16,7 @@ use rkms_server::config::{
 };
 use rkms_server::legacy;
 use rkms_server::routes::{app, AppState};
-use rkms_server::serve::serve;
+use rkms_server::serve::{fit_open_file_limit, serve};
 use rkms_server::tls::TlsConfig;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -161,6 +161,22 @@ async fn main() -> ExitCode {
     settings.notices.extend(exposure_warnings);
     match settings.load_generated_tokens() {
         Ok(made) => made.iter().for_each(show_new_token),
+        Err(e) => {
+            eprintln!("rkms-server: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let store_pool = match &settings.store {
+        StoreSettings::Sqlite {
+            max_connections, ..
+        }
+        | StoreSettings::Postgres {
+            max_connections, ..
+        } => *max_connections,
+        _ => 0,
+    };
+    match fit_open_file_limit(&mut settings.limits, store_pool) {
+        Ok(warning) => settings.notices.extend(warning),
         Err(e) => {
             eprintln!("rkms-server: {e}");
             return ExitCode::from(2);

@@ -59,8 +59,8 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let probes = Probes::start(Arc::clone(&state.service));
     let probe_routes = Router::new()
-        .route("/healthz", get_only(probes::healthz))
-        .route("/readyz", get_only(probes::readyz))
+        .route(limits::HEALTH_PATH, get_only(probes::healthz))
+        .route(limits::READY_PATH, get_only(probes::readyz))
         .route_layer(middleware::from_fn_with_state(
             probes.clone(),
             probes::limit,

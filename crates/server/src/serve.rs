@@ -1,5 +1,17 @@
 //! The connection loop: accept, TLS handshake, HTTP/1.1 under connection limits, and a
 //! graceful shutdown. Each request carries the [`Peer`] it came from.
+//!
+//! No client can keep the others or the health checks out:
+//! - `max_connections` slots serve every route. While they are all taken, up to
+//!   [`PROBE_RESERVE`] more connections are accepted for one request each: a health check
+//!   (`/healthz`, `/readyz`) is answered, anything else gets a 503 at once. A probe's path is
+//!   known only once its request is read, so the reserve is decided at accept and enforced
+//!   per request; a separate health port would need every orchestrator reconfigured.
+//! - One client address holds at most `max_connections_per_address` of all these.
+//! - A connection is closed when its client takes none of the answer for `write_timeout`
+//!   (hyper has no write deadline; a small fixed send buffer makes such writes block soon),
+//!   and after the request in progress at `max_connection_age`, however slowly its client
+//!   reads; the header read timeout covers the TLS handshake and idle time.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,22 +19,45 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse as _;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
-use crate::limits::Limits;
+use crate::error::ApiError;
+use crate::limits::{Limits, HEALTH_PATH, READY_PATH};
 use crate::telemetry::REJECTIONS;
 use crate::tls::{ClientCertificate, TlsConfig};
 
+mod open_files;
+mod per_address;
+mod write_deadline;
+
+pub use open_files::fit_open_file_limit;
+use per_address::PerAddress;
+use write_deadline::WriteDeadline;
+
+/// Kernel send buffer of a connection (Linux doubles it for its bookkeeping). Answers are small;
+/// a fixed buffer keeps a client that stops reading from parking megabytes in the kernel (the
+/// self-tuned buffer grows to 4 MiB on Linux) and blocks its writes soon, so that the write
+/// deadline sees it.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Connections beyond `max_connections` that may each make one health check. Orchestrators
+/// and load balancers probe a few at a time.
+const PROBE_RESERVE: usize = 8;
+/// Time a connection in the reserve gets for its TLS handshake and request: probes send at
+/// once, and Kubernetes gives up on one after a second by default.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Who is at the other end of a request's connection.
 #[derive(Debug, Clone)]
@@ -42,16 +77,20 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let (stop, stopping) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
+    let addresses = PerAddress::new(limits.max_connections_per_address);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // A slot first, then the connection: past both pools, clients wait in the listen
+        // queue. The semaphores are never closed, so `else` is never taken.
         let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
+            biased;
             () = &mut shutdown => break,
+            Ok(permit) = Arc::clone(&slots).acquire_owned() => Slot::full(permit),
+            Ok(permit) = Arc::clone(&reserve).acquire_owned() => Slot::probe(permit),
+            else => break,
         };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -65,55 +104,37 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        let Some(counted) = addresses.admit(remote.ip()) else {
+            // Closed unanswered: an answer would cost the handshake and file the cap saves.
+            metrics::counter!(REJECTIONS, "reason" => "connections_per_address").increment(1);
+            debug!(%remote, "connection refused: its address holds max_connections_per_address");
+            continue;
+        };
+        // A full slot freed while this one waited in the reserve is taken instead.
+        let slot = if slot.probes_only {
+            Arc::clone(&slots)
+                .try_acquire_owned()
+                .map_or(slot, Slot::full)
+        } else {
+            slot
+        };
         let connection = Connection {
             app: app.clone(),
             limits: limits.clone(),
-            watcher: graceful.watcher(),
+            probes_only: slot.probes_only,
+            stopping: stopping.clone(),
+            opened: Instant::now(),
         };
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
-            let _slot = slot;
-            let Some(acceptor) = acceptor else {
-                let peer = Peer {
-                    remote,
-                    certificate: None,
-                };
-                return connection.run(stream, peer).await;
-            };
-            let stream =
-                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        metrics::counter!(REJECTIONS, "reason" => "tls_handshake").increment(1);
-                        return info!(%remote, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        metrics::counter!(REJECTIONS, "reason" => "tls_handshake").increment(1);
-                        return info!(%remote, "TLS handshake timed out");
-                    }
-                };
-            let certificate = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|leaf| Arc::new(ClientCertificate::from_der(leaf)));
-            connection
-                .run(
-                    stream,
-                    Peer {
-                        remote,
-                        certificate,
-                    },
-                )
-                .await;
+            let _held = (slot, counted);
+            connection.run(stream, remote, acceptor).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    drop(stopping);
+    let _ = stop.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, stop.closed())
         .await
         .is_err()
     {
@@ -121,32 +142,152 @@ pub async fn serve(
     }
 }
 
+/// The slot a connection holds until it closes: one of `max_connections`, for every route,
+/// or one of the reserve, for one health check.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    probes_only: bool,
+}
+
+impl Slot {
+    fn full(permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            _permit: permit,
+            probes_only: false,
+        }
+    }
+
+    fn probe(permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            _permit: permit,
+            probes_only: true,
+        }
+    }
+}
+
 struct Connection {
     app: Router,
     limits: Limits,
-    watcher: Watcher,
+    probes_only: bool,
+    /// Turns true on shutdown.
+    stopping: watch::Receiver<bool>,
+    opened: Instant,
 }
 
 impl Connection {
-    async fn run<S>(self, stream: S, peer: Peer)
+    /// Time to finish the TLS handshake, and each request's headers.
+    fn header_timeout(&self) -> Duration {
+        if self.probes_only {
+            self.limits.header_read_timeout.min(PROBE_TIMEOUT)
+        } else {
+            self.limits.header_read_timeout
+        }
+    }
+
+    async fn run(self, stream: TcpStream, remote: SocketAddr, acceptor: Option<TlsAcceptor>) {
+        let _ = stream.set_nodelay(true);
+        if let Err(e) =
+            rustix::net::sockopt::set_socket_send_buffer_size(&stream, SEND_BUFFER_BYTES)
+        {
+            debug!(%remote, error = %e, "cannot size the send buffer");
+        }
+        let stream = WriteDeadline::new(stream, self.limits.write_timeout);
+        let Some(acceptor) = acceptor else {
+            let peer = Peer {
+                remote,
+                certificate: None,
+            };
+            return self.serve_http(stream, peer).await;
+        };
+        let stream =
+            match tokio::time::timeout(self.header_timeout(), acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    metrics::counter!(REJECTIONS, "reason" => "tls_handshake").increment(1);
+                    return info!(%remote, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics::counter!(REJECTIONS, "reason" => "tls_handshake").increment(1);
+                    return info!(%remote, "TLS handshake timed out");
+                }
+            };
+        let certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| Arc::new(ClientCertificate::from_der(leaf)));
+        self.serve_http(
+            stream,
+            Peer {
+                remote,
+                certificate,
+            },
+        )
+        .await;
+    }
+
+    async fn serve_http<S>(mut self, stream: S, peer: Peer)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let app = self.app;
+        let app = self.app.clone();
+        let probes_only = self.probes_only;
+        let remote = peer.remote;
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(peer.clone());
-            app.clone().oneshot(request)
+            let app = app.clone();
+            async move {
+                let path = request.uri().path();
+                if probes_only && path != HEALTH_PATH && path != READY_PATH {
+                    return Ok(at_the_connection_limit());
+                }
+                app.oneshot(request).await
+            }
         });
         let mut http = hyper::server::conn::http1::Builder::new();
         // Half-close: a client that shuts down its sending side after the request still gets
         // the answer (hyper would otherwise drop the request at the end of input).
         http.timer(TokioTimer::new())
             .half_close(true)
-            .header_read_timeout(self.limits.header_read_timeout)
+            .keep_alive(!probes_only)
+            .header_read_timeout(self.header_timeout())
             .max_buf_size(self.limits.read_buffer_bytes());
         let connection = http.serve_connection(TokioIo::new(stream), service);
-        if let Err(e) = self.watcher.watch(connection).await {
+        let mut connection = std::pin::pin!(connection);
+        let too_old = tokio::time::sleep_until(self.opened + self.limits.max_connection_age);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = too_old => {
+                debug!(%remote, "connection reached max_connection_age");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+            () = shutting_down(&mut self.stopping) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
             debug!(error = %e, "connection closed with an error");
         }
     }
+}
+
+/// Resolves once the server shuts down.
+async fn shutting_down(stopping: &mut watch::Receiver<bool>) {
+    // An error means the server is gone too.
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// The answer to anything but a health check beyond `max_connections`.
+fn at_the_connection_limit() -> axum::response::Response {
+    metrics::counter!(REJECTIONS, "reason" => "connection_limit").increment(1);
+    let mut response =
+        ApiError::Unavailable("the server is at its connection limit; retry shortly".into())
+            .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }

@@ -675,6 +675,8 @@ reload_interval_seconds = 5
 max_uri_bytes = 2048
 max_header_bytes = 8192
 header_read_timeout_seconds = 3
+write_timeout_seconds = 4
+max_connection_age_seconds = 60
 max_connections = 64
 rate_limit_per_second = 10
 failed_auth_per_minute = 5
@@ -712,7 +714,13 @@ rate_limit_burst = 5
     assert_eq!(settings.limits.max_uri_bytes, 2048);
     assert_eq!(settings.limits.max_header_bytes, 8192);
     assert_eq!(settings.limits.header_read_timeout.as_secs(), 3);
+    assert_eq!(settings.limits.write_timeout.as_secs(), 4);
+    assert_eq!(settings.limits.max_connection_age.as_secs(), 60);
     assert_eq!(settings.limits.max_connections, 64);
+    assert_eq!(
+        settings.limits.max_connections_per_address, 16,
+        "a quarter of max_connections unless configured"
+    );
     let names: Vec<&str> = settings
         .principals
         .iter()
@@ -903,8 +911,10 @@ fn plain_http_beyond_loopback_needs_an_explicit_allowance() {
 }
 
 /// Every duration setting, in the unit its key names.
-const DURATION_KEYS: [(&str, &str); 14] = [
+const DURATION_KEYS: [(&str, &str); 16] = [
     ("limits", "header_read_timeout_seconds"),
+    ("limits", "write_timeout_seconds"),
+    ("limits", "max_connection_age_seconds"),
     ("cache", "ttl_seconds"),
     ("cache", "stale_grace_seconds"),
     ("repair", "interval_seconds"),
@@ -946,6 +956,8 @@ proptest::proptest! {
             Ok(settings) => {
                 let limit = std::time::Duration::from_secs(30 * 24 * 3600);
                 proptest::prop_assert!(settings.limits.header_read_timeout <= limit);
+                proptest::prop_assert!(settings.limits.write_timeout <= limit);
+                proptest::prop_assert!(settings.limits.max_connection_age <= limit);
                 proptest::prop_assert!(settings.service.cache.ttl <= limit);
                 proptest::prop_assert!(settings.service.cache.stale_grace.is_none_or(|g| g <= limit));
                 proptest::prop_assert!(settings.service.repair.interval <= limit);
@@ -997,4 +1009,95 @@ fn a_principals_create_rate_is_read_apart_from_its_request_rate() {
         reader.create_rate.is_none(),
         "no create limit unless configured"
     );
+}
+
+/// Every size and count setting: where it goes, and the range it is accepted in (README,
+/// Configuration). Everything outside is refused with the key named.
+const SIZE_KEYS: [(&str, &str, u64, u64); 22] = [
+    ("limits", "max_uri_bytes", 1, 65_536),
+    ("limits", "max_header_bytes", 1, 1_048_576),
+    ("limits", "max_connections", 1, 100_000),
+    ("limits", "max_connections_per_address", 0, 100_000),
+    ("limits", "rate_limit_per_second", 0, 1_000_000),
+    ("limits", "rate_limit_burst", 1, 1_000_000),
+    ("principal", "rate_limit_per_second", 0, 1_000_000),
+    ("principal", "rate_limit_burst", 1, 1_000_000),
+    ("principal", "create_rate_per_second", 0, 1_000_000),
+    ("principal", "create_rate_burst", 1, 1_000_000),
+    ("server", "port", 1, 65_535),
+    ("kms", "data_key_size_in_bytes", 1, 1024),
+    ("kms", "min_regions", 1, 2),
+    ("aws", "max_attempts", 1, 5),
+    ("kms.hedge", "factor", 1, 1000),
+    ("kms.breaker", "failure_threshold", 1, 1000),
+    ("cache", "max_entries", 1, 10_000_000),
+    ("repair", "max_pending", 1, 10_000_000),
+    ("repair", "kms_calls_per_second", 1, 100_000),
+    ("repair", "concurrency", 1, 1000),
+    ("store", "max_connections", 1, 1000),
+    ("redis", "replicas", 0, 100),
+];
+
+fn with_size(section: &str, key: &str, value: u64) -> String {
+    match section {
+        "kms" => format!("{LOCAL}{key} = {value}\n"),
+        "aws" => format!("{AWS}{key} = {value}\n"),
+        "server" => format!("[server]\n{key} = {value}\n{LOCAL}"),
+        "principal" => format!(
+            "{LOCAL}{}",
+            principal(
+                "p",
+                &format!("{key} = {value}\nanonymous = true\n{ALLOW_GET}")
+            )
+        ),
+        "store" => format!(
+            "{LOCAL}[store]\nbackend = \"postgres\"\nurl = \"postgres://db/k\"\n{key} = {value}\n"
+        ),
+        "redis" => format!(
+            "{LOCAL}[store]\nbackend = \"redis\"\nurl = \"redis://cache/\"\n{key} = {value}\n"
+        ),
+        _ => format!("{LOCAL}[{section}]\n{key} = {value}\n"),
+    }
+}
+
+proptest::proptest! {
+    /// A connection limit past what a semaphore holds once panicked the server after it
+    /// listened: every size and count is accepted exactly within its documented range, and
+    /// refused at start with its key named outside it.
+    #[test]
+    fn every_size_is_bounded_or_refused_by_name(
+        index in 0..SIZE_KEYS.len(),
+        pick in 0..5u8,
+        any in proptest::prelude::any::<u64>(),
+    ) {
+        let (section, key, min, max) = SIZE_KEYS[index];
+        let value = match pick {
+            0 => 0,
+            1 => max,
+            2 => max + 1,
+            3 => any % (2 * max + 2),
+            _ => any,
+        };
+        let text = with_size(section, key, value);
+        match parse(&text) {
+            Ok(settings) => {
+                proptest::prop_assert!((min..=max).contains(&value), "{} = {} was accepted", key, value);
+                proptest::prop_assert!(settings.limits.read_buffer_bytes() <= 4 * 1_048_576);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                proptest::prop_assert!(!(min..=max).contains(&value), "{} = {} was refused: {}", key, value, message);
+                proptest::prop_assert!(message.contains(key), "{} refused without naming it: {}", key, message);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_connection_limit_no_semaphore_holds_is_refused_by_name() {
+    let message = refusal(&format!(
+        "{LOCAL}[limits]\nmax_connections = 9223372036854775807\n"
+    ));
+    assert!(message.contains("limits.max_connections"), "{message}");
+    assert!(message.contains("at most 100000"), "{message}");
 }

@@ -378,3 +378,47 @@ async fn local_state_is_private_to_the_server_user_and_the_local_provider_is_war
         .iter()
         .any(|l| l.contains("WARN") && l.contains("local KMS provider")));
 }
+
+/// Every size and count at its largest accepted value still serves: none overflows or sizes
+/// something absurd (a connection limit no semaphore holds once panicked the server).
+#[tokio::test]
+async fn the_largest_accepted_sizes_still_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"eu\", \"us\"]\nkeyring_path = {:?}\n\
+             min_regions = 2\ndata_key_size_in_bytes = 1024\n\
+             [kms.hedge]\nfactor = 1000\n[kms.breaker]\nfailure_threshold = 1000\n\
+             [store]\nbackend = \"sqlite\"\npath = {:?}\nmax_connections = 1000\n\
+             [limits]\nmax_uri_bytes = 65536\nmax_header_bytes = 1048576\n\
+             max_connections = 100000\nrate_limit_per_second = 1000000\nrate_limit_burst = 1000000\n\
+             [cache]\nmax_entries = 10000000\n\
+             [repair]\nmax_pending = 10000000\nkms_calls_per_second = 100000\nconcurrency = 1000\n\
+             {ANONYMOUS_PRINCIPAL}",
+            dir.path().join("ring.json"),
+            dir.path().join("keys.db"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let first = key(&client, &server, "large-sizes").await;
+    assert_eq!(key(&client, &server, "large-sizes").await, first);
+    let long_id = "i".repeat(200);
+    let (status, body) = get_json(
+        &client,
+        &server.key_url(&format!("id={long_id}&pad={}", "p".repeat(60_000))),
+    )
+    .await;
+    assert!(status == 200 || status == 400, "{status}: {body}");
+    let status = client
+        .get(format!("{}/healthz", server.base))
+        .header("x-filler", "f".repeat(1_000_000))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+}

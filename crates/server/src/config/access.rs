@@ -8,13 +8,21 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::generated_tokens::GeneratedToken;
-use super::{invalid, positive_seconds, ConfigError};
+use super::{count, in_range, invalid, positive_seconds, ConfigError};
 use crate::auth::{IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash};
 use crate::limits::Limits;
 use crate::tls::{CertificateName, TlsSettings};
 
 /// Default per-principal rate limit of a configuration file, per server process.
 const DEFAULT_RATE_PER_SECOND: u32 = 1000;
+/// Most requests per second, and the largest burst, a rate limit may allow.
+const MAX_RATE: u32 = 1_000_000;
+/// Longest path and query string that may be allowed.
+const MAX_URI_BYTES: usize = 64 * 1024;
+/// Most header bytes that may be allowed.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// Most connections that may be allowed at once.
+const MAX_CONNECTIONS: usize = 100_000;
 
 /// Default failed authentications per client address and minute, per server process: plenty
 /// for a client with a wrong token to show up in the log, little for guessing.
@@ -35,7 +43,10 @@ pub(super) struct LimitsSection {
     max_uri_bytes: Option<usize>,
     max_header_bytes: Option<usize>,
     header_read_timeout_seconds: Option<u64>,
+    write_timeout_seconds: Option<u64>,
+    max_connection_age_seconds: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
     failed_auth_per_minute: Option<u32>,
@@ -100,61 +111,69 @@ pub(super) fn resolve_limits(
     section: LimitsSection,
 ) -> Result<(Limits, Option<RateLimit>), ConfigError> {
     let defaults = Limits::default();
-    let positive = |key: &'static str, value: Option<usize>, default: usize| match value {
-        Some(0) => Err(invalid(key, "must be greater than zero")),
-        Some(n) => Ok(n),
-        None => Ok(default),
-    };
+    let max_connections = count(
+        "limits.max_connections",
+        section.max_connections,
+        defaults.max_connections,
+        1..=MAX_CONNECTIONS,
+    )?;
     let limits = Limits {
-        max_uri_bytes: positive(
+        max_uri_bytes: count(
             "limits.max_uri_bytes",
             section.max_uri_bytes,
             defaults.max_uri_bytes,
+            1..=MAX_URI_BYTES,
         )?,
-        max_header_bytes: positive(
+        max_header_bytes: count(
             "limits.max_header_bytes",
             section.max_header_bytes,
             defaults.max_header_bytes,
+            1..=MAX_HEADER_BYTES,
         )?,
         header_read_timeout: positive_seconds(
             "limits.header_read_timeout_seconds",
             section.header_read_timeout_seconds,
             defaults.header_read_timeout,
         )?,
-        max_connections: positive(
-            "limits.max_connections",
-            section.max_connections,
-            defaults.max_connections,
+        write_timeout: positive_seconds(
+            "limits.write_timeout_seconds",
+            section.write_timeout_seconds,
+            defaults.write_timeout,
+        )?,
+        max_connection_age: positive_seconds(
+            "limits.max_connection_age_seconds",
+            section.max_connection_age_seconds,
+            defaults.max_connection_age,
+        )?,
+        max_connections,
+        max_connections_per_address: count(
+            "limits.max_connections_per_address",
+            section.max_connections_per_address,
+            Limits::default_per_address(max_connections),
+            0..=MAX_CONNECTIONS,
         )?,
     };
-    let rate = rate_limit(
-        "limits.rate_limit_burst",
-        Some(
-            section
-                .rate_limit_per_second
-                .unwrap_or(DEFAULT_RATE_PER_SECOND),
-        ),
-        section.rate_limit_burst,
+    let per_second = count(
+        "limits.rate_limit_per_second",
+        section.rate_limit_per_second,
+        DEFAULT_RATE_PER_SECOND,
+        0..=MAX_RATE,
     )?;
-    Ok((limits, rate))
+    let burst = section
+        .rate_limit_burst
+        .map(|burst| count("limits.rate_limit_burst", Some(burst), 1, 1..=MAX_RATE))
+        .transpose()?;
+    Ok((limits, rate_limit(per_second, burst)))
 }
 
 /// `per_second = 0` turns the limit off; the burst defaults to twice the rate.
-fn rate_limit(
-    burst_key: &'static str,
-    per_second: Option<u32>,
-    burst: Option<u32>,
-) -> Result<Option<RateLimit>, ConfigError> {
-    let Some(per_second) = per_second.and_then(NonZeroU32::new) else {
-        return Ok(None);
-    };
-    let burst = match burst {
-        Some(0) => return Err(invalid(burst_key, "must be greater than zero")),
-        Some(b) => NonZeroU32::new(b),
-        None => NonZeroU32::new(per_second.get().saturating_mul(2)),
-    }
-    .unwrap_or(per_second);
-    Ok(Some(RateLimit { per_second, burst }))
+fn rate_limit(per_second: u32, burst: Option<u32>) -> Option<RateLimit> {
+    let per_second = NonZeroU32::new(per_second)?;
+    let burst = burst
+        .and_then(NonZeroU32::new)
+        .or_else(|| NonZeroU32::new(per_second.get().saturating_mul(2)))
+        .unwrap_or(per_second);
+    Some(RateLimit { per_second, burst })
 }
 
 pub(super) fn principal_error(name: &str, message: impl std::fmt::Display) -> ConfigError {
@@ -274,13 +293,32 @@ pub(super) fn resolve_principals(
                 "is allowed nothing: add allow = [{ ids = [...], operations = [...] }] or metrics = true",
             ));
         }
-        let rate = match (section.rate_limit_per_second, section.rate_limit_burst) {
+        let checked = |field: &str, value: Option<u32>, range| {
+            value
+                .map(|value| in_range(value, &range))
+                .transpose()
+                .map_err(|message| principal_error(&name, format!("{field} {message}")))
+        };
+        let per_second = checked(
+            "rate_limit_per_second",
+            section.rate_limit_per_second,
+            0..=MAX_RATE,
+        )?;
+        let burst = checked("rate_limit_burst", section.rate_limit_burst, 1..=MAX_RATE)?;
+        let create_per_second = checked(
+            "create_rate_per_second",
+            section.create_rate_per_second,
+            0..=MAX_RATE,
+        )?;
+        let create_burst = checked("create_rate_burst", section.create_rate_burst, 1..=MAX_RATE)?;
+        let rate = match (per_second, burst) {
             (None, None) => default_rate,
             (per_second, burst) => rate_limit(
-                "principals",
-                per_second.or(default_rate.map(|r| r.per_second.get())),
+                per_second
+                    .or(default_rate.map(|r| r.per_second.get()))
+                    .unwrap_or(0),
                 burst,
-            )?,
+            ),
         };
         specs.push(PrincipalSpec {
             name,
@@ -290,11 +328,7 @@ pub(super) fn resolve_principals(
             metrics: section.metrics,
             policy,
             rate_limit: rate,
-            create_rate: rate_limit(
-                "principals",
-                section.create_rate_per_second,
-                section.create_rate_burst,
-            )?,
+            create_rate: rate_limit(create_per_second.unwrap_or(0), create_burst),
         });
     }
     Ok((specs, generated))

@@ -4,7 +4,7 @@
 use rkms_core::{BreakerOptions, CacheOptions, HedgeOptions, RepairOptions, ServiceOptions};
 use serde::Deserialize;
 
-use super::{invalid, optional_seconds, positive_ms, positive_seconds, ConfigError};
+use super::{count, invalid, optional_seconds, positive_ms, positive_seconds, ConfigError};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,16 +41,18 @@ pub(super) struct RepairSection {
     concurrency: Option<usize>,
 }
 
-fn nonzero<T: Default + PartialEq>(
-    key: &'static str,
-    value: Option<T>,
-    default: T,
-) -> Result<T, ConfigError> {
-    match value {
-        Some(v) if v == T::default() => Err(invalid(key, "must be greater than zero")),
-        other => Ok(other.unwrap_or(default)),
-    }
-}
+/// Largest hedge factor: the delay is capped by `cap_ms` long before.
+const MAX_HEDGE_FACTOR: u32 = 1000;
+/// Most failures in a row a breaker may wait for.
+const MAX_FAILURE_THRESHOLD: u32 = 1000;
+/// Most cached keys (each up to 1 KiB of key and its id in memory).
+const MAX_CACHE_ENTRIES: u64 = 10_000_000;
+/// Most ids remembered as lacking copies.
+const MAX_PENDING_REPAIRS: usize = 10_000_000;
+/// Fastest repair pace, in KMS calls per second.
+const MAX_REPAIR_CALLS_PER_SECOND: u32 = 100_000;
+/// Most records repaired at once.
+const MAX_REPAIR_CONCURRENCY: usize = 1000;
 
 /// Fills the availability part of `service` from the file's sections; `regions` is the count.
 pub(super) fn apply(
@@ -88,25 +90,24 @@ pub(super) fn apply(
             .delay_ms
             .map(|ms| positive_ms("kms.hedge.delay_ms", Some(ms), cap))
             .transpose()?,
-        factor: match hedge.factor {
-            Some(0) => return Err(invalid("kms.hedge.factor", "must be greater than zero")),
-            other => other.unwrap_or(hedge_defaults.factor),
-        },
+        factor: count(
+            "kms.hedge.factor",
+            hedge.factor,
+            hedge_defaults.factor,
+            1..=MAX_HEDGE_FACTOR,
+        )?,
         floor,
         cap,
     };
 
     let breaker_defaults = BreakerOptions::default();
     service.breaker = BreakerOptions {
-        failure_threshold: match breaker.failure_threshold {
-            Some(0) => {
-                return Err(invalid(
-                    "kms.breaker.failure_threshold",
-                    "must be greater than zero",
-                ))
-            }
-            other => other.unwrap_or(breaker_defaults.failure_threshold),
-        },
+        failure_threshold: count(
+            "kms.breaker.failure_threshold",
+            breaker.failure_threshold,
+            breaker_defaults.failure_threshold,
+            1..=MAX_FAILURE_THRESHOLD,
+        )?,
         open_for: positive_ms(
             "kms.breaker.open_ms",
             breaker.open_ms,
@@ -118,10 +119,12 @@ pub(super) fn apply(
     service.cache = CacheOptions {
         enabled: cache.enabled.unwrap_or(cache_defaults.enabled),
         ttl: positive_seconds("cache.ttl_seconds", cache.ttl_seconds, cache_defaults.ttl)?,
-        max_entries: match cache.max_entries {
-            Some(0) => return Err(invalid("cache.max_entries", "must be greater than zero")),
-            other => other.unwrap_or(cache_defaults.max_entries),
-        },
+        max_entries: count(
+            "cache.max_entries",
+            cache.max_entries,
+            cache_defaults.max_entries,
+            1..=MAX_CACHE_ENTRIES,
+        )?,
         stale_grace: optional_seconds(
             "cache.stale_grace_seconds",
             cache.stale_grace_seconds,
@@ -141,20 +144,23 @@ pub(super) fn apply(
             repair.sweep_interval_seconds,
             repair_defaults.sweep_interval,
         )?,
-        max_pending: nonzero(
+        max_pending: count(
             "repair.max_pending",
             repair.max_pending,
             repair_defaults.max_pending,
+            1..=MAX_PENDING_REPAIRS,
         )?,
-        kms_calls_per_second: nonzero(
+        kms_calls_per_second: count(
             "repair.kms_calls_per_second",
             repair.kms_calls_per_second,
             repair_defaults.kms_calls_per_second,
+            1..=MAX_REPAIR_CALLS_PER_SECOND,
         )?,
-        concurrency: nonzero(
+        concurrency: count(
             "repair.concurrency",
             repair.concurrency,
             repair_defaults.concurrency,
+            1..=MAX_REPAIR_CONCURRENCY,
         )?,
     };
     Ok(())

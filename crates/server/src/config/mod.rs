@@ -5,8 +5,10 @@
 //! table_name`. New keys choose the store (`[store]`), the KMS provider and timeouts. Unknown
 //! keys and invalid values are refused with a message that names them.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -556,6 +558,36 @@ fn at_most_max(key: &'static str, duration: Duration) -> Result<Duration, Config
         ));
     }
     Ok(duration)
+}
+
+/// A count or size: `default` when unset, else within `range`, whose end is far beyond every
+/// sensible value, so that nothing a setting sizes can overflow or allocate absurdly.
+fn count<T>(
+    key: &'static str,
+    value: Option<T>,
+    default: T,
+    range: RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: Copy + PartialOrd + fmt::Display + From<u8>,
+{
+    value.map_or(Ok(default), |value| {
+        in_range(value, &range).map_err(|message| invalid(key, message))
+    })
+}
+
+/// `value` if `range` holds it, else why not; for keys [`count`] cannot name on its own.
+fn in_range<T>(value: T, range: &RangeInclusive<T>) -> Result<T, String>
+where
+    T: Copy + PartialOrd + fmt::Display + From<u8>,
+{
+    if range.contains(&value) {
+        Ok(value)
+    } else if value == T::from(0) {
+        Err("must be greater than zero".into())
+    } else {
+        Err(format!("must be at most {} (not {value})", range.end()))
+    }
 }
 
 /// Accepts the levels of `tracing` and those the original's logrus knew.

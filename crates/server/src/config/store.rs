@@ -8,10 +8,15 @@ use rkms_core::{redact_url_password, CacheOptions};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::{invalid, positive_ms, ConfigError, SQLITE_FILE};
+use super::{count, invalid, positive_ms, ConfigError, SQLITE_FILE};
 
 /// Default bound on one store call.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest connection pool, each connection a file descriptor (and a server process for
+/// PostgreSQL).
+const MAX_POOL: u32 = 1000;
+/// Most Redis replicas a write may wait for.
+const MAX_REPLICAS: u32 = 100;
 
 /// A connection URL that may hold a password: `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -212,7 +217,8 @@ fn section<T: DeserializeOwned>(table: toml::Table, name: &str) -> Result<T, Con
         .try_into()
         .map_err(|e: toml::de::Error| ConfigError::Parse {
             section: name.to_owned(),
-            message: e.message().to_owned(),
+            // The message, then "in `key`" for a value of the wrong type or size.
+            message: e.to_string().trim_end().replace('\n', " "),
         })
 }
 
@@ -224,13 +230,6 @@ fn legacy_records(key: &'static str, value: Option<String>) -> Result<LegacyReco
             key,
             format!("{other:?} is neither \"serve\" nor \"refuse\""),
         )),
-    }
-}
-
-fn nonzero(key: &'static str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
-    match value {
-        Some(0) => Err(invalid(key, "must be greater than zero")),
-        other => Ok(other.unwrap_or(default)),
     }
 }
 
@@ -268,10 +267,11 @@ pub(super) fn resolve_store(
                     s.busy_timeout_ms,
                     SQLITE_BUSY_TIMEOUT,
                 )?,
-                max_connections: nonzero(
+                max_connections: count(
                     "store.max_connections",
                     s.max_connections,
                     SQLITE_MAX_CONNECTIONS,
+                    1..=MAX_POOL,
                 )?,
             })
         }
@@ -280,7 +280,12 @@ pub(super) fn resolve_store(
             Ok(StoreSettings::Postgres {
                 url: ConnectionUrl(s.url),
                 schema: s.schema.unwrap_or_else(|| "public".into()),
-                max_connections: nonzero("store.max_connections", s.max_connections, 10)?,
+                max_connections: count(
+                    "store.max_connections",
+                    s.max_connections,
+                    10,
+                    1..=MAX_POOL,
+                )?,
                 timeout: timeout(s.timeout_ms)?,
             })
         }
@@ -301,7 +306,7 @@ pub(super) fn resolve_store(
                 prefix: prefix("store.prefix", s.prefix, "rkms:")?,
                 timeout: timeout(s.timeout_ms)?,
                 relaxed_durability,
-                replicas: s.replicas.unwrap_or(0),
+                replicas: count("store.replicas", s.replicas, 0, 0..=MAX_REPLICAS)?,
             })
         }
         "etcd" => {

@@ -37,8 +37,20 @@ impl Server {
 
     /// [`Server::start`] with `RUST_LOG` set to `log_level`.
     pub(crate) fn start_logging(args: &[&str], log_level: &str) -> Self {
+        Self::launch(
+            Command::new(env!("CARGO_BIN_EXE_rkms-server")),
+            args,
+            log_level,
+        )
+    }
+
+    /// [`Server::start`] under the shell's `ulimit` with `limit` (`-n 400`, `-Sn 400`).
+    pub(crate) fn start_with_ulimit(limit: &str, args: &[&str]) -> Self {
+        Self::launch(ulimit_command(limit), args, "info")
+    }
+
+    fn launch(mut command: Command, args: &[&str], log_level: &str) -> Self {
         let own_data_dir = (!args.contains(&"--data-dir")).then(|| tempfile::tempdir().unwrap());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rkms-server"));
         if let Some(dir) = &own_data_dir {
             command.arg("--data-dir").arg(dir.path());
         }
@@ -106,6 +118,11 @@ impl Server {
         format!("{}/api/v1/key?{query}", self.base)
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (`HUP`, `TERM`, ...) to the process.
     pub(crate) fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
@@ -133,6 +150,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A command that runs the server binary (with the arguments added to it) under the shell's
+/// `ulimit` with `limit`.
+pub(crate) fn ulimit_command(limit: &str) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_rkms-server"));
+    command
 }
 
 /// GETs `url` and returns the status and the JSON body.
