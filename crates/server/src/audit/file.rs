@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
 use std::path::Path;
 
 use super::{hash, AuditSync};
@@ -22,13 +22,16 @@ pub(super) struct Opened {
     pub(super) len: u64,
 }
 
-/// Opens (or creates, mode 0600) the file at `path` for appending. With
+/// Opens (or creates, mode 0600, in directories created 0700) the file at `path` for appending. With
 /// [`AuditSync::Always`] the directory entry is synced too, so that a new file survives a
 /// crash of the machine along with its lines.
 pub(super) fn open(path: &Path, sync: AuditSync) -> io::Result<Opened> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let file = OpenOptions::new()
         .read(true)
