@@ -560,3 +560,14 @@ fn the_signing_key_is_private_to_its_owner_and_never_printed() {
         })
     ));
 }
+
+#[test]
+fn a_directory_made_for_the_log_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new/audit.log");
+    open(&path);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("new")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+}
