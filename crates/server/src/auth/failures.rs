@@ -9,10 +9,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::address_limit::client_of;
 
 /// Addresses tracked at once; beyond them, new addresses' failures are counted in one shared
 /// entry (never refused by it), so many addresses cannot grow memory without bound.
@@ -32,14 +34,7 @@ pub(super) enum Client {
 impl Client {
     /// `None`: a request that did not come through the server's connection loop.
     pub(super) fn of(address: Option<IpAddr>) -> Self {
-        match address.map(|a| a.to_canonical()) {
-            None => Self::Address(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            Some(IpAddr::V6(v6)) => {
-                let prefix = u128::from(v6) & !(u128::MAX >> 64);
-                Self::Address(IpAddr::V6(Ipv6Addr::from(prefix)))
-            }
-            Some(v4) => Self::Address(v4),
-        }
+        Self::Address(address.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), client_of))
     }
 }
 

@@ -2,7 +2,9 @@
 //! every slot. An IPv6 client counts by its /64, the block one host is usually given.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
+
+use crate::address_limit::client_of;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Open connections by client address, none kept at zero.
@@ -58,18 +60,6 @@ impl Drop for Counted {
                 open.remove(&client);
             }
         }
-    }
-}
-
-/// The address a connection counts against: IPv4 as it is (also when mapped into IPv6 by a
-/// dual-stack listener), IPv6 by its /64.
-fn client_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::from(u64::MAX)))),
-        },
     }
 }
 
