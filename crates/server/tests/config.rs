@@ -1013,7 +1013,7 @@ fn a_principals_create_rate_is_read_apart_from_its_request_rate() {
 
 /// Every size and count setting: where it goes, and the range it is accepted in (README,
 /// Configuration). Everything outside is refused with the key named.
-const SIZE_KEYS: [(&str, &str, u64, u64); 22] = [
+const SIZE_KEYS: [(&str, &str, u64, u64); 23] = [
     ("limits", "max_uri_bytes", 1, 65_536),
     ("limits", "max_header_bytes", 1, 1_048_576),
     ("limits", "max_connections", 1, 100_000),
@@ -1036,6 +1036,7 @@ const SIZE_KEYS: [(&str, &str, u64, u64); 22] = [
     ("repair", "concurrency", 1, 1000),
     ("store", "max_connections", 1, 1000),
     ("redis", "replicas", 0, 100),
+    ("audit", "checkpoint_lines", 1, 1_000_000),
 ];
 
 fn with_size(section: &str, key: &str, value: u64) -> String {
@@ -1056,6 +1057,7 @@ fn with_size(section: &str, key: &str, value: u64) -> String {
         "redis" => format!(
             "{LOCAL}[store]\nbackend = \"redis\"\nurl = \"redis://cache/\"\n{key} = {value}\n"
         ),
+        "audit" => format!("{LOCAL}[audit]\nsigning_key = \"k.pem\"\n{key} = {value}\n"),
         _ => format!("{LOCAL}[{section}]\n{key} = {value}\n"),
     }
 }

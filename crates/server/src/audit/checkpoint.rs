@@ -1,16 +1,12 @@
 //! Checkpoints: signed lines that anchor the chains to a key the file's editor does not hold.
 //!
 //! A checkpoint is a line of its writer's chain, like any other, with the body
-//! `"checkpoint":{"key":ID,"reason":R,"heads":{WRITER:HASH,...}}` (no `heads` when there are
-//! none), ending in
-//! `,"sig":"<base64 Ed25519 signature>"}`. The signature covers [`DOMAIN`] and then every
-//! byte of the line as it would be without its `sig` field: its `prev` (so the writer's
-//! whole chain up to it), its time, and `heads`. `heads` names, for each other writer that
-//! appended to the file since this writer's previous checkpoint, the hash of the last complete
-//! line it had written then; so a checkpoint also anchors the lines of servers that crashed
-//! or have not checkpointed yet.
+//! `"checkpoint":{"key":ID,"reason":R}`, ending in `,"sig":"<base64 Ed25519 signature>"}`.
+//! The signature covers [`DOMAIN`] and then every byte of the line as it would be without its
+//! `sig` field: its `prev` (so the writer's whole chain up to it) and its time. It vouches
+//! for its own writer's lines alone: anyone who can write the file can append lines under
+//! any writer id, so signing what other writers appended would sign forgeries.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -61,9 +57,6 @@ pub(super) struct Checkpoint {
     /// The id of the public key that checks the signature.
     pub(super) key: String,
     pub(super) reason: Reason,
-    /// Other writers' last lines: writer id to SHA-256 (hex) of the line; left out when none.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(super) heads: BTreeMap<String, String>,
 }
 
 /// Appends `,"sig":"..."` to `line`, a JSON object without its newline.

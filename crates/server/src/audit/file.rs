@@ -18,13 +18,11 @@ pub(super) struct Opened {
     pub(super) last: Option<String>,
     /// The file ends in a line without its newline.
     pub(super) torn: bool,
-    /// Its length when opened.
-    pub(super) len: u64,
 }
 
-/// Opens (or creates, mode 0600, in directories created 0700) the file at `path` for appending. With
-/// [`AuditSync::Always`] the directory entry is synced too, so that a new file survives a
-/// crash of the machine along with its lines.
+/// Opens (or creates, mode 0600, in directories created 0700) the file at `path` for
+/// appending. With [`AuditSync::Always`] the directory entry is synced too, so that a new
+/// file survives a crash of the machine along with its lines.
 pub(super) fn open(path: &Path, sync: AuditSync) -> io::Result<Opened> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
@@ -42,20 +40,18 @@ pub(super) fn open(path: &Path, sync: AuditSync) -> io::Result<Opened> {
     if sync == AuditSync::Always {
         File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
     }
-    let len = file.metadata()?.len();
-    let (last, torn) = tail(&file, len)?;
+    let (last, torn) = tail(&file)?;
     Ok(Opened {
         file,
         last: last.map(|line| hash(&line)),
         torn,
-        len,
     })
 }
 
-/// The last complete, non-empty line of `file`'s first `len` bytes (without its newline), and
-/// whether they end in a torn line. Reads backwards from the end, never the whole file unless
-/// it must.
-fn tail(file: &File, len: u64) -> io::Result<(Option<Vec<u8>>, bool)> {
+/// The last complete, non-empty line of `file` (without its newline), and whether the file
+/// ends in a torn line. Reads backwards from the end, never the whole file unless it must.
+fn tail(file: &File) -> io::Result<(Option<Vec<u8>>, bool)> {
+    let len = file.metadata()?.len();
     let mut window = TAIL_WINDOW;
     loop {
         let start = len.saturating_sub(window);
@@ -88,7 +84,7 @@ mod tests {
     fn tail_of(content: &[u8]) -> (Option<Vec<u8>>, bool) {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(content).unwrap();
-        tail(&file, content.len() as u64).unwrap()
+        tail(&file).unwrap()
     }
 
     #[test]

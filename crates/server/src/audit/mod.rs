@@ -38,7 +38,6 @@ use sha2::{Digest as _, Sha256};
 mod checkpoint;
 mod commit;
 mod file;
-mod heads;
 mod keys;
 mod verify;
 mod writer;
@@ -49,7 +48,6 @@ pub use verify::{verify, verify_signed, Unanchored, Verified, VerifyError};
 
 use checkpoint::{Checkpoint, Reason};
 use commit::GroupCommit;
-use heads::Heads;
 use writer::{CheckpointLine, Sink, Writer};
 
 /// The `prev` of a writer's first line in an empty file.
@@ -117,8 +115,6 @@ pub struct AuditLog {
     writer: Mutex<Writer>,
     commit: GroupCommit,
     signing: Option<Signing>,
-    /// Other writers' lines in the current file; locked before `writer` when both are.
-    heads: Mutex<Heads>,
     /// Woken when the writer has written `every_lines` lines since its last checkpoint.
     due: tokio::sync::Notify,
 }
@@ -148,18 +144,18 @@ impl AuditLog {
     /// Opens the target as a new writer; a file is created (0600) or continued from its last
     /// complete line, and a torn last line is completed by this writer's first line.
     pub fn open(target: &AuditTarget, sync: AuditSync) -> io::Result<Self> {
-        let (writer, len) = match target {
+        let writer = match target {
             AuditTarget::Stdout if sync == AuditSync::Always => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "sync = \"always\" needs an audit file, not standard output",
                 ));
             }
-            AuditTarget::Stdout => (Writer::starting(Sink::Stdout, None, false), 0),
+            AuditTarget::Stdout => Writer::starting(Sink::Stdout, None, false),
             AuditTarget::File(path) => {
                 let opened = file::open(path, sync)?;
                 let sink = Sink::File(Arc::new(opened.file));
-                (Writer::starting(sink, opened.last, opened.torn), opened.len)
+                Writer::starting(sink, opened.last, opened.torn)
             }
         };
         Ok(Self {
@@ -168,7 +164,6 @@ impl AuditLog {
             writer: Mutex::new(writer),
             commit: GroupCommit::default(),
             signing: None,
-            heads: Mutex::new(Heads::from(len)),
             due: tokio::sync::Notify::new(),
         })
     }
@@ -189,13 +184,11 @@ impl AuditLog {
             return Ok(());
         };
         let opened = file::open(path, self.sync)?;
-        let mut heads = self.lock_heads();
-        let mut writer = self.lock_for_checkpoint(&mut heads);
-        if let Err(e) = self.checkpoint_locked(&mut writer, &mut heads, Reason::Reopen) {
+        let mut writer = self.lock();
+        if let Err(e) = self.checkpoint_locked(&mut writer, Reason::Reopen) {
             tracing::error!(error = %e, "cannot write the audit checkpoint before the reopen");
         }
         let old = writer.restart(Sink::File(Arc::new(opened.file)), opened.last, opened.torn);
-        *heads = Heads::from(opened.len);
         if let (Sink::File(old), AuditSync::Always) = (old, self.sync) {
             let last = writer.written;
             writer.retired.push((old, last));
@@ -253,10 +246,6 @@ impl AuditLog {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_heads(&self) -> std::sync::MutexGuard<'_, Heads> {
-        self.heads.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Returns once line `number` is on disk.
     async fn cover(&self, number: u64) -> io::Result<()> {
         self.commit
@@ -282,33 +271,10 @@ impl AuditLog {
     /// Writes a checkpoint if there is a signing key and the writer has written lines since
     /// its last one. Blocks on file I/O.
     fn checkpoint(&self, reason: Reason) -> io::Result<()> {
-        let mut heads = self.lock_heads();
-        let mut writer = self.lock_for_checkpoint(&mut heads);
-        self.checkpoint_locked(&mut writer, &mut heads, reason)
+        self.checkpoint_locked(&mut self.lock(), reason)
     }
 
-    /// Brings `heads` up to the end of the current file, then locks the writer. Reading other
-    /// writers' lines, which may be many, happens before the lock that appending waits for;
-    /// a failed read is logged, and the checkpoint then names fewer heads.
-    fn lock_for_checkpoint(&self, heads: &mut Heads) -> std::sync::MutexGuard<'_, Writer> {
-        if self.signing.is_some() {
-            let file = match &self.lock().sink {
-                Sink::File(file) => Some(Arc::clone(file)),
-                Sink::Stdout => None,
-            };
-            if let Some(Err(e)) = file.map(|file| heads.read(&file)) {
-                tracing::error!(error = %e, "cannot read other writers' audit lines");
-            }
-        }
-        self.lock()
-    }
-
-    fn checkpoint_locked(
-        &self,
-        writer: &mut Writer,
-        heads: &mut Heads,
-        reason: Reason,
-    ) -> io::Result<()> {
+    fn checkpoint_locked(&self, writer: &mut Writer, reason: Reason) -> io::Result<()> {
         let Some(signing) = &self.signing else {
             return Ok(());
         };
@@ -319,12 +285,10 @@ impl AuditLog {
             checkpoint: Checkpoint {
                 key: signing.key.id().to_owned(),
                 reason,
-                heads: heads.pending(&writer.id),
             },
         };
         writer.append(&line, Some(&signing.key))?;
         writer.since_checkpoint = 0;
-        heads.named();
         Ok(())
     }
 

@@ -370,7 +370,7 @@ async fn lines_after_the_last_checkpoint_are_reported_unanchored() {
 }
 
 #[tokio::test]
-async fn several_writers_are_each_anchored_and_cover_each_other() {
+async fn several_writers_are_each_anchored_by_their_own_checkpoints_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let (key, public) = key_file(dir.path());
@@ -382,14 +382,10 @@ async fn several_writers_are_each_anchored_and_cover_each_other() {
     record(&second, &["b2"]).await;
     second.checkpoint(Reason::Lines).unwrap();
     record(&first, &["a3"]).await;
-    assert!(
-        lines(&path)[4].contains("\"heads\":{"),
-        "the second names the first's a2"
-    );
     assert_eq!(
         unanchored(&path, &public),
-        [(6, 6)],
-        "the first writer's lines up to a2 are anchored by the second's checkpoint"
+        [(1, 6)],
+        "another writer's checkpoint vouches for none of the first writer's lines"
     );
     first.checkpoint(Reason::Lines).unwrap();
     assert_eq!(unanchored(&path, &public), []);
@@ -399,15 +395,15 @@ async fn several_writers_are_each_anchored_and_cover_each_other() {
         (7, 2, 2)
     );
 
-    // The first writer's a1, changed and its chain recomputed: the head the second writer
-    // signed no longer exists.
+    // The first writer's a1, changed and its chain recomputed: its checkpoint no longer
+    // verifies.
     let mut forged = lines(&path);
     forged[0] = forged[0].replacen("\"id\":\"a1\"", "\"id\":\"forged\"", 1);
     recompute(&mut forged);
     rewrite(&path, &forged);
     assert!(matches!(
         verify_signed(&path, std::slice::from_ref(&public)),
-        Err(VerifyError::Broken { line: 5 })
+        Err(VerifyError::BadSignature { line: 7 })
     ));
 }
 
@@ -431,7 +427,11 @@ async fn a_torn_tail_leaves_the_lines_before_it_anchored() {
     next.close().await.unwrap();
     let report = verify_signed(&path, std::slice::from_ref(&public)).unwrap();
     assert_eq!((report.lines, report.restarts), (5, vec![4]));
-    assert_eq!(report.unanchored, Some(Vec::new()));
+    assert_eq!(
+        unanchored(&path, &public),
+        [(5, 5)],
+        "the line that completes the torn one stands for its unsigned bytes"
+    );
 }
 
 #[tokio::test]
@@ -570,4 +570,76 @@ fn a_directory_made_for_the_log_is_private() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("new")), 0o700);
     assert_eq!(mode(&path), 0o600);
+}
+
+/// A line the file's editor appends as a writer of their own, chained to the file's last line.
+fn forge_after(path: &Path, writer: &str, id: &str) {
+    let last = lines(path).pop().unwrap();
+    let forged = format!(
+        "{{\"time_ms\":1,\"writer\":\"{writer}\",\"request_id\":\"r\",\"principal\":\"app\",\
+         \"operation\":\"get\",\"id\":\"{id}\",\"outcome\":\"ok\",\"prev\":\"{}\"}}\n",
+        hash(last.as_bytes())
+    );
+    let mut file = OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(forged.as_bytes()).unwrap();
+}
+
+#[tokio::test]
+async fn a_forged_writers_line_is_never_anchored_by_another_writers_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (key, public) = key_file(dir.path());
+    let server = signed(&path, &key, 1000);
+    record(&server, &["a"]).await;
+    forge_after(&path, "deadbeefdeadbeef", "payroll/ceo");
+    record(&server, &["b"]).await;
+    server.checkpoint(Reason::Lines).unwrap();
+    assert_eq!(unanchored(&path, &public), [(2, 2)], "the forged line");
+
+    // A server that starts after the forgery chains its first line to it: still unanchored.
+    forge_after(&path, "feedfacefeedface", "payroll/cfo");
+    let next = signed(&path, &key, 1000);
+    record(&next, &["c"]).await;
+    next.checkpoint(Reason::Lines).unwrap();
+    assert_eq!(unanchored(&path, &public), [(2, 2), (5, 5)]);
+}
+
+#[tokio::test]
+async fn a_signed_segment_replayed_from_another_file_is_not_anchored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = key_file(dir.path());
+    let old = dir.path().join("old.log");
+    let log = signed(&old, &key, 1000);
+    record(&log, &["old-release"]).await;
+    log.close().await.unwrap();
+    let path = dir.path().join("audit.log");
+    let log = signed(&path, &key, 1000);
+    record(&log, &["a", "b"]).await;
+    log.close().await.unwrap();
+    let mut forged = lines(&path);
+    let replayed = lines(&old);
+    forged.splice(2..2, replayed);
+    rewrite(&path, &forged);
+    assert_eq!(
+        unanchored(&path, &public),
+        [(3, 4)],
+        "the replayed lines, whose chain starts afresh mid-file"
+    );
+}
+
+#[tokio::test]
+async fn text_glued_before_a_line_is_never_proven() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (key, public) = key_file(dir.path());
+    let log = signed(&path, &key, 1000);
+    record(&log, &["a", "b"]).await;
+    log.close().await.unwrap();
+    let mut forged = lines(&path);
+    forged[1].insert_str(
+        0,
+        "{\"time_ms\":1,\"writer\":\"x\",\"id\":\"payroll/cfo\",\"outcome\":\"ok\"}",
+    );
+    rewrite(&path, &forged);
+    assert_eq!(unanchored(&path, &public), [(2, 2)], "the glued text");
 }

@@ -5,13 +5,15 @@
 //! first line must chain to an earlier line of the file, or start an empty file. Lines
 //! written before writers were named (no `writer` field) form one chain. A torn line (a
 //! crash mid-write) is accepted where the next writer marked it (`"break":"torn"`), or where
-//! a complete line follows it on the same line, and is reported as a restart. Every head a
-//! checkpoint names must be an earlier line of that writer.
+//! a complete line follows it on the same line, and is reported as a restart.
 //!
 //! That much anyone who can write the file can recompute. With public keys, every
-//! checkpoint's signature must verify, and a line is *anchored* when a valid checkpoint
-//! leads back to it: the checkpoint itself, the line its `prev` names, the heads it names,
-//! and so on back. A changed anchored line changes a signed byte somewhere after it.
+//! checkpoint's signature must verify, and a line is *anchored* when a valid checkpoint of
+//! its own writer leads back to it through `prev`s. A changed anchored line changes a signed
+//! byte somewhere after it. Never anchored, whatever follows: another writer's lines (a
+//! checkpoint vouches only for its own writer), a writer that starts afresh after the file's
+//! opening lines (a chain copied in from another file), and torn text (a line's bytes before
+//! the line glued to them, and lines awaiting a marked break).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -155,19 +157,20 @@ pub fn verify_signed(path: &Path, keys: &[PublicKey]) -> Result<Verified, Verify
                     line: unexplained[0],
                 });
             }
+            // The torn lines have no writer to report them under: the line that explains
+            // them stands for them.
+            graph.lines[number].torn = true;
             report.restarts.append(&mut unexplained);
         }
         if glued {
             report.restarts.push(number);
+            graph.lines[number].torn = true;
         }
         if !graph.follow(number, &entry) {
             return Err(VerifyError::Broken { line: number });
         }
         if let Some(checkpoint) = &entry.checkpoint {
             report.checkpoints += 1;
-            if !graph.name_heads(number, checkpoint) {
-                return Err(VerifyError::Broken { line: number });
-            }
             if !keys.is_empty() {
                 check_signature(number, &line[entry.start..], checkpoint, keys)?;
                 graph.lines[number].anchored = true;
@@ -267,6 +270,8 @@ struct Node {
     /// The line its `prev` names (0: none).
     parent: usize,
     anchored: bool,
+    /// Holds torn text, which nothing signs.
+    torn: bool,
 }
 
 /// The lines read so far, by number, and what each writer's chain has reached.
@@ -277,8 +282,11 @@ struct Graph {
     index: HashMap<[u8; 32], usize>,
     /// Writer id to its index and last line (hash, number).
     tips: HashMap<String, (usize, [u8; 32], usize)>,
-    /// Checkpoint line to the lines it names as heads.
-    heads: HashMap<usize, Vec<usize>>,
+    /// Writers that started afresh after a line had continued a chain: only the writers that
+    /// open an empty file start at the genesis hash, so these chains came from elsewhere.
+    foreign: Vec<usize>,
+    /// Some line so far continued a chain.
+    past_opening: bool,
 }
 
 impl Default for Graph {
@@ -287,7 +295,8 @@ impl Default for Graph {
             lines: vec![Node::default()],
             index: HashMap::new(),
             tips: HashMap::new(),
-            heads: HashMap::new(),
+            foreign: Vec::new(),
+            past_opening: false,
         }
     }
 }
@@ -306,6 +315,10 @@ impl Graph {
             },
         };
         let next = self.tips.len();
+        if parent == 0 && self.past_opening && !self.tips.contains_key(&entry.writer) {
+            self.foreign.push(next);
+        }
+        self.past_opening |= parent != 0;
         let tip = self
             .tips
             .entry(entry.writer.clone())
@@ -317,26 +330,6 @@ impl Graph {
         true
     }
 
-    /// Whether every head `checkpoint` (line `number`) names is an earlier line of its writer.
-    fn name_heads(&mut self, number: usize, checkpoint: &Checkpoint) -> bool {
-        let mut named = Vec::with_capacity(checkpoint.heads.len());
-        for (writer, head) in &checkpoint.heads {
-            let line = from_hex(head).and_then(|h| self.index.get(&h)).copied();
-            let writer = self.tips.get(writer).map(|t| t.0);
-            match line {
-                Some(line) if line < number && writer.is_some() => {
-                    if self.lines[line].writer != writer {
-                        return false;
-                    }
-                    named.push(line);
-                }
-                _ => return false,
-            }
-        }
-        self.heads.insert(number, named);
-        true
-    }
-
     /// Marks what the valid checkpoints lead back to (every reference points to an earlier
     /// line, so one pass from the end suffices), and returns each writer's lines left over.
     fn unanchored(mut self) -> Vec<Unanchored> {
@@ -345,9 +338,8 @@ impl Graph {
                 continue;
             }
             let parent = self.lines[number].parent;
-            self.lines[parent].anchored = true;
-            for head in self.heads.remove(&number).unwrap_or_default() {
-                self.lines[head].anchored = true;
+            if self.lines[parent].writer == self.lines[number].writer {
+                self.lines[parent].anchored = true;
             }
         }
         let mut names = vec![String::new(); self.tips.len()];
@@ -356,7 +348,8 @@ impl Graph {
         }
         let mut left: Vec<Option<Unanchored>> = vec![None; names.len()];
         for (number, node) in self.lines.iter().enumerate().skip(1) {
-            let Some(writer) = node.writer.filter(|_| !node.anchored) else {
+            let proven = node.anchored && !node.torn;
+            let Some(writer) = node.writer.filter(|w| !proven || self.foreign.contains(w)) else {
                 continue;
             };
             let range = left[writer].get_or_insert_with(|| Unanchored {

@@ -139,16 +139,12 @@ fn audit_checkpoints(
             }
         }
     }
-    let every_lines = match section.checkpoint_lines {
-        None => default.every_lines,
-        Some(0) => {
-            return Err(invalid(
-                "audit.checkpoint_lines",
-                "must be greater than zero",
-            ))
-        }
-        Some(lines) => lines,
-    };
+    let every_lines = count(
+        "audit.checkpoint_lines",
+        section.checkpoint_lines,
+        default.every_lines,
+        1..=MAX_CHECKPOINT_LINES,
+    )?;
     let interval = positive_seconds(
         "audit.checkpoint_interval_seconds",
         section.checkpoint_interval_seconds,
@@ -562,6 +558,9 @@ fn at_most_max(key: &'static str, duration: Duration) -> Result<Duration, Config
 
 /// A count or size: `default` when unset, else within `range`, whose end is far beyond every
 /// sensible value, so that nothing a setting sizes can overflow or allocate absurdly.
+/// Lines between checkpoints at most: past a million, checkpoints come by time alone.
+const MAX_CHECKPOINT_LINES: u64 = 1_000_000;
+
 fn count<T>(
     key: &'static str,
     value: Option<T>,
