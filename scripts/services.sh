@@ -10,7 +10,8 @@
 #   RKMS_TEST_REDIS_URL          redis-server on 127.0.0.1:45620 with AOF fsynced on every write
 #                                (appendfsync always), throwaway data dir
 #   RKMS_TEST_ETCD_ENDPOINTS     etcd (Debian etcd-server) on 127.0.0.1:23790, throwaway data dir
-#   RKMS_TEST_DYNAMODB_ENDPOINT  moto_server on 127.0.0.1:45610 (DynamoDB API)
+#   RKMS_TEST_DYNAMODB_ENDPOINT  moto on 127.0.0.1:45610 (DynamoDB API), one request at a time
+#                                (scripts/moto_serial.py: conditional writes atomic, as in DynamoDB)
 #   RKMS_TEST_KMS_REGIONS / RKMS_TEST_KMS_ENDPOINTS
 #                                one moto_server per emulated KMS region on 127.0.0.1:45601..,
 #                                each with a symmetric key and alias/rkms-<region>
@@ -120,7 +121,8 @@ start_etcd() {
 start_dynamodb() {
     if [ -n "${RKMS_TEST_DYNAMODB_ENDPOINT:-}" ]; then env_line RKMS_TEST_DYNAMODB_ENDPOINT "$RKMS_TEST_DYNAMODB_ENDPOINT"; return; fi
     require_free "$DYNAMODB_PORT"
-    spawn dynamodb python3 -m moto.server -H 127.0.0.1 -p "$DYNAMODB_PORT"
+    # One request at a time: threaded moto can let two conditional writes to one item both pass.
+    spawn dynamodb python3 scripts/moto_serial.py 127.0.0.1 "$DYNAMODB_PORT"
     wait_for_port "$DYNAMODB_PORT" dynamodb
     env_line RKMS_TEST_DYNAMODB_ENDPOINT "http://127.0.0.1:$DYNAMODB_PORT"
 }
