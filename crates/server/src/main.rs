@@ -15,7 +15,8 @@ use rkms_server::config::{
     ConfigError, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
 };
 use rkms_server::legacy;
-use rkms_server::routes::{app, AppState};
+use rkms_server::limits::Limits;
+use rkms_server::routes::{app, health_app, AppState};
 use rkms_server::serve::{fit_open_file_limit, serve};
 use rkms_server::tls::TlsConfig;
 use tracing::{info, warn};
@@ -502,6 +503,10 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
         .map(|p| p.name.as_str())
         .collect();
     info!(%addr, tls = tls.is_some(), key_path = %settings.key_path, ?regions, ?principals, "rkms-server listening");
+    let health = match settings.health_listen {
+        None => None,
+        Some(at) => Some(serve_health(at, Arc::clone(&state.service), &settings.limits).await?),
+    };
     let router = app(state, &settings.key_path, settings.limits.clone());
     serve(
         listener,
@@ -511,6 +516,10 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
         shutdown_signal(),
     )
     .await;
+    if let Some((stop, served)) = health {
+        let _ = stop.send(());
+        let _ = served.await;
+    }
     repairer.abort();
     reloader.abort();
     failure_reports.abort();
@@ -523,6 +532,40 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     }
     info!("rkms-server stopped");
     Ok(())
+}
+
+/// Connections the health port takes at once: probes come from an orchestrator or a load
+/// balancer, a handful at a time.
+const HEALTH_CONNECTIONS: usize = 64;
+
+/// Serves the probes alone on `at`, over plain HTTP (they hold no secret, and orchestrators
+/// probe plain HTTP by default), until the returned sender fires.
+async fn serve_health(
+    at: std::net::SocketAddr,
+    service: Arc<rkms_core::KeyService>,
+    limits: &Limits,
+) -> Result<
+    (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .map_err(|e| format!("cannot listen on {at} (server.health_port): {e}"))?;
+    info!(addr = %at, "health checks also served on their own port");
+    let limits = Limits {
+        max_connections: HEALTH_CONNECTIONS,
+        max_connections_per_address: 0,
+        ..limits.clone()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = health_app(service, limits.clone());
+    let served = tokio::spawn(serve(listener, app, None, limits, async {
+        let _ = stopped.await;
+    }));
+    Ok((stop, served))
 }
 
 /// Opens the audit log, with signed checkpoints when a signing key is configured.

@@ -57,18 +57,9 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
         .route(key_path, get_only(get_key))
         .route("/metrics", get_only(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    let probes = Probes::start(Arc::clone(&state.service));
-    let probe_routes = Router::new()
-        .route(limits::HEALTH_PATH, get_only(probes::healthz))
-        .route(limits::READY_PATH, get_only(probes::readyz))
-        .route_layer(middleware::from_fn_with_state(
-            probes.clone(),
-            probes::limit,
-        ))
-        .with_state(probes);
     Router::new()
         .merge(protected)
-        .merge(probe_routes)
+        .merge(probe_routes(Arc::clone(&state.service)))
         .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -76,6 +67,33 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// `/healthz` and `/readyz` alone, for `[server] health_port`: a listener of their own, which
+/// no key client can fill. Starts its own background readiness check.
+pub fn health_app(service: Arc<KeyService>, limits: Limits) -> Router {
+    probe_routes(service)
+        .route_layer(middleware::from_fn(limits::refuse_body))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(limits, limits::enforce))
+        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// The probes, limited per client address, over a background readiness check of `service`.
+fn probe_routes<S>(service: Arc<KeyService>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let probes = Probes::start(service);
+    Router::new()
+        .route(limits::HEALTH_PATH, get_only(probes::healthz))
+        .route(limits::READY_PATH, get_only(probes::readyz))
+        .route_layer(middleware::from_fn_with_state(
+            probes.clone(),
+            probes::limit,
+        ))
+        .with_state(probes)
 }
 
 /// A route for GET alone. axum runs a GET handler for HEAD too, which on the key route would

@@ -1103,3 +1103,19 @@ fn a_connection_limit_no_semaphore_holds_is_refused_by_name() {
     assert!(message.contains("limits.max_connections"), "{message}");
     assert!(message.contains("at most 100000"), "{message}");
 }
+
+#[test]
+fn a_health_port_is_read_and_must_differ_from_the_key_port() {
+    let settings = parse(&format!(
+        "[server]\nhost = \"127.0.0.1\"\nport = 8080\nhealth_port = \"8081\"\n{LOCAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        settings.health_listen,
+        Some("127.0.0.1:8081".parse().unwrap())
+    );
+    assert!(refusal(&format!("[server]\nport = 8080\nhealth_port = 8080\n{LOCAL}"))
+        .contains("server.health_port"));
+    assert!(refusal(&format!("[server]\nhealth_port = 70000\n{LOCAL}"))
+        .contains("server.health_port"));
+}

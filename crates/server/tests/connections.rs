@@ -377,3 +377,48 @@ async fn a_connection_limit_beyond_the_hard_file_limit_is_lowered_and_never_runs
     )
     .await;
 }
+
+/// Silent connections from a few addresses can keep the main port's reserve busy; a health
+/// port of its own answers probes whatever the key port's clients do.
+#[tokio::test]
+async fn a_health_port_answers_probes_while_silent_connections_fill_the_key_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = config(
+        dir.path(),
+        "max_connections = 2\nmax_connections_per_address = 0\nheader_read_timeout_seconds = 60",
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("[server]\nhealth_port = {health_port}\n{text}"),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(connect_from("127.0.0.1", &server).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = impatient_client();
+    let health = format!("http://127.0.0.1:{health_port}");
+    for probe in ["/healthz", "/readyz"] {
+        let response = client
+            .get(format!("{health}{probe}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{probe} on the health port: {e}"));
+        assert_eq!(response.status(), 200, "{probe}");
+    }
+    let response = client
+        .get(format!("{health}/api/v1/key?id=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404, "the health port serves no keys");
+    drop(silent);
+}

@@ -175,6 +175,7 @@ fn audit_target(path: Option<PathBuf>, data_dir: &Path) -> AuditTarget {
 struct ServerSection {
     /// The original wrote the port as a string ("8080"); both forms are accepted.
     port: Option<Port>,
+    health_port: Option<Port>,
     host: Option<IpAddr>,
     api_version: Option<String>,
     request_timeout_ms: Option<u64>,
@@ -213,6 +214,9 @@ pub enum LogFormat {
 pub struct Settings {
     /// Address to bind.
     pub listen: SocketAddr,
+    /// Where `/healthz` and `/readyz` are also served, alone, over plain HTTP: a listener no
+    /// key client can fill. `None`: the probes are on the main port only.
+    pub health_listen: Option<SocketAddr>,
     /// Path of the key endpoint, `/api/<api_version>/key`.
     pub key_path: String,
     /// Log filter directive (`info`, `debug`, ...).
@@ -261,6 +265,7 @@ impl Settings {
     pub fn development(data_dir: &Path) -> Self {
         Self {
             listen: DEFAULT_LISTEN,
+            health_listen: None,
             key_path: key_path("v1"),
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -316,25 +321,14 @@ impl Settings {
         })?;
         let development = Self::development(data_dir);
 
-        let port = match file.server.port {
-            None => DEFAULT_LISTEN.port(),
-            Some(Port::Number(n)) => {
-                u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
-                    invalid("server.port", format!("{n} is not a port number (1-65535)"))
-                })?
-            }
-            Some(Port::Text(text)) => {
-                text.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| {
-                        invalid(
-                            "server.port",
-                            format!("{text:?} is not a port number (1-65535)"),
-                        )
-                    })?
-            }
-        };
+        let port = port_number("server.port", file.server.port)?.unwrap_or(DEFAULT_LISTEN.port());
+        let health_port = port_number("server.health_port", file.server.health_port)?;
+        if health_port == Some(port) {
+            return Err(invalid(
+                "server.health_port",
+                "must differ from server.port: the health port is a listener of its own",
+            ));
+        }
         // The original bound every interface; keep that meaning unless `host` says otherwise.
         let host = file
             .server
@@ -434,6 +428,7 @@ impl Settings {
 
         Ok(Self {
             listen: SocketAddr::new(host, port),
+            health_listen: health_port.map(|p| SocketAddr::new(host, p)),
             key_path: key_path(&api_version),
             log_level,
             log_format: file.logger.format.unwrap_or_default(),
@@ -558,6 +553,25 @@ fn at_most_max(key: &'static str, duration: Duration) -> Result<Duration, Config
 
 /// A count or size: `default` when unset, else within `range`, whose end is far beyond every
 /// sensible value, so that nothing a setting sizes can overflow or allocate absurdly.
+/// A port number (1-65535) from the file, in either of the original's forms.
+fn port_number(key: &'static str, port: Option<Port>) -> Result<Option<u16>, ConfigError> {
+    let Some(port) = port else {
+        return Ok(None);
+    };
+    let number = match &port {
+        Port::Number(n) => u16::try_from(*n).ok(),
+        Port::Text(text) => text.parse::<u16>().ok(),
+    };
+    let shown = match port {
+        Port::Number(n) => n.to_string(),
+        Port::Text(text) => format!("{text:?}"),
+    };
+    number
+        .filter(|p| *p != 0)
+        .map(Some)
+        .ok_or_else(|| invalid(key, format!("{shown} is not a port number (1-65535)")))
+}
+
 /// Lines between checkpoints at most: past a million, checkpoints come by time alone.
 const MAX_CHECKPOINT_LINES: u64 = 1_000_000;
 
