@@ -1114,8 +1114,11 @@ fn a_health_port_is_read_and_must_differ_from_the_key_port() {
         settings.health_listen,
         Some("127.0.0.1:8081".parse().unwrap())
     );
-    assert!(refusal(&format!("[server]\nport = 8080\nhealth_port = 8080\n{LOCAL}"))
-        .contains("server.health_port"));
-    assert!(refusal(&format!("[server]\nhealth_port = 70000\n{LOCAL}"))
-        .contains("server.health_port"));
+    assert!(refusal(&format!(
+        "[server]\nport = 8080\nhealth_port = 8080\n{LOCAL}"
+    ))
+    .contains("server.health_port"));
+    assert!(
+        refusal(&format!("[server]\nhealth_port = 70000\n{LOCAL}")).contains("server.health_port")
+    );
 }

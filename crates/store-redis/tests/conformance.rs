@@ -76,8 +76,7 @@ impl NetworkBackend for RedisBackend {
 impl NativeBackend for RedisBackend {
     async fn namespace_with_raw_ids(&self, raw_ids: &[&str]) -> Box<dyn Namespace> {
         let prefix = unique_name("rkms-t-") + ":";
-        let client = redis::Client::open(self.url.as_str()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let mut connection = direct(&self.url).await;
         for raw in raw_ids {
             let _: () = connection
                 .set(format!("{prefix}key:{raw}"), [0u8; 9].as_slice())
@@ -109,13 +108,25 @@ impl Namespace for RedisNamespace {
     }
 
     async fn cleanup(self: Box<Self>) {
-        let client = redis::Client::open(self.direct_url.as_str()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let mut connection = direct(&self.direct_url).await;
         let keys: Vec<String> = connection.keys(format!("{}*", self.prefix)).await.unwrap();
         if !keys.is_empty() {
             let _: () = connection.del(keys).await.unwrap();
         }
     }
+}
+
+/// A connection of the suite's own, for setup and cleanup. Patient: the redis crate's default
+/// answer timeout (500 ms) is short for a busy 2-core machine and an fsync on every write.
+async fn direct(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap()
 }
 
 async fn redis_backend() -> RedisBackend {
