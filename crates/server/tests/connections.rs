@@ -71,16 +71,11 @@ async fn wait_for_status(client: &reqwest::Client, url: &str, expected: u16, wit
 
 /// The value of the rejection counter with `reason` in the server's metrics.
 async fn rejections(client: &reqwest::Client, server: &Server, reason: &str) -> u64 {
-    let text = client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     let series = format!("rkms_http_rejections_total{{reason=\"{reason}\"}} ");
-    text.lines()
+    server
+        .metrics(client)
+        .await
+        .lines()
         .find_map(|line| line.strip_prefix(&series))
         .map_or(0, |value| value.trim().parse().unwrap())
 }

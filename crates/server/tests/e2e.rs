@@ -297,15 +297,10 @@ async fn the_longest_accepted_durations_still_serve() {
 
 /// The `rkms_store_calls_total{op="get"}` counter from `/metrics`.
 async fn store_gets(client: &reqwest::Client, server: &Server) -> f64 {
-    let text = client
-        .get(format!("{}/metrics", server.base))
-        .send()
+    server
+        .metrics(client)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("rkms_store_calls_total{") && l.contains("op=\"get\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -74,14 +74,7 @@ async fn sync_always_shares_one_fsync_among_concurrent_requests() {
     let ids: Vec<String> = (0..REQUESTS).map(|n| format!("synced-{}", n % 8)).collect();
     futures::future::join_all(ids.iter().map(|id| key(&client, &server, id))).await;
 
-    let metrics = client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics(&client).await;
     let syncs = counter(&metrics, "rkms_audit_syncs_total");
     assert!(
         (1.0..REQUESTS as f64).contains(&syncs),

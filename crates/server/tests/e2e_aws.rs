@@ -227,17 +227,7 @@ async fn a_region_lost_and_restored_mid_run_loses_no_request_and_every_record_is
         lacking.is_empty(),
         "records still lacking a copy: {lacking:?}"
     );
-    let (_, metrics) = (
-        0,
-        client
-            .get(format!("{}/metrics", server.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let metrics = server.metrics(&client).await;
     for name in [
         "rkms_kms_calls_total",
         "rkms_repairs_total",

@@ -108,10 +108,10 @@ impl KeyService {
             Err(KmsError::Throttled { .. }) => "throttled",
             Err(KmsError::Unavailable { .. }) => "unavailable",
         };
-        match outcome {
-            "unavailable" => permit.failed(),
-            "throttled" => permit.throttled(),
-            _ => {
+        match &result {
+            Err(KmsError::Unavailable { .. }) => permit.failed(),
+            Err(KmsError::Throttled { .. }) => permit.throttled(),
+            Ok(_) | Err(KmsError::Refused { .. }) => {
                 permit.succeeded(latency);
                 metrics::histogram!(telemetry::KMS_CALL_SECONDS, "region" => name.to_owned(), "op" => op).record(latency.as_secs_f64());
             }

@@ -299,18 +299,23 @@ pub(super) fn resolve_principals(
                 .transpose()
                 .map_err(|message| principal_error(&name, format!("{field} {message}")))
         };
-        let per_second = checked(
-            "rate_limit_per_second",
+        // `{kind}_per_second` (0 turns the limit off) and `{kind}_burst`.
+        let rate_pair = |kind: &str, per_second, burst| {
+            Ok::<_, ConfigError>((
+                checked(&format!("{kind}_per_second"), per_second, 0..=MAX_RATE)?,
+                checked(&format!("{kind}_burst"), burst, 1..=MAX_RATE)?,
+            ))
+        };
+        let (per_second, burst) = rate_pair(
+            "rate_limit",
             section.rate_limit_per_second,
-            0..=MAX_RATE,
+            section.rate_limit_burst,
         )?;
-        let burst = checked("rate_limit_burst", section.rate_limit_burst, 1..=MAX_RATE)?;
-        let create_per_second = checked(
-            "create_rate_per_second",
+        let (create_per_second, create_burst) = rate_pair(
+            "create_rate",
             section.create_rate_per_second,
-            0..=MAX_RATE,
+            section.create_rate_burst,
         )?;
-        let create_burst = checked("create_rate_burst", section.create_rate_burst, 1..=MAX_RATE)?;
         let rate = match (per_second, burst) {
             (None, None) => default_rate,
             (per_second, burst) => rate_limit(

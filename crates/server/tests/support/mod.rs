@@ -113,6 +113,19 @@ impl Server {
         Self::start(&["--data-dir", data_dir.to_str().unwrap()])
     }
 
+    /// The Prometheus text of `/metrics`, as an anonymous caller (see
+    /// [`ANONYMOUS_PRINCIPAL`]) reads it.
+    pub(crate) async fn metrics(&self, client: &reqwest::Client) -> String {
+        client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The key endpoint's URL for a raw (already encoded) query.
     pub(crate) fn key_url(&self, query: &str) -> String {
         format!("{}/api/v1/key?{query}", self.base)
