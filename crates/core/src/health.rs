@@ -1,14 +1,21 @@
 //! `RegionHealth`: a circuit breaker and a latency estimate per KMS region.
 //!
 //! Closed: calls go through; `failure_threshold` failures in a row open the breaker. Open:
-//! the region is skipped until `open_for` has passed. Half-open: one probe call goes through;
-//! its success closes the breaker, its failure opens it again. A region that answers with a
-//! refusal (wrong context, foreign key) is healthy: refusals do not count as failures, and
-//! neither does throttling.
+//! the region is asked last until `open_for` has passed. Half-open: one probe call goes
+//! through; its success closes the breaker, its failure opens it again. A region that answers
+//! with a refusal (wrong context, foreign key) is healthy: refusals do not count as failures,
+//! and neither does throttling.
+//!
+//! A breaker orders the regions; it never forbids asking one. When no other region can serve,
+//! [`RegionHealth::last_resort`] probes an open region at once, before `open_for` has passed:
+//! a region that failed seconds ago may have recovered, and a request that would otherwise
+//! fail loses nothing by asking. Only one probe runs at a time; other requests in need wait
+//! for its outcome rather than each sending a call to a region that may hang.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Settings of every region's breaker.
@@ -16,7 +23,8 @@ use tokio::time::Instant;
 pub struct BreakerOptions {
     /// Failures (errors or timeouts) in a row that open the breaker (default 3).
     pub failure_threshold: u32,
-    /// How long an open breaker skips its region before a probe (default 5 s).
+    /// How long an open breaker puts its region last, before the next request probes it even
+    /// when other regions can serve (default 5 s).
     pub open_for: Duration,
 }
 
@@ -36,7 +44,7 @@ pub enum BreakerState {
     Closed,
     /// One probe call is allowed.
     HalfOpen,
-    /// The region is skipped.
+    /// The region is asked last, by a probe.
     Open,
 }
 
@@ -73,6 +81,8 @@ const LATENCY_WEIGHT: f64 = 0.2;
 pub(crate) struct RegionHealth {
     state: Mutex<State>,
     options: BreakerOptions,
+    /// Wakes the requests waiting in [`RegionHealth::last_resort`] when a probe ends.
+    probe_ended: Notify,
 }
 
 /// Leave to make one call to a region. Report how it went with [`Permit::succeeded`] or
@@ -96,6 +106,7 @@ impl RegionHealth {
                 latency: None,
             }),
             options,
+            probe_ended: Notify::new(),
         }
     }
 
@@ -118,13 +129,46 @@ impl RegionHealth {
                 true
             }
         };
-        Some(Permit {
+        Some(self.permit(probe))
+    }
+
+    /// A permit for a request that no other region can serve: at once if the breaker is
+    /// closed; as the probe, even before `open_for` has passed, if none runs; otherwise after
+    /// the running probe ends, if it succeeded. `None` when the probe this request waited for
+    /// failed: the region is still down, and asking it again now would only wait again.
+    pub(crate) async fn last_resort(&self) -> Option<Permit<'_>> {
+        let mut waited = false;
+        loop {
+            let ended = self.probe_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the state is read, so that a probe ending in between still
+            // wakes this request.
+            ended.as_mut().enable();
+            {
+                let mut state = self.lock();
+                match state.breaker {
+                    Breaker::Closed { .. } => return Some(self.permit(false)),
+                    Breaker::Open { .. } if waited => return None,
+                    Breaker::Open { .. } | Breaker::HalfOpen { probing: false } => {
+                        state.breaker = Breaker::HalfOpen { probing: true };
+                        return Some(self.permit(true));
+                    }
+                    Breaker::HalfOpen { probing: true } => {}
+                }
+            }
+            ended.await;
+            waited = true;
+        }
+    }
+
+    fn permit(&self, probe: bool) -> Permit<'_> {
+        Permit {
             health: self,
             probe,
             reported: false,
             started: Instant::now(),
             slow_after: None,
-        })
+        }
     }
 
     /// True when [`RegionHealth::try_acquire`] would give a permit now: closed, or ready for a
@@ -151,7 +195,7 @@ impl RegionHealth {
         self.lock().latency
     }
 
-    fn record_success(&self, latency: Duration) {
+    fn record_success(&self, latency: Duration, probe: bool) {
         let mut state = self.lock();
         state.breaker = Breaker::Closed { failures: 0 };
         state.latency = Some(match state.latency {
@@ -160,6 +204,10 @@ impl RegionHealth {
                 average.mul_f64(1.0 - LATENCY_WEIGHT) + latency.mul_f64(LATENCY_WEIGHT)
             }
         });
+        drop(state);
+        if probe {
+            self.probe_ended.notify_waiters();
+        }
     }
 
     fn record_failure(&self, probe: bool) {
@@ -181,6 +229,10 @@ impl RegionHealth {
                 until: Instant::now() + self.options.open_for,
             };
         }
+        drop(state);
+        if probe {
+            self.probe_ended.notify_waiters();
+        }
     }
 }
 
@@ -194,7 +246,7 @@ impl Permit<'_> {
     /// The call succeeded (or the region answered with a refusal) after `latency`.
     pub(crate) fn succeeded(mut self, latency: Duration) {
         self.reported = true;
-        self.health.record_success(latency);
+        self.health.record_success(latency, self.probe);
     }
 
     /// The call failed or timed out.
@@ -218,6 +270,8 @@ impl Permit<'_> {
         if let Breaker::HalfOpen { probing: true } = state.breaker {
             state.breaker = Breaker::HalfOpen { probing: false };
         }
+        drop(state);
+        self.health.probe_ended.notify_waiters();
     }
 }
 
@@ -319,6 +373,54 @@ mod tests {
             BreakerState::Open,
             "cancelled after being slow: failures"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_last_resort_probes_an_open_breaker_at_once_and_others_wait_for_its_outcome() {
+        let h = health();
+        for _ in 0..3 {
+            h.try_acquire().unwrap().failed();
+        }
+        assert!(h.try_acquire().is_none(), "open: not for ordinary calls");
+        let probe = h
+            .last_resort()
+            .await
+            .expect("a probe before open_for passes");
+        let mut waiter = std::pin::pin!(h.last_resort());
+        assert!(
+            futures::poll!(waiter.as_mut()).is_pending(),
+            "a second request waits for the running probe"
+        );
+        probe.failed();
+        assert!(
+            waiter.await.is_none(),
+            "the probe failed: the waiter does not call a region that is still down"
+        );
+        assert_eq!(h.state(), BreakerState::Open);
+
+        let probe = h
+            .last_resort()
+            .await
+            .expect("the next request probes again");
+        let mut waiter = std::pin::pin!(h.last_resort());
+        assert!(futures::poll!(waiter.as_mut()).is_pending());
+        probe.succeeded(Duration::from_millis(3));
+        let permit = waiter.await.expect("the probe succeeded: the waiter calls");
+        assert!(!permit.probe);
+        assert_eq!(h.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_hands_the_probe_to_a_waiting_request() {
+        let h = health();
+        for _ in 0..3 {
+            h.try_acquire().unwrap().failed();
+        }
+        let probe = h.last_resort().await.unwrap();
+        let mut waiter = std::pin::pin!(h.last_resort());
+        assert!(futures::poll!(waiter.as_mut()).is_pending());
+        drop(probe);
+        assert!(waiter.await.expect("the waiter takes the probe").probe);
     }
 
     #[tokio::test]

@@ -419,12 +419,16 @@ fn the_development_default_is_loopback_sqlite_and_three_local_regions() {
 #[test]
 fn availability_settings_are_read() {
     let settings = parse(&format!(
-        "{LOCAL}min_regions = 1\n[kms.hedge]\ndelay_ms = 40\n[kms.breaker]\nfailure_threshold = 5\nopen_ms = 900\n\
+        "{LOCAL}min_regions = 1\nstraggler_wait_ms = 300\n[kms.hedge]\ndelay_ms = 40\n[kms.breaker]\nfailure_threshold = 5\nopen_ms = 900\n\
          [cache]\nttl_seconds = 60\nmax_entries = 10\nstale_grace_seconds = 30\n[repair]\ninterval_seconds = 7\nsweep_interval_seconds = 0\n"
     ))
     .unwrap();
     let s = &settings.service;
     assert_eq!(s.min_regions, 1);
+    assert_eq!(
+        s.straggler_wait,
+        Some(std::time::Duration::from_millis(300))
+    );
     assert_eq!(s.hedge.fixed, Some(std::time::Duration::from_millis(40)));
     assert_eq!(
         (s.breaker.failure_threshold, s.breaker.open_for.as_millis()),
@@ -444,6 +448,7 @@ fn availability_settings_are_read() {
     let defaults = parse(LOCAL).unwrap().service;
     assert_eq!(defaults.min_regions, 2, "two of the regions by default");
     assert!(defaults.cache.enabled && defaults.cache.stale_grace.is_none());
+    assert_eq!(defaults.straggler_wait, None, "the generator's hedge delay");
     let single = parse("[kms]\nprovider = \"local\"\nregions = [\"a\"]\n")
         .unwrap()
         .service;
@@ -455,6 +460,10 @@ fn invalid_availability_settings_are_refused_by_name() {
     let cases = [
         (format!("{LOCAL}min_regions = 3\n"), "kms.min_regions"),
         (format!("{LOCAL}min_regions = 0\n"), "kms.min_regions"),
+        (
+            format!("{LOCAL}timeout_ms = 500\nstraggler_wait_ms = 501\n"),
+            "kms.straggler_wait_ms",
+        ),
         (
             format!("{LOCAL}[kms.hedge]\nfloor_ms = 500\ncap_ms = 100\n"),
             "kms.hedge.floor_ms",

@@ -31,9 +31,9 @@ impl Drop for CancelCounter<'_> {
 }
 
 impl KeyService {
-    /// Region indices in the order to try them: regions whose breaker is open last, then by
-    /// latency band (see [`LATENCY_BAND`]), then in configured order. A half-open region keeps
-    /// its place, so that the next request probes it.
+    /// Region indices in the order to try them: regions whose breaker is open last (they are
+    /// still asked, as a last resort), then by latency band (see [`LATENCY_BAND`]), then in
+    /// configured order. A half-open region keeps its place, so that the next request probes it.
     pub(super) fn ordered_regions(&self) -> Vec<usize> {
         let mut order: Vec<(u8, u128, usize)> = self
             .inner
@@ -53,24 +53,21 @@ impl KeyService {
         order.into_iter().map(|(_, _, index)| index).collect()
     }
 
-    /// Leave to call region `index` now, or the error that explains why not.
-    pub(super) fn permit(&self, index: usize) -> Result<Permit<'_>, KmsError> {
-        let region = &self.inner.regions[index];
-        region
-            .health
-            .try_acquire()
-            .ok_or_else(|| KmsError::Unavailable {
-                region: region.name().to_owned(),
-                message: "skipped: its circuit breaker is open after repeated failures".into(),
-            })
-    }
-
     /// The hedge delay for waiting on region `index`.
     pub(super) fn hedge_delay(&self, index: usize) -> Duration {
         self.inner
             .options
             .hedge
             .delay(self.inner.regions[index].health.latency())
+    }
+
+    /// How long a create that has its quorum waits for the other regions' copies: the
+    /// configured [`super::ServiceOptions::straggler_wait`], or the generator's hedge delay.
+    pub(super) fn straggler_wait(&self, generator: usize) -> Duration {
+        self.inner
+            .options
+            .straggler_wait
+            .unwrap_or_else(|| self.hedge_delay(generator))
     }
 
     /// Runs one KMS call on region `index` under `permit` and the KMS timeout, and records the

@@ -1,14 +1,17 @@
 //! Creating a record: generate in one region, wrap in the others, store once a quorum holds.
 //!
-//! The key is generated in the first region (in `ordered_regions` order) that answers. Every
-//! other region wraps it concurrently. Once `min_regions` copies exist (the generator's
-//! included), stragglers get one hedge delay more; regions still without a copy are listed in
+//! The key is generated in the first region (in `ordered_regions` order, hedged: see
+//! `hedged.rs`) that answers. Every other region wraps it concurrently; a region whose breaker
+//! is open is asked too, as a last resort, once the quorum cannot be had without it. Once
+//! `min_regions` copies exist (the generator's included), stragglers get
+//! [`super::ServiceOptions::straggler_wait`] more; regions still without a copy are listed in
 //! the record's `missing` for repair. Fewer than `min_regions` copies: nothing is written.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{KeyService, KmsAction, ServiceError};
@@ -73,32 +76,19 @@ impl KeyService {
         }
     }
 
-    /// Generates a data key in the first region, in order, that answers.
+    /// Generates a data key in the first region, in order and hedged, that answers.
     async fn generate(
         &self,
         id: &KeyId,
         context: &EncryptionContext,
     ) -> Result<(usize, GeneratedKey), ServiceError> {
-        let mut failures = Vec::new();
-        for index in self.ordered_regions() {
-            let permit = match self.permit(index) {
-                Ok(permit) => permit,
-                Err(skipped) => {
-                    failures.push(skipped);
-                    continue;
-                }
-            };
-            let kms = &self.inner.regions[index].kms;
-            let call = kms.generate_data_key(self.inner.options.data_key_len, context);
-            match self.kms_call(index, permit, "generate", call).await {
-                Ok(generated) => return Ok((index, generated)),
-                Err(e) => {
-                    warn!(%id, region = kms.region(), error = %e, "generate failed; trying the next region");
-                    failures.push(e);
-                }
-            }
-        }
-        Err(ServiceError::RegionsUnavailable {
+        let len = self.inner.options.data_key_len;
+        let regions = &self.inner.regions;
+        self.first_success(id, self.ordered_regions(), "generate", |index| {
+            regions[index].kms.generate_data_key(len, context)
+        })
+        .await
+        .map_err(|failures| ServiceError::RegionsUnavailable {
             id: id.clone(),
             action: KmsAction::Generate,
             failures,
@@ -129,52 +119,51 @@ impl KeyService {
         let mut copies = BTreeMap::from([copy(generator, generator_ciphertext)]);
         let mut failures = Vec::new();
         let mut in_flight = FuturesUnordered::new();
+        let wrap = |index: usize, permit| {
+            let delay = self.hedge_delay(index);
+            let call = regions[index].kms.encrypt(key, context);
+            self.attempt(index, permit, delay, "encrypt", call)
+        };
+        let mut last_resort = Vec::new();
         for index in (0..regions.len()).filter(|i| *i != generator) {
-            match self.permit(index) {
-                Err(skipped) => failures.push(skipped),
-                Ok(permit) => {
-                    let kms = &regions[index].kms;
-                    let delay = self.hedge_delay(index);
-                    in_flight.push(async move {
-                        (
-                            index,
-                            self.kms_call(
-                                index,
-                                permit.slow_after(delay),
-                                "encrypt",
-                                kms.encrypt(key, context),
-                            )
-                            .await,
-                        )
-                    });
-                }
+            match regions[index].health.try_acquire() {
+                Some(permit) => in_flight.push(wrap(index, Some(permit))),
+                None => last_resort.push(index),
             }
         }
         let min_regions = self.inner.options.min_regions;
+        let hedge_at = Instant::now() + self.hedge_delay(generator);
+        let mut hedged = false;
         let mut straggler_deadline = None;
         loop {
-            if copies.len() >= min_regions && straggler_deadline.is_none() {
-                // The quorum holds: give the others as long as a healthy call takes, no more.
-                straggler_deadline =
-                    Some(tokio::time::Instant::now() + self.hedge_delay(generator));
+            // Regions with open breakers are asked once the others cannot make the quorum,
+            // or have not made it within a hedge delay.
+            if !last_resort.is_empty() && (hedged || copies.len() + in_flight.len() < min_regions) {
+                for index in last_resort.drain(..) {
+                    in_flight.push(wrap(index, None));
+                }
             }
-            let next = match straggler_deadline {
-                None => in_flight.next().await,
-                Some(deadline) => match tokio::time::timeout_at(deadline, in_flight.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
+            if copies.len() >= min_regions && straggler_deadline.is_none() {
+                // The quorum holds: give the others a little longer, so that fewer records
+                // are stored incomplete.
+                straggler_deadline = Some(Instant::now() + self.straggler_wait(generator));
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((index, result)) = in_flight.next() => match result {
+                    Ok(ciphertext) => {
+                        let (name, wrapped) = copy(index, ciphertext);
+                        copies.insert(name, wrapped);
+                    }
+                    Err(e) => {
+                        warn!(%id, region = regions[index].name(), error = %e, "wrap failed; the region will be repaired later");
+                        failures.push(e);
+                    }
                 },
-            };
-            let Some((index, result)) = next else { break };
-            match result {
-                Ok(ciphertext) => {
-                    let (name, wrapped) = copy(index, ciphertext);
-                    copies.insert(name, wrapped);
-                }
-                Err(e) => {
-                    warn!(%id, region = regions[index].name(), error = %e, "wrap failed; the region will be repaired later");
-                    failures.push(e);
-                }
+                () = tokio::time::sleep_until(hedge_at), if !hedged && !last_resort.is_empty() => hedged = true,
+                () = tokio::time::sleep_until(straggler_deadline.unwrap_or(hedge_at)), if straggler_deadline.is_some() => break,
             }
         }
         if copies.len() < min_regions {

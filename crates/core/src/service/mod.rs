@@ -1,12 +1,13 @@
 //! `KeyService`: the get-or-create protocol over one store and several KMS regions.
 //!
 //! `mod.rs` holds the types and the top of the protocol (cache, then store, then create);
-//! `calls.rs` times and records every KMS and store call; `read.rs` unwraps a record with a
-//! hedged decrypt; `create.rs` makes a new record with a quorum of copies; `repair.rs` adds the
+//! `calls.rs` times and records every KMS and store call; `hedged.rs` asks regions in turn
+//! until one succeeds; `read.rs` unwraps a record with a hedged decrypt; `create.rs` makes a new record with a quorum of copies; `repair.rs` adds the
 //! copies a record still lacks.
 
 mod calls;
 mod create;
+mod hedged;
 mod options;
 mod pending;
 mod read;

@@ -6,7 +6,7 @@ use super::{BuildError, MAX_DATA_KEY_LEN};
 use crate::cache::CacheOptions;
 use crate::health::BreakerOptions;
 
-/// When to send a second decrypt to the next region while the first has not answered.
+/// When to ask the next region while the first has not answered (decrypt and generate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HedgeOptions {
     /// A fixed hedge delay; `None` (the default) derives it from the waited-on region's
@@ -88,7 +88,13 @@ pub struct ServiceOptions {
     /// Copies a new record needs before it is stored (default 2, or 1 with a single region);
     /// the rest are added later by repair.
     pub min_regions: usize,
-    /// Hedged decrypts.
+    /// How long a create that already has its quorum waits for the remaining regions' copies
+    /// before storing the record; copies still missing then are added later by repair. `None`
+    /// (the default) waits the generating region's hedge delay: as long as a healthy call
+    /// takes. Longer leaves fewer records incomplete while a region is slow, at that cost in
+    /// create latency.
+    pub straggler_wait: Option<Duration>,
+    /// Hedged KMS calls.
     pub hedge: HedgeOptions,
     /// Every region's circuit breaker.
     pub breaker: BreakerOptions,
@@ -106,6 +112,7 @@ impl Default for ServiceOptions {
             store_timeout: Duration::from_secs(2),
             request_deadline: Duration::from_secs(10),
             min_regions: 2,
+            straggler_wait: None,
             hedge: HedgeOptions::default(),
             breaker: BreakerOptions::default(),
             cache: CacheOptions::default(),

@@ -1,16 +1,9 @@
-//! Unwrapping a record: hedged decrypt across the regions that hold a copy.
-//!
-//! The best region (see `ordered_regions`) is asked first. If it has not answered after its
-//! hedge delay, the next region is asked too; if it fails, the next is asked at once. The first
-//! success wins and the calls still in flight are cancelled. In steady state one region
-//! answers within its hedge delay, so a cache miss costs one KMS call.
+//! Unwrapping a record: hedged decrypt across the regions that hold a copy, best first (see
+//! `ordered_regions` and `hedged.rs`). In steady state a cache miss costs one KMS call.
 //!
 //! When every region was asked and every one refused, the record fails its integrity check
 //! ([`ServiceError::IntegrityFailure`]); when any region could not be asked or did not answer,
 //! the outcome may differ later, so it is [`ServiceError::RegionsUnavailable`].
-
-use futures::stream::{FuturesUnordered, StreamExt as _};
-use tracing::warn;
 
 use super::{KeyService, KmsAction, ServiceError};
 use crate::kms::KmsError;
@@ -46,48 +39,16 @@ impl KeyService {
             });
         }
 
-        let mut pending = candidates.into_iter();
-        let mut failures = Vec::new();
-        let mut in_flight = FuturesUnordered::new();
-        let mut hedge = Box::pin(tokio::time::sleep(std::time::Duration::ZERO));
-        // Each turn asks the next region: at the start, after a failure, and when the hedge
-        // delay passes.
-        loop {
-            for index in pending.by_ref() {
-                match self.permit(index) {
-                    Err(skipped) => failures.push(skipped),
-                    Ok(permit) => {
-                        let delay = self.hedge_delay(index);
-                        let copy = &record.copies[regions[index].name()];
-                        let kms = &regions[index].kms;
-                        in_flight.push(async move {
-                            let call = kms.decrypt(&copy.ciphertext, context);
-                            (
-                                index,
-                                self.kms_call(index, permit.slow_after(delay), "decrypt", call)
-                                    .await,
-                            )
-                        });
-                        hedge.as_mut().reset(tokio::time::Instant::now() + delay);
-                        break;
-                    }
-                }
-            }
-            if in_flight.is_empty() {
-                break;
-            }
-            let more_to_ask = pending.len() > 0;
-            tokio::select! {
-                Some((index, result)) = in_flight.next() => match result {
-                    Ok(key) => return Ok((key, regions[index].name().to_owned())),
-                    Err(e) => {
-                        warn!(%id, region = regions[index].name(), error = %e, "decrypt failed; trying the next region");
-                        failures.push(e);
-                    }
-                },
-                () = &mut hedge, if more_to_ask => {}
-            }
-        }
+        let failures = match self
+            .first_success(id, candidates, "decrypt", |index| {
+                let copy = &record.copies[regions[index].name()];
+                regions[index].kms.decrypt(&copy.ciphertext, context)
+            })
+            .await
+        {
+            Ok((index, key)) => return Ok((key, regions[index].name().to_owned())),
+            Err(failures) => failures,
+        };
         if failures
             .iter()
             .all(|failure| matches!(failure, KmsError::Refused { .. }))

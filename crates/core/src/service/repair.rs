@@ -263,7 +263,10 @@ impl KeyService {
             // that repairs racing for a half-open region's one probe decrypt nothing in vain.
             let permits: Vec<(usize, Permit<'_>)> = targets
                 .iter()
-                .filter_map(|&index| self.permit(index).ok().map(|permit| (index, permit)))
+                .filter_map(|&index| {
+                    let permit = self.inner.regions[index].health.try_acquire()?;
+                    Some((index, permit))
+                })
                 .collect();
             if permits.is_empty() {
                 metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);

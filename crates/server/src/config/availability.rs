@@ -1,10 +1,14 @@
-//! The availability settings: `[kms] min_regions`, `[kms.hedge]`, `[kms.breaker]`, `[cache]`
-//! and `[repair]`.
+//! The availability settings: `[kms] min_regions` and `straggler_wait_ms`, `[kms.hedge]`,
+//! `[kms.breaker]`, `[cache]` and `[repair]`.
+
+use std::time::Duration;
 
 use rkms_core::{BreakerOptions, CacheOptions, HedgeOptions, RepairOptions, ServiceOptions};
 use serde::Deserialize;
 
-use super::{count, invalid, optional_seconds, positive_ms, positive_seconds, ConfigError};
+use super::{
+    count, in_range, invalid, optional_seconds, positive_ms, positive_seconds, ConfigError,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +57,21 @@ const MAX_PENDING_REPAIRS: usize = 10_000_000;
 const MAX_REPAIR_CALLS_PER_SECOND: u32 = 100_000;
 /// Most records repaired at once.
 const MAX_REPAIR_CONCURRENCY: usize = 1000;
+
+/// `[kms] straggler_wait_ms`: at most the KMS timeout, after which a straggler has failed.
+pub(super) fn straggler_wait(
+    value: Option<u64>,
+    kms_timeout: Duration,
+) -> Result<Option<Duration>, ConfigError> {
+    let longest = u64::try_from(kms_timeout.as_millis()).unwrap_or(u64::MAX);
+    value
+        .map(|ms| {
+            in_range(ms, &(0..=longest))
+                .map(Duration::from_millis)
+                .map_err(|message| invalid("kms.straggler_wait_ms", message))
+        })
+        .transpose()
+}
 
 /// Fills the availability part of `service` from the file's sections; `regions` is the count.
 pub(super) fn apply(

@@ -27,6 +27,7 @@ pub(super) struct KmsSection {
     endpoints: BTreeMap<String, String>,
     allow_insecure_endpoints: Option<bool>,
     pub(super) min_regions: Option<usize>,
+    pub(super) straggler_wait_ms: Option<u64>,
     #[serde(default)]
     pub(super) hedge: super::availability::HedgeSection,
     #[serde(default)]

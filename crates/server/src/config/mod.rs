@@ -396,6 +396,7 @@ impl Settings {
             file.server.request_timeout_ms,
             service.request_deadline,
         )?;
+        service.straggler_wait = availability::straggler_wait(kms.straggler_wait_ms, kms_timeout)?;
         availability::apply(
             &mut service,
             regions.len(),
