@@ -123,3 +123,31 @@ async fn a_create_whose_first_region_hangs_waits_a_hedge_delay_not_a_kms_timeout
     assert!(took < service.options().kms_timeout, "{took:?}");
     assert_eq!(record(&*store, "a").await.missing, ["r1"]);
 }
+
+/// A process that restarts forgets which records it stored incomplete; its repairer sweeps
+/// the store soon after start (within twice `first_sweep_after`), not hours later.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_process_completes_records_left_incomplete_soon_after_start() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    regions.0[2].set(Mode::Failing);
+    regions
+        .service(store.clone())
+        .get_or_create(&id("a"))
+        .await
+        .unwrap();
+    assert_eq!(record(&*store, "a").await.missing, ["r3"]);
+    regions.0[2].set(Mode::Healthy);
+
+    let mut options = Regions::options();
+    options.repair.interval = std::time::Duration::from_secs(1);
+    let restarted = regions.service_with(store.clone(), options.clone());
+    let repairer = tokio::spawn(async move { restarted.run_repairer().await });
+    let first_sweep = options.repair.first_sweep_after.unwrap();
+    tokio::time::sleep(first_sweep * 2 + options.repair.interval * 2).await;
+    repairer.abort();
+    assert!(
+        record(&*store, "a").await.missing.is_empty(),
+        "repaired by the first sweep after the restart"
+    );
+}

@@ -420,7 +420,7 @@ fn the_development_default_is_loopback_sqlite_and_three_local_regions() {
 fn availability_settings_are_read() {
     let settings = parse(&format!(
         "{LOCAL}min_regions = 1\nstraggler_wait_ms = 300\n[kms.hedge]\ndelay_ms = 40\n[kms.breaker]\nfailure_threshold = 5\nopen_ms = 900\n\
-         [cache]\nttl_seconds = 60\nmax_entries = 10\nstale_grace_seconds = 30\n[repair]\ninterval_seconds = 7\nsweep_interval_seconds = 0\n"
+         [cache]\nttl_seconds = 60\nmax_entries = 10\nstale_grace_seconds = 30\n[repair]\ninterval_seconds = 7\nsweep_interval_seconds = 0\nfirst_sweep_after_seconds = 0\n"
     ))
     .unwrap();
     let s = &settings.service;
@@ -444,11 +444,19 @@ fn availability_settings_are_read() {
     );
     assert_eq!(s.repair.interval.as_secs(), 7);
     assert_eq!(s.repair.sweep_interval, None, "0 turns the full sweep off");
+    assert_eq!(
+        s.repair.first_sweep_after, None,
+        "0: no early sweep after start"
+    );
 
     let defaults = parse(LOCAL).unwrap().service;
     assert_eq!(defaults.min_regions, 2, "two of the regions by default");
     assert!(defaults.cache.enabled && defaults.cache.stale_grace.is_none());
     assert_eq!(defaults.straggler_wait, None, "the generator's hedge delay");
+    assert_eq!(
+        defaults.repair.first_sweep_after,
+        Some(std::time::Duration::from_secs(60))
+    );
     let single = parse("[kms]\nprovider = \"local\"\nregions = [\"a\"]\n")
         .unwrap()
         .service;

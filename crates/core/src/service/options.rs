@@ -52,6 +52,11 @@ pub struct RepairOptions {
     /// How often it also reads the whole store for records nobody here knows about (default
     /// 6 h; `None` never). Every record is read, so mind the cost on a large store.
     pub sweep_interval: Option<Duration>,
+    /// How soon after start the first sweep runs (default 60 s, spread over up to twice that
+    /// so that servers started together do not sweep together; `None`: only after
+    /// `sweep_interval`), so that a restart soon finds the records a previous process left
+    /// incomplete and forgot.
+    pub first_sweep_after: Option<Duration>,
     /// Most ids remembered as lacking copies (default 100 000); beyond it the oldest are
     /// dropped and left to the sweep.
     pub max_pending: usize,
@@ -67,6 +72,7 @@ impl Default for RepairOptions {
         Self {
             interval: Duration::from_secs(60),
             sweep_interval: Some(Duration::from_secs(6 * 3600)),
+            first_sweep_after: Some(Duration::from_secs(60)),
             max_pending: 100_000,
             kms_calls_per_second: 50,
             concurrency: 4,

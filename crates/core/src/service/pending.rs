@@ -96,11 +96,13 @@ impl PendingRepairs {
         }
     }
 
-    /// The ids whose next try is due, oldest first.
+    /// The ids whose next try is due, newest first: a record created incomplete a moment ago
+    /// is the likeliest to be read next, and the one with the fewest copies to lose.
     pub(super) fn due(&self) -> Vec<KeyId> {
         let now = Instant::now();
         self.order
             .values()
+            .rev()
             .filter(|id| self.by_id.get(*id).is_some_and(|e| e.due <= now))
             .cloned()
             .collect()
@@ -143,7 +145,7 @@ mod tests {
         let mut pending = PendingRepairs::new(10);
         pending.insert(&id("a"));
         pending.insert(&id("b"));
-        assert_eq!(pending.due(), vec![id("a"), id("b")]);
+        assert_eq!(pending.due(), vec![id("b"), id("a")], "newest first");
         pending.failed(&id("a"), Duration::from_secs(60));
         assert_eq!(pending.due(), vec![id("b")]);
         assert!(pending.backing_off(&id("a")) && !pending.backing_off(&id("b")));

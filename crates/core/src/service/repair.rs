@@ -437,25 +437,31 @@ impl KeyService {
         self.pending().len()
     }
 
-    /// Runs forever: every `repair.interval`, retries the pending repairs that are due, and
-    /// every `repair.sweep_interval` (if set) sweeps the whole store. Spawn it on the runtime
-    /// and abort it at shutdown.
+    /// Runs forever: every `repair.interval`, retries the pending repairs that are due; sweeps
+    /// the whole store soon after start (`repair.first_sweep_after`), then every
+    /// `repair.sweep_interval`, if that is set. Spawn it on the runtime and abort it at
+    /// shutdown.
     pub async fn run_repairer(&self) {
         let options = &self.inner.options.repair;
         let mut ticks = tokio::time::interval(options.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_sweep = Instant::now();
+        let mut next_sweep = options.sweep_interval.map(|every| {
+            let first = options
+                .first_sweep_after
+                .map_or(every, |after| after + after.mul_f64(jitter()));
+            Instant::now() + first.min(every)
+        });
         loop {
             ticks.tick().await;
             let left = self.repair_pending().await;
             if left > 0 {
                 debug!(left, "records still lack copies");
             }
-            if options
-                .sweep_interval
-                .is_some_and(|every| last_sweep.elapsed() >= every)
-            {
-                last_sweep = Instant::now();
+            let (Some(at), Some(every)) = (next_sweep, options.sweep_interval) else {
+                continue;
+            };
+            if Instant::now() >= at {
+                next_sweep = Some(Instant::now() + every);
                 match self.repair_sweep().await {
                     Ok(sweep) => info!(?sweep, "repair sweep done"),
                     Err(e) => warn!(error = %e, "repair sweep failed; it runs again next interval"),
@@ -463,4 +469,13 @@ impl KeyService {
             }
         }
     }
+}
+
+/// A number in `0.0..1.0` that differs between processes, to spread their first sweeps.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (bits >> 11) as f64 / (1_u64 << 53) as f64
 }

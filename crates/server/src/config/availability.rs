@@ -40,6 +40,7 @@ pub(super) struct CacheSection {
 pub(super) struct RepairSection {
     interval_seconds: Option<u64>,
     sweep_interval_seconds: Option<u64>,
+    first_sweep_after_seconds: Option<u64>,
     max_pending: Option<usize>,
     kms_calls_per_second: Option<u32>,
     concurrency: Option<usize>,
@@ -162,6 +163,11 @@ pub(super) fn apply(
             "repair.sweep_interval_seconds",
             repair.sweep_interval_seconds,
             repair_defaults.sweep_interval,
+        )?,
+        first_sweep_after: optional_seconds(
+            "repair.first_sweep_after_seconds",
+            repair.first_sweep_after_seconds,
+            repair_defaults.first_sweep_after,
         )?,
         max_pending: count(
             "repair.max_pending",
