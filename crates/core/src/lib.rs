@@ -27,13 +27,16 @@
 //! 5. **Found:** decode it and decrypt a copy, starting with the best region: regions whose
 //!    circuit breaker is open go last, then lower observed latency, then configured order. If
 //!    that region has not answered within its hedge delay, the next one is asked too; a failure
-//!    moves on at once. The first success wins; the other calls are cancelled. A record that
+//!    moves on at once. The first success wins; the other calls are cancelled. A region with an
+//!    open breaker is still asked when no other is left, by one probe that concurrent callers
+//!    share. A record that
 //!    lacks a configured region's copy is repaired in the background. A record of the original
 //!    Go RKMS (only as its store translated it, [`Stored::legacy`]) is decrypted with an empty
 //!    context and upgraded in the background.
-//! 6. **Absent:** call `generate_data_key` in the best region that answers; `encrypt` the key
-//!    in every other region concurrently. Once `min_regions` copies exist (default 2),
-//!    stragglers get one hedge delay more; regions still without a copy are listed in the
+//! 6. **Absent:** call `generate_data_key` in the best region that answers, hedged as in step
+//!    5; `encrypt` the key in every other region concurrently (regions with open breakers once
+//!    the quorum cannot be had without them). Once `min_regions` copies exist (default 2),
+//!    stragglers get [`ServiceOptions::straggler_wait`] more; regions still without a copy are listed in the
 //!    record's `missing`. Fewer than `min_regions` copies: nothing is written, the call fails.
 //! 7. **Store** the record with [`Store::put_if_absent`]. If this call created it, return the
 //!    new key. If another caller created one first, drop the new key (it is zeroized and was
@@ -59,7 +62,10 @@
 //!   upgraded. A key that changes under an id this process has cached is refused
 //!   ([`ServiceError::KeyChanged`]).
 //! - **Bounded failure.** Each KMS and store call has a timeout and the whole call a deadline
-//!   ([`ServiceOptions`]); a region that keeps failing is skipped by its circuit breaker.
+//!   ([`ServiceOptions`]); a region that keeps failing is asked last, by its circuit breaker.
+//! - **A breaker never refuses on its own.** While enough regions answer, a request succeeds,
+//!   however recently a region failed: open breakers order the regions, and a region is
+//!   asked whenever no other can serve.
 //!
 //! # Failure cases
 //!
