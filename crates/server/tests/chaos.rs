@@ -921,11 +921,11 @@ struct Judged<'a> {
 }
 
 /// Judges a request by the fault states during it. A create should succeed when the store
-/// and at least [`MIN_REGIONS`] regions answered throughout; a read when the store and at least
-/// one region did. "One region" approximates "one region holding a copy": with one region
-/// faulty at a time every record has a copy in an answering region, but with two faulty a
-/// record created while one of them was down may have no reachable copy, so scenario B's
-/// read figure is a lower bound.
+/// and at least [`MIN_REGIONS`] regions answered throughout. A read should succeed when the
+/// store and at least one region holding a copy did; which regions hold one is not known here,
+/// but every record holds at least `MIN_REGIONS` copies, so with `REGIONS - MIN_REGIONS + 1`
+/// regions answering one of them surely does. A read with fewer regions answering (only in
+/// scenario B) is left out of the availability figure, even when it could have succeeded.
 fn judge<'a>(outcome: &'a Outcome, timeline: &Timeline) -> Judged<'a> {
     let states = timeline.during(outcome.started, outcome.ended);
     let store_answered = states.iter().all(|f| answers(f.store));
@@ -934,7 +934,7 @@ fn judge<'a>(outcome: &'a Outcome, timeline: &Timeline) -> Judged<'a> {
         .count();
     let needed = match outcome.kind {
         Kind::Create => MIN_REGIONS,
-        Kind::Read => 1,
+        Kind::Read => REGIONS - MIN_REGIONS + 1,
     };
     Judged {
         outcome,
