@@ -416,7 +416,7 @@ pub async fn random_operations_match_a_reference_model(backend: &dyn Backend) {
 /// With the service refusing connections, and then accepting but never answering, every
 /// operation returns `StoreError::Unavailable` in bounded time; service back, all works again.
 pub async fn an_unreachable_service_is_unavailable_not_a_hang(backend: &dyn NetworkBackend) {
-    let mut proxy = Proxy::start(backend.service_addr()).await;
+    let proxy = Proxy::start(backend.service_addr()).await;
     let ns = backend.namespace_via(proxy.addr()).await;
     let store = ns.connect().await;
     let version = created(

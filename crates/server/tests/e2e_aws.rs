@@ -7,18 +7,17 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use rkms_conformance::proxy::{Proxy, ProxyMode};
 use rkms_core::{KeyId, Record, Store};
 use rkms_store_sqlite::{SqliteConfig, SqliteStore};
-use support::{
-    emulated_regions, get_json, key, ProxyMode, RegionProxy, Server, ANONYMOUS_PRINCIPAL,
-};
+use support::{emulated_regions, get_json, key, region_proxy, Server, ANONYMOUS_PRINCIPAL};
 
 /// The KMS operation timeout the tests configure.
 const KMS_TIMEOUT: Duration = Duration::from_millis(1000);
 
 struct Deployment {
     dir: tempfile::TempDir,
-    proxies: Vec<RegionProxy>,
+    proxies: Vec<Proxy>,
 }
 
 impl Deployment {
@@ -33,7 +32,7 @@ impl Deployment {
         let regions = emulated_regions();
         let mut proxies = Vec::new();
         for (_, endpoint) in &regions {
-            proxies.push(RegionProxy::start(endpoint).await);
+            proxies.push(region_proxy(endpoint).await);
         }
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = regions.iter().map(|(r, _)| format!("{r:?}")).collect();
@@ -44,7 +43,7 @@ impl Deployment {
         let endpoints: Vec<String> = regions
             .iter()
             .zip(&proxies)
-            .map(|((r, _), p)| format!("{r} = {:?}", p.url()))
+            .map(|((r, _), p)| format!("{r} = \"http://{}\"", p.addr()))
             .collect();
         let config = format!(
             "[kms]\nprovider = \"aws\"\nregions = [{}]\nkey_ids = {{ {} }}\ntimeout_ms = {}\nconnect_timeout_ms = 300\n\
@@ -141,7 +140,7 @@ async fn keys_are_created_and_stable_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_first_region_still_serves_existing_ids() {
-    let mut deployment = Deployment::new().await;
+    let deployment = Deployment::new().await;
     let client = reqwest::Client::new();
     let server = deployment.server();
     let before = key(&client, &server, "refused-existing").await;
@@ -169,7 +168,7 @@ async fn a_refused_first_region_still_serves_existing_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_first_region_still_serves_existing_ids_within_the_bound() {
-    let mut deployment = Deployment::new().await;
+    let deployment = Deployment::new().await;
     let client = reqwest::Client::new();
     let server = deployment.server();
     let before = key(&client, &server, "blackholed-existing").await;
@@ -187,7 +186,7 @@ async fn a_blackholed_first_region_still_serves_existing_ids_within_the_bound() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_lost_and_restored_mid_run_loses_no_request_and_every_record_is_repaired() {
-    let mut deployment = Deployment::new().await;
+    let deployment = Deployment::new().await;
     let server = deployment.server();
     let client = reqwest::Client::new();
     let run = |phase: &'static str| {
@@ -240,7 +239,7 @@ async fn a_region_lost_and_restored_mid_run_loses_no_request_and_every_record_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_region_down_gives_503_json_and_writes_nothing() {
-    let mut deployment = Deployment::new().await;
+    let deployment = Deployment::new().await;
     let client = reqwest::Client::new();
     let server = deployment.server();
     key(&client, &server, "down-existing").await;
@@ -310,7 +309,7 @@ async fn kms_calls(server: &Server, client: &reqwest::Client, region: &str) -> u
 /// marked stale, while every region refuses connections, and not after the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_key_is_served_stale_within_the_grace_while_every_region_is_down() {
-    let mut deployment = Deployment::with_cache("ttl_seconds = 1\nstale_grace_seconds = 3").await;
+    let deployment = Deployment::with_cache("ttl_seconds = 1\nstale_grace_seconds = 3").await;
     let client = reqwest::Client::new();
     let data_dir = tempfile::tempdir().unwrap();
     let server = Server::start(&[
@@ -320,7 +319,7 @@ async fn a_cached_key_is_served_stale_within_the_grace_while_every_region_is_dow
         data_dir.path().to_str().unwrap(),
     ]);
     let first = key(&client, &server, "aws-stale").await;
-    for proxy in &mut deployment.proxies {
+    for proxy in &deployment.proxies {
         proxy.set(ProxyMode::Refuse).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -11,6 +11,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use rkms_conformance::proxy::Proxy;
+
 /// A `[[principals]]` entry for test configurations: anonymous callers (the tests run on
 /// loopback) may get and create any id and read metrics, without a rate limit.
 pub(crate) const ANONYMOUS_PRINCIPAL: &str = "\n[[principals]]\nname = \"tests\"\nanonymous = true\n\
@@ -208,99 +210,16 @@ pub(crate) fn emulated_regions() -> Vec<(String, String)> {
     pairs
 }
 
-/// What a [`RegionProxy`] does with connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ProxyMode {
-    /// Forward to the emulator.
-    Pass,
-    /// Close the port: connections are refused.
-    Refuse,
-    /// Accept connections and never answer.
-    Blackhole,
-}
-
-/// A TCP proxy in front of one emulated region, so a test can take the region away and give
-/// it back without restarting the emulator (which would lose its keys).
-pub(crate) struct RegionProxy {
-    addr: std::net::SocketAddr,
-    upstream: String,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl RegionProxy {
-    /// A passing proxy on a free loopback port in front of `endpoint` (`http://host:port`).
-    pub(crate) async fn start(endpoint: &str) -> Self {
-        let upstream = endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = Self::bind("127.0.0.1:0".parse().unwrap());
-        let addr = listener.local_addr().unwrap();
-        let mut proxy = Self {
-            addr,
-            upstream,
-            task: None,
-        };
-        proxy.task = Some(tokio::spawn(Self::serve(
-            listener,
-            proxy.upstream.clone(),
-            ProxyMode::Pass,
-        )));
-        proxy
-    }
-
-    /// The URL to configure as the region's endpoint.
-    pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Switches mode; returns once the new mode is in force.
-    pub(crate) async fn set(&mut self, mode: ProxyMode) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        if mode != ProxyMode::Refuse {
-            let listener = Self::bind(self.addr);
-            self.task = Some(tokio::spawn(Self::serve(
-                listener,
-                self.upstream.clone(),
-                mode,
-            )));
-        }
-    }
-
-    fn bind(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(addr).unwrap();
-        socket.listen(1024).unwrap()
-    }
-
-    async fn serve(listener: tokio::net::TcpListener, upstream: String, mode: ProxyMode) {
-        let mut held = Vec::new();
-        while let Ok((mut client, _)) = listener.accept().await {
-            match mode {
-                ProxyMode::Blackhole => held.push(client),
-                _ => {
-                    let upstream = upstream.clone();
-                    tokio::spawn(async move {
-                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                }
-            }
-        }
-    }
-}
-
-impl Drop for RegionProxy {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
+/// A passing fault proxy in front of an emulated region's `endpoint` (`http://host:port`), so a
+/// test can take the region away and give it back without restarting the emulator (which
+/// would lose its keys). Configure `http://{proxy.addr()}` as the region's endpoint.
+pub(crate) async fn region_proxy(endpoint: &str) -> Proxy {
+    let upstream = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("region endpoint {endpoint:?} is not http://ip:port: {e}"));
+    Proxy::start(upstream).await
 }
 
 /// Hits 20 fresh ids (named `<prefix>-<n>`) three times on every server, all at once, and
