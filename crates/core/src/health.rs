@@ -71,6 +71,9 @@ struct State {
     breaker: Breaker,
     /// Exponentially weighted moving average of successful call latency.
     latency: Option<Duration>,
+    /// Probes that got an error or timed out, so that a request waiting for a probe can tell
+    /// a failed one (give up) from an abandoned one (take over as the probe).
+    failed_probes: u64,
 }
 
 /// Weight of the newest sample in the latency average.
@@ -104,6 +107,7 @@ impl RegionHealth {
             state: Mutex::new(State {
                 breaker: Breaker::Closed { failures: 0 },
                 latency: None,
+                failed_probes: 0,
             }),
             options,
             probe_ended: Notify::new(),
@@ -133,11 +137,12 @@ impl RegionHealth {
     }
 
     /// A permit for a request that no other region can serve: at once if the breaker is
-    /// closed; as the probe, even before `open_for` has passed, if none runs; otherwise after
-    /// the running probe ends, if it succeeded. `None` when the probe this request waited for
-    /// failed: the region is still down, and asking it again now would only wait again.
+    /// closed; as the probe, even before `open_for` has passed, if none runs; otherwise once
+    /// the running probe ends: a call if it succeeded, the probe if it was abandoned (its own
+    /// request was served elsewhere). `None` when the probe this request waited for got an
+    /// error or timed out: the region is still down, and asking it now would only wait again.
     pub(crate) async fn last_resort(&self) -> Option<Permit<'_>> {
-        let mut waited = false;
+        let mut failed_probes_before = None;
         loop {
             let ended = self.probe_ended.notified();
             tokio::pin!(ended);
@@ -146,18 +151,22 @@ impl RegionHealth {
             ended.as_mut().enable();
             {
                 let mut state = self.lock();
+                let failed_probes = state.failed_probes;
                 match state.breaker {
                     Breaker::Closed { .. } => return Some(self.permit(false)),
-                    Breaker::Open { .. } if waited => return None,
+                    _ if failed_probes_before.is_some_and(|before| before != failed_probes) => {
+                        return None;
+                    }
                     Breaker::Open { .. } | Breaker::HalfOpen { probing: false } => {
                         state.breaker = Breaker::HalfOpen { probing: true };
                         return Some(self.permit(true));
                     }
-                    Breaker::HalfOpen { probing: true } => {}
+                    Breaker::HalfOpen { probing: true } => {
+                        failed_probes_before.get_or_insert(failed_probes);
+                    }
                 }
             }
             ended.await;
-            waited = true;
         }
     }
 
@@ -210,8 +219,13 @@ impl RegionHealth {
         }
     }
 
-    fn record_failure(&self, probe: bool) {
+    /// A failed call; `abandoned` when it was cancelled (too slow to be of use) rather than
+    /// answered with an error or timed out.
+    fn record_failure(&self, probe: bool, abandoned: bool) {
         let mut state = self.lock();
+        if probe && !abandoned {
+            state.failed_probes += 1;
+        }
         let trip = match state.breaker {
             Breaker::Closed { failures } if failures + 1 < self.options.failure_threshold => {
                 state.breaker = Breaker::Closed {
@@ -252,7 +266,7 @@ impl Permit<'_> {
     /// The call failed or timed out.
     pub(crate) fn failed(mut self) {
         self.reported = true;
-        self.health.record_failure(self.probe);
+        self.health.record_failure(self.probe, false);
     }
 
     /// The region answered that it is throttling us: no failure, and no latency sample.
@@ -284,7 +298,7 @@ impl Drop for Permit<'_> {
             .slow_after
             .is_some_and(|after| self.started.elapsed() >= after)
         {
-            self.health.record_failure(self.probe);
+            self.health.record_failure(self.probe, true);
         } else {
             self.free_probe();
         }
@@ -420,7 +434,19 @@ mod tests {
         let mut waiter = std::pin::pin!(h.last_resort());
         assert!(futures::poll!(waiter.as_mut()).is_pending());
         drop(probe);
-        assert!(waiter.await.expect("the waiter takes the probe").probe);
+        let probe = waiter.await.expect("the waiter takes the probe");
+        assert!(probe.probe);
+
+        let slow = probe.slow_after(Duration::from_millis(50));
+        let mut waiter = std::pin::pin!(h.last_resort());
+        assert!(futures::poll!(waiter.as_mut()).is_pending());
+        tokio::time::advance(Duration::from_millis(60)).await;
+        drop(slow);
+        assert_eq!(h.state(), BreakerState::Open, "too slow: a failure");
+        assert!(
+            waiter.await.expect("abandoned, not failed: the waiter probes").probe,
+            "a probe whose own request was served elsewhere says nothing of the region's health"
+        );
     }
 
     #[tokio::test]
