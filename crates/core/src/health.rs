@@ -444,7 +444,10 @@ mod tests {
         drop(slow);
         assert_eq!(h.state(), BreakerState::Open, "too slow: a failure");
         assert!(
-            waiter.await.expect("abandoned, not failed: the waiter probes").probe,
+            waiter
+                .await
+                .expect("abandoned, not failed: the waiter probes")
+                .probe,
             "a probe whose own request was served elsewhere says nothing of the region's health"
         );
     }

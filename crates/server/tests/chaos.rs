@@ -8,12 +8,14 @@
 //! The test asserts what must hold whatever the faults: no 500, one key per id in every
 //! answer, no key lost once everything is healed and repaired, every failure a JSON error. It
 //! prints an availability table and asserts a floor on availability among the requests that
-//! should have succeeded (enough regions and the store answering for their whole duration).
+//! should have succeeded (enough regions and the store answering for their whole duration):
+//! 99% in the suite's short runs, the 99.9% target in runs of 5 minutes or more.
 //!
 //! - `RKMS_CHAOS_SEED=<n>` replays a run's schedule and request mix (the seed is printed at
 //!   start; the timing of a run is never the same twice).
 //! - `RKMS_CHAOS_SECONDS=<n>` sets each scenario's load duration, for a long run.
-//! - `RKMS_CHAOS_ALL_STORES=1` also runs the store scenario over Redis, etcd and DynamoDB
+//! - `RKMS_CHAOS_ALL_STORES=1` runs both scenarios over every store: SQLite (flapping
+//!   only: no proxy can take an embedded file away), PostgreSQL, Redis, etcd and DynamoDB
 //!   (build with `--all-features`).
 //!
 //! Needs the test services: `scripts/services.sh start && source .test-services/env`.
@@ -36,12 +38,20 @@ use rkms_server::config::Settings;
 use support::{emulated_regions, region_proxy, required_env, unique, Server, ANONYMOUS_PRINCIPAL};
 
 /// Least share of the requests that should have succeeded which must succeed, for reads and
-/// for creates each, in the flapping-regions scenario. The target is 0.999. Main
-/// before the availability fixes reaches about 70–85% on creates here, varying with the seed,
-/// so the floor stays at zero (the table still shows the figure) until those fixes land.
-const MIN_AVAILABILITY_FLAPPING: f64 = 0.0;
-/// As [`MIN_AVAILABILITY_FLAPPING`], for the scenario with store faults.
-const MIN_AVAILABILITY_STORE_FAULTS: f64 = 0.0;
+/// for creates each. The target is 99.9%, and a long run (`RKMS_CHAOS_SECONDS`, see
+/// BENCHMARKS.md) is held to it; in the suite's 30 s, with some 500 creates, one unlucky
+/// request is already 0.2%, so the suite allows a few. Before the breakers stopped refusing
+/// requests, creates reached 77-83% here.
+fn min_availability(load: Duration) -> f64 {
+    if load >= LONG_RUN {
+        0.999
+    } else {
+        0.99
+    }
+}
+
+/// A load at least this long is a long run, held to the target itself.
+const LONG_RUN: Duration = Duration::from_secs(300);
 
 /// Regions under test: the first three emulated ones.
 const REGIONS: usize = 3;
@@ -74,11 +84,21 @@ async fn flapping_regions_keep_every_key_and_stay_available() {
     let scenario = Scenario {
         name: "flapping regions",
         load: load_duration(30),
-        min_availability: MIN_AVAILABILITY_FLAPPING,
         plan: flapping_plan,
     };
     let dir = tempfile::tempdir().unwrap();
-    soak(&scenario, Backing::sqlite(&dir.path().join("rkms.sqlite3"))).await;
+    let mut backings = vec![Backing::sqlite(&dir.path().join("rkms.sqlite3"))];
+    if all_stores() {
+        backings.extend([
+            Backing::postgres(),
+            Backing::redis(),
+            Backing::etcd(),
+            Backing::dynamodb(),
+        ]);
+    }
+    for backing in backings {
+        soak(&scenario, backing).await;
+    }
 }
 
 /// Up to two regions faulty at once and the store faulty for a few seconds at a time, with
@@ -90,16 +110,20 @@ async fn faulty_regions_and_store_keep_every_key_and_stay_available() {
     let scenario = Scenario {
         name: "regions and store faulty",
         load: load_duration(30),
-        min_availability: MIN_AVAILABILITY_STORE_FAULTS,
         plan: store_faults_plan,
     };
     let mut backings = vec![Backing::postgres()];
-    if std::env::var("RKMS_CHAOS_ALL_STORES").is_ok_and(|v| v == "1") {
+    if all_stores() {
         backings.extend([Backing::redis(), Backing::etcd(), Backing::dynamodb()]);
     }
     for backing in backings {
         soak(&scenario, backing).await;
     }
+}
+
+/// `RKMS_CHAOS_ALL_STORES=1`: every scenario over every store, not only its own.
+fn all_stores() -> bool {
+    std::env::var("RKMS_CHAOS_ALL_STORES").is_ok_and(|v| v == "1")
 }
 
 /// The soaks share the emulated regions (and two cores): run together, each would measure the
@@ -110,7 +134,6 @@ static ONE_SOAK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_ne
 struct Scenario {
     name: &'static str,
     load: Duration,
-    min_availability: f64,
     /// The fault schedule for a load of the given length.
     plan: fn(&mut StdRng, Duration) -> Vec<Step>,
 }
@@ -163,7 +186,7 @@ async fn soak(scenario: &Scenario, backing: Backing) {
     let report = Report::new(scenario, &run, &deployment);
     println!("{report}");
     check_invariants(&run, &report);
-    report.check_availability(scenario.min_availability);
+    report.check_availability(min_availability(scenario.load));
 }
 
 // ---------------------------------------------------------------------------------------------
