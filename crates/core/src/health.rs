@@ -74,6 +74,8 @@ struct State {
     /// Probes that got an error or timed out, so that a request waiting for a probe can tell
     /// a failed one (give up) from an abandoned one (take over as the probe).
     failed_probes: u64,
+    /// Times the breaker closed again after it had opened: the region came back.
+    recoveries: u64,
 }
 
 /// Weight of the newest sample in the latency average.
@@ -108,6 +110,7 @@ impl RegionHealth {
                 breaker: Breaker::Closed { failures: 0 },
                 latency: None,
                 failed_probes: 0,
+                recoveries: 0,
             }),
             options,
             probe_ended: Notify::new(),
@@ -204,8 +207,16 @@ impl RegionHealth {
         self.lock().latency
     }
 
+    /// How many times the region came back after its breaker had opened.
+    pub(crate) fn recoveries(&self) -> u64 {
+        self.lock().recoveries
+    }
+
     fn record_success(&self, latency: Duration, probe: bool) {
         let mut state = self.lock();
+        if !matches!(state.breaker, Breaker::Closed { .. }) {
+            state.recoveries += 1;
+        }
         state.breaker = Breaker::Closed { failures: 0 };
         state.latency = Some(match state.latency {
             None => latency,

@@ -151,3 +151,34 @@ async fn a_restarted_process_completes_records_left_incomplete_soon_after_start(
         "repaired by the first sweep after the restart"
     );
 }
+
+/// Repairs that failed while a region was away back off, up to 64 intervals; once the region
+/// is back (its breaker closes again), they are all retried at the next round.
+#[tokio::test(start_paused = true)]
+async fn repairs_backing_off_are_retried_as_soon_as_the_missing_region_is_back() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service(store.clone());
+    regions.0[2].set(Mode::Failing);
+    service.get_or_create(&id("a")).await.unwrap();
+    assert_eq!(service.repair_pending().await, 1, "r3 still down");
+    service.get_or_create(&id("b")).await.unwrap();
+    assert_eq!(service.region_status()[2].breaker, BreakerState::Open);
+
+    regions.0[2].set(Mode::Healthy);
+    tokio::time::sleep(service.options().breaker.open_for).await;
+    service.get_or_create(&id("c")).await.unwrap();
+    assert_eq!(
+        service.region_status()[2].breaker,
+        BreakerState::Closed,
+        "a create's wrap probed the region and closed its breaker"
+    );
+    assert_eq!(
+        service.repair_pending().await,
+        0,
+        "a, backing off after its failed repair, is retried at once"
+    );
+    for name in ["a", "b", "c"] {
+        assert!(record(&*store, name).await.missing.is_empty(), "{name}");
+    }
+}

@@ -14,6 +14,8 @@
 //! - `RKMS_CHAOS_SEED=<n>` replays a run's schedule and request mix (the seed is printed at
 //!   start; the timing of a run is never the same twice).
 //! - `RKMS_CHAOS_SECONDS=<n>` sets each scenario's load duration, for a long run.
+//! - `RKMS_CHAOS_STRAGGLER_WAIT_MS=<n>` sets the servers' `[kms] straggler_wait_ms`, to
+//!   measure what waiting for every copy costs in create latency.
 //! - `RKMS_CHAOS_ALL_STORES=1` runs both scenarios over every store: SQLite (flapping
 //!   only: no proxy can take an embedded file away), PostgreSQL, Redis, etcd and DynamoDB
 //!   (build with `--all-features`).
@@ -585,8 +587,11 @@ fn server_config(names: &[String], proxies: &[Proxy], store_section: &str) -> St
         .zip(proxies)
         .map(|(r, p)| format!("{r} = \"http://{}\"", p.addr()))
         .collect();
+    let straggler_wait = std::env::var("RKMS_CHAOS_STRAGGLER_WAIT_MS")
+        .map(|ms| format!("straggler_wait_ms = {ms}\n"))
+        .unwrap_or_default();
     format!(
-        "[kms]\nprovider = \"aws\"\nregions = [{}]\nkey_ids = {{ {} }}\n[kms.endpoints]\n{}\n\
+        "[kms]\nprovider = \"aws\"\nregions = [{}]\nkey_ids = {{ {} }}\n{straggler_wait}[kms.endpoints]\n{}\n\
          [store]\n{store_section}\n[cache]\nenabled = false\n[repair]\ninterval_seconds = 1\n\
          {ANONYMOUS_PRINCIPAL}",
         quoted.join(", "),

@@ -14,6 +14,7 @@ mod read;
 mod repair;
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -243,6 +244,7 @@ impl KeyServiceBuilder {
                 repairing: Mutex::default(),
                 pending: Mutex::new(pending::PendingRepairs::new(options.repair.max_pending)),
                 repair_budget: repair::Budget::new(options.repair.kms_calls_per_second),
+                recoveries_seen: AtomicU64::new(0),
                 options,
             }),
         })
@@ -273,6 +275,8 @@ struct Inner {
     pending: Mutex<pending::PendingRepairs>,
     /// Paces repair's KMS calls, so that repair never takes KMS capacity from serving.
     repair_budget: repair::Budget,
+    /// The regions' recoveries the repairer last saw; a change makes every pending id due.
+    recoveries_seen: AtomicU64,
     options: ServiceOptions,
 }
 

@@ -83,6 +83,15 @@ impl PendingRepairs {
         dropped
     }
 
+    /// Makes every id due now, keeping its count of failures: a region came back, so the
+    /// repairs that failed while it was away may succeed.
+    pub(super) fn all_due_now(&mut self) {
+        let now = Instant::now();
+        for entry in self.by_id.values_mut() {
+            entry.due = now;
+        }
+    }
+
     /// True when `id` is remembered and its next try is not due yet.
     pub(super) fn backing_off(&self, id: &KeyId) -> bool {
         self.by_id

@@ -22,6 +22,7 @@
 //! (`pending.rs`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -424,8 +425,23 @@ impl KeyService {
     }
 
     /// Retries the ids this process knows to lack copies whose next try is due, a few at once;
-    /// returns how many ids are still remembered.
+    /// returns how many ids are still remembered. A region that came back since the last round (its breaker closed after it had opened)
+    /// makes every remembered id due at once, whatever its backoff.
     pub async fn repair_pending(&self) -> usize {
+        let recoveries = self
+            .inner
+            .regions
+            .iter()
+            .map(|r| r.health.recoveries())
+            .sum();
+        if self
+            .inner
+            .recoveries_seen
+            .swap(recoveries, Ordering::Relaxed)
+            != recoveries
+        {
+            self.pending().all_due_now();
+        }
         let due = self.pending().due();
         stream::iter(due)
             .for_each_concurrent(self.inner.options.repair.concurrency, |id| async move {
