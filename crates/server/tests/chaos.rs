@@ -16,9 +16,9 @@
 //! - `RKMS_CHAOS_SECONDS=<n>` sets each scenario's load duration, for a long run.
 //! - `RKMS_CHAOS_STRAGGLER_WAIT_MS=<n>` sets the servers' `[kms] straggler_wait_ms`, to
 //!   measure what waiting for every copy costs in create latency.
-//! - `RKMS_CHAOS_ALL_STORES=1` runs both scenarios over every store: SQLite (flapping
-//!   only: no proxy can take an embedded file away), PostgreSQL, Redis, etcd and DynamoDB
-//!   (build with `--all-features`).
+//! - `RKMS_CHAOS_STORES=postgres,etcd` (or `all`) runs both scenarios over those stores
+//!   instead of their own: `sqlite` (flapping only: no proxy can take an embedded file away),
+//!   `postgres`, `redis`, `etcd`, `dynamodb` (build with `--all-features`).
 //!
 //! Needs the test services: `scripts/services.sh start && source .test-services/env`.
 //! `cargo test -p rkms-server --all-features --test chaos -- --nocapture` shows the tables.
@@ -89,23 +89,18 @@ async fn flapping_regions_keep_every_key_and_stay_available() {
         plan: flapping_plan,
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut backings = vec![Backing::sqlite(&dir.path().join("rkms.sqlite3"))];
-    if all_stores() {
-        backings.extend([
-            Backing::postgres(),
-            Backing::redis(),
-            Backing::etcd(),
-            Backing::dynamodb(),
-        ]);
-    }
-    for backing in backings {
+    for store in stores("sqlite") {
+        let backing = match store.as_str() {
+            "sqlite" => Backing::sqlite(&dir.path().join("rkms.sqlite3")),
+            other => Backing::networked_store(other),
+        };
         soak(&scenario, backing).await;
     }
 }
 
 /// Up to two regions faulty at once and the store faulty for a few seconds at a time, with
-/// random modes every 1–4 s, over PostgreSQL behind a proxy (and the other network stores
-/// with `RKMS_CHAOS_ALL_STORES=1`).
+/// random modes every 1–4 s, over PostgreSQL behind a proxy (or the network stores named in
+/// `RKMS_CHAOS_STORES`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_regions_and_store_keep_every_key_and_stay_available() {
     let _one_at_a_time = ONE_SOAK_AT_A_TIME.lock().await;
@@ -114,18 +109,21 @@ async fn faulty_regions_and_store_keep_every_key_and_stay_available() {
         load: load_duration(30),
         plan: store_faults_plan,
     };
-    let mut backings = vec![Backing::postgres()];
-    if all_stores() {
-        backings.extend([Backing::redis(), Backing::etcd(), Backing::dynamodb()]);
-    }
-    for backing in backings {
-        soak(&scenario, backing).await;
+    for store in stores("postgres").iter().filter(|s| *s != "sqlite") {
+        soak(&scenario, Backing::networked_store(store)).await;
     }
 }
 
-/// `RKMS_CHAOS_ALL_STORES=1`: every scenario over every store, not only its own.
-fn all_stores() -> bool {
-    std::env::var("RKMS_CHAOS_ALL_STORES").is_ok_and(|v| v == "1")
+/// The stores to soak: `RKMS_CHAOS_STORES` (a comma-separated list of `sqlite`, `postgres`,
+/// `redis`, `etcd`, `dynamodb`, or `all`), else the scenario's own.
+fn stores(own: &str) -> Vec<String> {
+    match std::env::var("RKMS_CHAOS_STORES") {
+        Err(_) => vec![own.to_owned()],
+        Ok(list) if list == "all" => ["sqlite", "postgres", "redis", "etcd", "dynamodb"]
+            .map(str::to_owned)
+            .to_vec(),
+        Ok(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
+    }
 }
 
 /// The soaks share the emulated regions (and two cores): run together, each would measure the
@@ -380,6 +378,19 @@ impl Backing {
         }
     }
 
+    /// The network store named `name` in `RKMS_CHAOS_STORES`.
+    fn networked_store(name: &str) -> Self {
+        match name {
+            "postgres" => Self::postgres(),
+            "redis" => Self::redis(),
+            "etcd" => Self::etcd(),
+            "dynamodb" => Self::dynamodb(),
+            other => panic!(
+                "RKMS_CHAOS_STORES names {other:?}: use sqlite, postgres, redis, etcd, dynamodb or all"
+            ),
+        }
+    }
+
     /// A fresh schema.
     fn postgres() -> Self {
         let schema = unique("rkms_chaos_");
@@ -536,16 +547,34 @@ impl Deployment {
         let store = self.open_store().await;
         let started = Instant::now();
         let at_end_of_load = incomplete_records(store.as_ref()).await;
+        let stored_incomplete = self.quorum_creates().await;
         let mut left = at_end_of_load;
         while left > 0 && started.elapsed() < REPAIR_BOUND {
             tokio::time::sleep(Duration::from_millis(500)).await;
             left = incomplete_records(store.as_ref()).await;
         }
         Repair {
+            stored_incomplete,
             at_end_of_load,
             left,
             took: started.elapsed(),
         }
+    }
+
+    /// `rkms_quorum_creates_total` summed over the servers: records stored incomplete.
+    async fn quorum_creates(&self) -> u64 {
+        let http = reqwest::Client::new();
+        let mut total = 0;
+        for server in &self.servers {
+            total += server
+                .metrics(&http)
+                .await
+                .lines()
+                .filter(|line| line.starts_with("rkms_quorum_creates_total"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        total
     }
 
     /// A client of the test's own, straight to the store, to inspect the records: opened from
@@ -622,6 +651,8 @@ async fn incomplete_records(store: &dyn Store) -> usize {
 
 /// How repair went after healing.
 struct Repair {
+    /// Creates stored with only their quorum of copies, over every server.
+    stored_incomplete: u64,
     at_end_of_load: usize,
     left: usize,
     took: Duration,
@@ -1102,8 +1133,9 @@ fn failure_message(outcome: &Outcome) -> String {
 fn after_the_load(run: &Run) -> String {
     let (repair, read_back) = (&run.repair, &run.read_back);
     format!(
-        "records incomplete at the end of the load: {}; {} left {:.1} s after healing{}\n\
+        "records stored incomplete (quorum creates): {}; incomplete at the end of the load: {}; {} left {:.1} s after healing{}\n\
          read back after healing: {} reads in {:.1} s, {} needed a retry, {} never returned the first key\n",
+        repair.stored_incomplete,
         repair.at_end_of_load,
         repair.left,
         repair.took.as_secs_f64(),
