@@ -144,7 +144,11 @@ impl RegionHealth {
     /// the running probe ends: a call if it succeeded, the probe if it was abandoned (its own
     /// request was served elsewhere). `None` when the probe this request waited for got an
     /// error or timed out: the region is still down, and asking it now would only wait again.
-    pub(crate) async fn last_resort(&self) -> Option<Permit<'_>> {
+    /// Also `None` after waiting `max_wait` (the KMS timeout, which bounds the probe itself):
+    /// a probe held that long is held by someone who is not calling with it, such as a
+    /// repair that took it as a permit for later.
+    pub(crate) async fn last_resort(&self, max_wait: Duration) -> Option<Permit<'_>> {
+        let give_up = Instant::now() + max_wait;
         let mut failed_probes_before = None;
         loop {
             let ended = self.probe_ended.notified();
@@ -169,7 +173,9 @@ impl RegionHealth {
                     }
                 }
             }
-            ended.await;
+            if tokio::time::timeout_at(give_up, ended).await.is_err() {
+                return None;
+            }
         }
     }
 
@@ -400,6 +406,21 @@ mod tests {
         );
     }
 
+    /// The longest a last-resort request waits for another's probe in these tests.
+    const WAIT: Duration = Duration::from_secs(2);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_after_its_longest_wait_when_the_probe_is_held_unused() {
+        let h = health();
+        for _ in 0..3 {
+            h.try_acquire().unwrap().failed();
+        }
+        let _held = h.last_resort(WAIT).await.unwrap();
+        let started = Instant::now();
+        assert!(h.last_resort(WAIT).await.is_none());
+        assert_eq!(started.elapsed(), WAIT);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_last_resort_probes_an_open_breaker_at_once_and_others_wait_for_its_outcome() {
         let h = health();
@@ -408,10 +429,10 @@ mod tests {
         }
         assert!(h.try_acquire().is_none(), "open: not for ordinary calls");
         let probe = h
-            .last_resort()
+            .last_resort(WAIT)
             .await
             .expect("a probe before open_for passes");
-        let mut waiter = std::pin::pin!(h.last_resort());
+        let mut waiter = std::pin::pin!(h.last_resort(WAIT));
         assert!(
             futures::poll!(waiter.as_mut()).is_pending(),
             "a second request waits for the running probe"
@@ -424,10 +445,10 @@ mod tests {
         assert_eq!(h.state(), BreakerState::Open);
 
         let probe = h
-            .last_resort()
+            .last_resort(WAIT)
             .await
             .expect("the next request probes again");
-        let mut waiter = std::pin::pin!(h.last_resort());
+        let mut waiter = std::pin::pin!(h.last_resort(WAIT));
         assert!(futures::poll!(waiter.as_mut()).is_pending());
         probe.succeeded(Duration::from_millis(3));
         let permit = waiter.await.expect("the probe succeeded: the waiter calls");
@@ -441,15 +462,15 @@ mod tests {
         for _ in 0..3 {
             h.try_acquire().unwrap().failed();
         }
-        let probe = h.last_resort().await.unwrap();
-        let mut waiter = std::pin::pin!(h.last_resort());
+        let probe = h.last_resort(WAIT).await.unwrap();
+        let mut waiter = std::pin::pin!(h.last_resort(WAIT));
         assert!(futures::poll!(waiter.as_mut()).is_pending());
         drop(probe);
         let probe = waiter.await.expect("the waiter takes the probe");
         assert!(probe.probe);
 
         let slow = probe.slow_after(Duration::from_millis(50));
-        let mut waiter = std::pin::pin!(h.last_resort());
+        let mut waiter = std::pin::pin!(h.last_resort(WAIT));
         assert!(futures::poll!(waiter.as_mut()).is_pending());
         tokio::time::advance(Duration::from_millis(60)).await;
         drop(slow);

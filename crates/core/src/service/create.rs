@@ -138,7 +138,10 @@ impl KeyService {
         loop {
             // Regions with open breakers are asked once the others cannot make the quorum,
             // or have not made it within a hedge delay.
-            if !last_resort.is_empty() && (hedged || copies.len() + in_flight.len() < min_regions) {
+            let short = copies.len() < min_regions;
+            if !last_resort.is_empty()
+                && ((hedged && short) || copies.len() + in_flight.len() < min_regions)
+            {
                 for index in last_resort.drain(..) {
                     in_flight.push(wrap(index, None));
                 }
@@ -162,7 +165,7 @@ impl KeyService {
                         failures.push(e);
                     }
                 },
-                () = tokio::time::sleep_until(hedge_at), if !hedged && !last_resort.is_empty() => hedged = true,
+                () = tokio::time::sleep_until(hedge_at), if !hedged && !last_resort.is_empty() && copies.len() < min_regions => hedged = true,
                 () = tokio::time::sleep_until(straggler_deadline.unwrap_or(hedge_at)), if straggler_deadline.is_some() => break,
             }
         }

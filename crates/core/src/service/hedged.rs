@@ -97,7 +97,12 @@ impl KeyService {
         let region = &self.inner.regions[index];
         let permit = match permit {
             Some(permit) => Some(permit),
-            None => region.health.last_resort().await,
+            None => {
+                region
+                    .health
+                    .last_resort(self.inner.options.kms_timeout)
+                    .await
+            }
         };
         let result = match permit {
             Some(permit) => {
@@ -106,7 +111,8 @@ impl KeyService {
             }
             None => Err(KmsError::Unavailable {
                 region: region.name().to_owned(),
-                message: "skipped: its circuit breaker is open and a probe just failed".into(),
+                message: "skipped: its circuit breaker is open and its probe failed or did not end in time"
+                    .into(),
             }),
         };
         (index, result)
