@@ -564,17 +564,13 @@ impl Deployment {
     /// `rkms_quorum_creates_total` summed over the servers: records stored incomplete.
     async fn quorum_creates(&self) -> u64 {
         let http = reqwest::Client::new();
-        let mut total = 0;
+        let mut total = 0.0;
         for server in &self.servers {
             total += server
-                .metrics(&http)
-                .await
-                .lines()
-                .filter(|line| line.starts_with("rkms_quorum_creates_total"))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>();
+                .metric_total(&http, "rkms_quorum_creates_total", "")
+                .await;
         }
-        total
+        total as u64
     }
 
     /// A client of the test's own, straight to the store, to inspect the records: opened from

@@ -297,12 +297,8 @@ async fn every_region_down_gives_503_json_and_writes_nothing() {
 async fn kms_calls(server: &Server, client: &reqwest::Client, region: &str) -> u64 {
     let label = format!("region=\"{region}\"");
     server
-        .metrics(client)
-        .await
-        .lines()
-        .filter(|line| line.starts_with("rkms_kms_calls_total{") && line.contains(&label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+        .metric_total(client, "rkms_kms_calls_total", &label)
+        .await as u64
 }
 
 /// On the real clock, as in production: a key fetched within `ttl + stale_grace` is served,

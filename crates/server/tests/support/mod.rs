@@ -128,6 +128,23 @@ impl Server {
             .unwrap()
     }
 
+    /// The sum of the samples of metric `name` whose labels contain `label` (`""` for all),
+    /// from [`Server::metrics`].
+    pub(crate) async fn metric_total(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+        label: &str,
+    ) -> f64 {
+        let (labelled, bare) = (format!("{name}{{"), format!("{name} "));
+        self.metrics(client)
+            .await
+            .lines()
+            .filter(|l| (l.starts_with(&labelled) || l.starts_with(&bare)) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The key endpoint's URL for a raw (already encoded) query.
     pub(crate) fn key_url(&self, query: &str) -> String {
         format!("{}/api/v1/key?{query}", self.base)
