@@ -9,8 +9,14 @@
 //! - **Stale** (past `ttl`, within `ttl + stale_grace`): served, marked stale, only when the
 //!   fetch failed because the regions or the store are unavailable; never after a refusal.
 //!
-//! A fetched key that differs from the key cached for its id is refused (keys never change:
-//! the record was replaced) and the cached one kept.
+//! A fetched key that differs from the key cached for its id and version, or is of an older
+//! version than the cached one, is refused (a version's key never changes and versions only
+//! grow: the record was replaced) and the cached one kept. A newer version replaces the entry:
+//! the id was rotated.
+//!
+//! A lifecycle change made through this process ([`KeyCache::forget`]) drops the id's entry at
+//! once, and no fetch that started before it fills the cache; other processes see the change
+//! when their entry expires.
 //!
 //! Entries leave memory at `ttl + stale_grace` (at least two TTLs, for that comparison) or by
 //! the size bound; a dropped entry's `DataKey` wipes its bytes. Ages are measured on the real clock (`std::time::Instant`), the
@@ -19,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +72,8 @@ pub(crate) enum Fetch {
 #[derive(Debug)]
 pub(crate) struct CachedKey {
     pub(crate) key: DataKey,
+    /// The key's version, the id's current one when it was read.
+    pub(crate) version: u32,
     pub(crate) region: String,
     /// Whether the call that filled the entry created the record.
     pub(crate) created: bool,
@@ -75,9 +83,10 @@ pub(crate) struct CachedKey {
 }
 
 impl CachedKey {
-    pub(crate) fn new(key: DataKey, region: String, created: bool) -> Self {
+    pub(crate) fn new(key: DataKey, version: u32, region: String, created: bool) -> Self {
         Self {
             key,
+            version,
             region,
             created,
             fetched: Instant::now(),
@@ -113,6 +122,9 @@ pub(crate) enum Lookup {
 pub(crate) struct KeyCache {
     entries: Cache<KeyId, Arc<CachedKey>>,
     in_flight: Arc<Mutex<HashMap<(KeyId, Fetch), SharedFetch>>>,
+    /// Counts [`KeyCache::forget`] calls: a fetch that started before one does not fill the
+    /// cache, as it may have read the record before the change.
+    forgotten: Arc<AtomicU64>,
     options: CacheOptions,
     /// Age from which a lookup starts a refresh-ahead.
     refresh_after: Duration,
@@ -132,6 +144,7 @@ impl KeyCache {
                 .time_to_live(stale_until.max(options.ttl * 2))
                 .build(),
             in_flight: Arc::default(),
+            forgotten: Arc::default(),
             options,
             refresh_after: options.ttl.mul_f64(0.9),
             stale_until,
@@ -212,6 +225,10 @@ impl KeyCache {
             return (running.clone(), false);
         }
         let entries = self.entries.clone();
+        let (forgotten, started_at) = (
+            Arc::clone(&self.forgotten),
+            self.forgotten.load(Ordering::SeqCst),
+        );
         let leave = LeaveOnDrop {
             map: Arc::clone(&self.in_flight),
             key: key.clone(),
@@ -219,7 +236,9 @@ impl KeyCache {
         let future = fetch(mode);
         // The map's lock is held until the fetch is in it, so the task cannot leave it first.
         let task = tokio::spawn(async move {
-            let result = settle(&entries, &leave.key.0, future.await).await;
+            let result = future.await;
+            let current = forgotten.load(Ordering::SeqCst) == started_at;
+            let result = settle(&entries, &leave.key.0, result, current).await;
             drop(leave);
             result
         });
@@ -239,6 +258,25 @@ impl KeyCache {
         (shared, true)
     }
 
+    /// Drops the entry for `id` after its record changed, and keeps fetches under way from
+    /// putting back what they read before.
+    pub(crate) async fn forget(&self, id: &KeyId) {
+        self.forgotten.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate(id).await;
+    }
+
+    /// Drops the entry for `id` unless it holds `version`, the id's current one.
+    pub(crate) async fn keep_only_version(&self, id: &KeyId, version: u32) {
+        if self
+            .entries
+            .get(id)
+            .await
+            .is_some_and(|entry| entry.version != version)
+        {
+            self.forget(id).await;
+        }
+    }
+
     /// Runs the cache's pending evictions now (tests).
     #[cfg(test)]
     async fn run_pending_tasks(&self) {
@@ -246,28 +284,32 @@ impl KeyCache {
     }
 }
 
-/// Takes a fetch's result into the cache. A key read is cached, unless it differs from the key
-/// cached for the id: a key never changes, so a different one means the record was replaced
-/// (by whoever can write the store) and is refused as an integrity failure, the cached key
-/// kept. A failure that is not an outage (an integrity failure, an unreadable record) also
-/// removes the id's entry, so that no later outage can answer with it stale.
+/// Takes a fetch's result into the cache. A key read is cached (when `current`: no
+/// [`KeyCache::forget`] came since the fetch started), unless it differs from the key cached
+/// for the id and version, or is of an older version: a version's key never changes and
+/// versions only grow, so the record was replaced (by whoever can write the store), and the
+/// key read is refused as an integrity failure, the cached key kept. A failure that is not an
+/// outage (an integrity failure, an unreadable record, an id pending deletion or deleted)
+/// also removes the id's entry, so that no later outage can answer with it stale.
 async fn settle(
     entries: &Cache<KeyId, Arc<CachedKey>>,
     id: &KeyId,
     result: Result<Option<Arc<CachedKey>>, ServiceError>,
+    current: bool,
 ) -> Fetched {
     match result {
         Ok(Some(entry)) => {
-            if entries
-                .get(id)
-                .await
-                .is_some_and(|old| old.key != entry.key)
-            {
+            if entries.get(id).await.is_some_and(|old| {
+                entry.version < old.version
+                    || (entry.version == old.version && old.key != entry.key)
+            }) {
                 tracing::error!(%id, "the key read for this id differs from the key it had: its record was replaced");
                 metrics::counter!(crate::telemetry::INTEGRITY_FAILURES).increment(1);
                 return Err(Arc::new(ServiceError::KeyChanged { id: id.clone() }));
             }
-            entries.insert(id.clone(), Arc::clone(&entry)).await;
+            if current {
+                entries.insert(id.clone(), Arc::clone(&entry)).await;
+            }
             Ok(Some(entry))
         }
         Ok(None) => Ok(None),
@@ -312,6 +354,7 @@ mod tests {
     fn entry(byte: u8) -> Arc<CachedKey> {
         Arc::new(CachedKey::new(
             DataKey::new(vec![byte; 32]),
+            1,
             "r1".into(),
             false,
         ))

@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 /// Name of the context entry that binds a wrapped copy to its id.
 pub const ID_CONTEXT_KEY: &str = "rkms:id";
 
+/// Name of the context entry that binds a wrapped copy to its key version, from version 2 on
+/// (version 1 keeps the id alone, as every record made before versions was wrapped).
+pub const VERSION_CONTEXT_KEY: &str = "rkms:version";
+
 /// Additional authenticated data for a KMS call (AWS KMS's `EncryptionContext`).
 ///
 /// A copy wrapped under one context decrypts only under the same context. RKMS always uses
@@ -19,6 +23,19 @@ impl EncryptionContext {
             ID_CONTEXT_KEY.to_owned(),
             id.as_str().to_owned(),
         )]))
+    }
+
+    /// The context for version `number` of `id`'s key: [`EncryptionContext::for_id`] for
+    /// version 1, and the version number beside it from version 2 on, so that a copy moved
+    /// between an id's versions does not decrypt either.
+    pub fn for_version(id: &crate::KeyId, number: u32) -> Self {
+        let mut context = Self::for_id(id);
+        if number > 1 {
+            context
+                .0
+                .insert(VERSION_CONTEXT_KEY.to_owned(), number.to_string());
+        }
+        context
     }
 
     /// An empty context, as the original Go RKMS used.

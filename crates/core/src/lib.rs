@@ -101,18 +101,21 @@ mod store;
 pub mod telemetry;
 
 pub use cache::CacheOptions;
-pub use context::{EncryptionContext, ID_CONTEXT_KEY};
+pub use context::{EncryptionContext, ID_CONTEXT_KEY, VERSION_CONTEXT_KEY};
 pub use health::{BreakerOptions, BreakerState};
 pub use id::{InvalidId, KeyId, ID_PUNCTUATION, MAX_ID_LEN};
 pub use kms::{GeneratedKey, Kms, KmsError};
 pub use list::{listed_id, ListCursor, ListPage};
 pub use local_kms::{KeyringError, LocalKeyring, LocalKms};
 pub use memory::MemoryStore;
-pub use record::{Record, RecordError, WrappedCopy, RECORD_FORMAT};
+pub use record::{
+    KeyState, KeyVersion, Record, RecordError, WrappedCopy, MAX_VERSIONS, RECORD_FORMAT,
+};
 pub use redact::redact_url_password;
 pub use secret::DataKey;
 pub use service::{
-    BuildError, HedgeOptions, IssuedKey, KeyService, KeyServiceBuilder, KmsAction, RegionStatus,
-    RepairOptions, RepairOutcome, RepairSweep, ServiceError, ServiceOptions, MAX_DATA_KEY_LEN,
+    BuildError, HedgeOptions, IssuedKey, KeyInfo, KeyListing, KeyService, KeyServiceBuilder,
+    KmsAction, LifecycleOptions, ListedKey, RegionStatus, RepairOptions, RepairOutcome,
+    RepairSweep, ServiceError, ServiceOptions, VersionInfo, MAX_DATA_KEY_LEN,
 };
 pub use store::{within_limit, PutOutcome, Store, StoreError, Stored, Version};

@@ -33,3 +33,6 @@ pub const REPAIRS_PENDING: &str = "rkms_repairs_pending";
 pub const REPAIRS_DROPPED: &str = "rkms_repairs_dropped_total";
 /// Keys created with fewer copies than regions (quorum creates).
 pub const QUORUM_CREATES: &str = "rkms_quorum_creates_total";
+/// Lifecycle changes written to the store, by `change`: rotate, schedule_deletion, restore,
+/// complete_deletion.
+pub const LIFECYCLE_CHANGES: &str = "rkms_lifecycle_changes_total";

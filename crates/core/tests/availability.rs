@@ -503,8 +503,8 @@ async fn a_create_with_a_region_down_succeeds_with_a_quorum_and_is_repaired_when
     let created = service.get_or_create(&id("a")).await.unwrap();
     assert!(created.created);
     let partial = record(&*store, "a").await;
-    assert_eq!(partial.copies.keys().collect::<Vec<_>>(), ["r1", "r2"]);
-    assert_eq!(partial.missing, ["r3"]);
+    assert_eq!(partial.current().copies.keys().collect::<Vec<_>>(), ["r1", "r2"]);
+    assert_eq!(partial.current().missing, ["r3"]);
     assert_eq!(service.pending_repairs(), [id("a")]);
 
     assert_eq!(
@@ -521,11 +521,11 @@ async fn a_create_with_a_region_down_succeeds_with_a_quorum_and_is_repaired_when
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(service.repair_pending().await, 0);
     let repaired = record(&*store, "a").await;
-    assert!(repaired.missing.is_empty());
+    assert!(repaired.current().missing.is_empty());
     let context = EncryptionContext::for_id(&id("a"));
     let unwrapped = regions.0[2]
         .inner
-        .decrypt(&repaired.copies["r3"].ciphertext, &context)
+        .decrypt(&repaired.current().copies["r3"].ciphertext, &context)
         .await
         .unwrap();
     assert_eq!(unwrapped, created.key, "the added copy holds the same key");
@@ -545,7 +545,7 @@ async fn a_create_with_a_blackholed_region_does_not_wait_for_it() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(record(&*store, "a").await.missing, ["r3"]);
+    assert_eq!(record(&*store, "a").await.current().missing, ["r3"]);
 }
 
 #[tokio::test]
@@ -559,7 +559,7 @@ async fn reading_a_record_that_lacks_a_copy_repairs_it_in_the_background() {
     let reader = regions.service(store.clone());
     reader.get_or_create(&id("a")).await.unwrap();
     for _ in 0..100 {
-        if record(&*store, "a").await.missing.is_empty() {
+        if record(&*store, "a").await.current().missing.is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -588,8 +588,8 @@ async fn concurrent_repairs_converge_without_clobbering() {
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     assert!(repaired >= 1, "{outcomes:?}");
     let done = record(&*store, "a").await;
-    assert_eq!(done.copies.len(), 3);
-    assert!(done.missing.is_empty());
+    assert_eq!(done.current().copies.len(), 3);
+    assert!(done.current().missing.is_empty());
     for s in &repairers {
         assert_eq!(s.get_or_create(&id("a")).await.unwrap().key, created.key);
     }
@@ -618,7 +618,7 @@ async fn a_repair_that_loses_a_race_rereads_and_keeps_the_other_writers_change()
             if !self.interfered.swap(true, Ordering::SeqCst) {
                 let current = self.inner.get(id).await?.unwrap();
                 let mut other = Record::decode(&current.bytes).unwrap();
-                other.created_at += 1;
+                other.versions[0].created_at += 1;
                 self.inner
                     .compare_and_swap(id, current.version, other.encode())
                     .await?;
@@ -634,7 +634,7 @@ async fn a_repair_that_loses_a_race_rereads_and_keeps_the_other_writers_change()
     regions.0[2].set(Mode::Failing);
     let service = regions.service(store.clone());
     service.get_or_create(&id("a")).await.unwrap();
-    let created_at = record(&*store, "a").await.created_at;
+    let created_at = record(&*store, "a").await.current().created_at;
     regions.0[2].set(Mode::Healthy);
     assert!(matches!(
         service.repair(&id("a")).await.unwrap(),
@@ -642,11 +642,11 @@ async fn a_repair_that_loses_a_race_rereads_and_keeps_the_other_writers_change()
     ));
     let done = record(&*store, "a").await;
     assert_eq!(
-        done.created_at,
+        done.current().created_at,
         created_at + 1,
         "the other writer's change survived"
     );
-    assert!(done.missing.is_empty() && done.copies.len() == 3);
+    assert!(done.current().missing.is_empty() && done.current().copies.len() == 3);
 }
 
 #[tokio::test]
@@ -669,7 +669,7 @@ async fn a_sweep_finds_and_repairs_records_no_process_remembers() {
         (3, 3, 0, 0)
     );
     for name in ["a", "b", "c"] {
-        assert!(record(&*store, name).await.missing.is_empty());
+        assert!(record(&*store, name).await.current().missing.is_empty());
     }
 }
 

@@ -57,8 +57,8 @@ async fn a_recovered_region_with_an_open_breaker_wraps_when_the_quorum_needs_it(
 
     service.get_or_create(&id("b")).await.unwrap();
     let stored = record(&*store, "b").await;
-    assert_eq!(stored.copies.keys().collect::<Vec<_>>(), ["r1", "r3"]);
-    assert_eq!(stored.missing, ["r2"]);
+    assert_eq!(stored.current().copies.keys().collect::<Vec<_>>(), ["r1", "r3"]);
+    assert_eq!(stored.current().missing, ["r2"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -73,7 +73,7 @@ async fn a_recovered_region_with_an_open_breaker_generates_when_no_other_region_
 
     let created = service.get_or_create(&id("b")).await.unwrap();
     assert_eq!(created.region, "r1");
-    assert!(record(&*store, "b").await.missing.is_empty());
+    assert!(record(&*store, "b").await.current().missing.is_empty());
 }
 
 /// With every region down, concurrent requests share one probe of an open region instead of
@@ -121,7 +121,7 @@ async fn a_create_whose_first_region_hangs_waits_a_hedge_delay_not_a_kms_timeout
     let took = started.elapsed();
     assert_eq!(created.region, "r2");
     assert!(took < service.options().kms_timeout, "{took:?}");
-    assert_eq!(record(&*store, "a").await.missing, ["r1"]);
+    assert_eq!(record(&*store, "a").await.current().missing, ["r1"]);
 }
 
 /// A process that restarts forgets which records it stored incomplete; its repairer sweeps
@@ -136,7 +136,7 @@ async fn a_restarted_process_completes_records_left_incomplete_soon_after_start(
         .get_or_create(&id("a"))
         .await
         .unwrap();
-    assert_eq!(record(&*store, "a").await.missing, ["r3"]);
+    assert_eq!(record(&*store, "a").await.current().missing, ["r3"]);
     regions.0[2].set(Mode::Healthy);
 
     let mut options = Regions::options();
@@ -147,7 +147,7 @@ async fn a_restarted_process_completes_records_left_incomplete_soon_after_start(
     tokio::time::sleep(first_sweep * 2 + options.repair.interval * 2).await;
     repairer.abort();
     assert!(
-        record(&*store, "a").await.missing.is_empty(),
+        record(&*store, "a").await.current().missing.is_empty(),
         "repaired by the first sweep after the restart"
     );
 }
@@ -179,6 +179,6 @@ async fn repairs_backing_off_are_retried_as_soon_as_the_missing_region_is_back()
         "a, backing off after its failed repair, is retried at once"
     );
     for name in ["a", "b", "c"] {
-        assert!(record(&*store, name).await.missing.is_empty(), "{name}");
+        assert!(record(&*store, name).await.current().missing.is_empty(), "{name}");
     }
 }

@@ -67,9 +67,9 @@ async fn a_new_record_holds_one_copy_per_region_and_no_plaintext() {
         .unwrap();
     let stored = store.get(&id("a")).await.unwrap().unwrap();
     let record = Record::decode(&stored.bytes).unwrap();
-    assert_eq!(record.copies.keys().collect::<Vec<_>>(), ["r1", "r2", "r3"]);
-    assert_eq!(record.copies["r2"].master_key, "k2");
-    assert!(record.missing.is_empty());
+    assert_eq!(record.current().copies.keys().collect::<Vec<_>>(), ["r1", "r2", "r3"]);
+    assert_eq!(record.current().copies["r2"].master_key, "k2");
+    assert!(record.current().missing.is_empty());
     let key = issued.key.expose_secret();
     assert!(!stored.bytes.windows(key.len()).any(|w| w == key));
 }
@@ -140,7 +140,7 @@ async fn create_generates_in_the_next_region_when_the_first_cannot() {
     let created = service.get_or_create(&id("a")).await.unwrap();
     assert_eq!(created.region, "r2");
     let record = Record::decode(&store.get(&id("a")).await.unwrap().unwrap().bytes).unwrap();
-    assert_eq!(record.copies.len(), 3, "r1 still wraps a copy");
+    assert_eq!(record.current().copies.len(), 3, "r1 still wraps a copy");
     regions.0[0].set(Mode::Healthy);
     let read = service.get_or_create(&id("a")).await.unwrap();
     assert_eq!(read.region, "r1");
@@ -418,14 +418,17 @@ async fn legacy_record(regions: &Regions, record_id: &str, key: &DataKey) -> Rec
             },
         );
     }
-    Record {
-        format: rkms_core::RECORD_FORMAT,
-        id: record_id.into(),
-        created_at: 0,
-        copies,
-        missing: Vec::new(),
-        wrapped_without_context: true,
-    }
+    let mut record = Record::new(
+        record_id,
+        rkms_core::KeyVersion {
+            number: 1,
+            created_at: 0,
+            copies,
+            missing: Vec::new(),
+        },
+    );
+    record.wrapped_without_context = true;
+    record
 }
 
 #[tokio::test]
@@ -521,10 +524,10 @@ async fn legacy_items_translated_by_their_store_are_served_then_upgraded_on_read
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let upgraded = Record::decode(&upgraded.expect("upgraded on read").bytes).unwrap();
-    assert_eq!(upgraded.copies.len(), 3);
+    assert_eq!(upgraded.current().copies.len(), 3);
     let context = EncryptionContext::for_id(&id("old"));
     for kms in &regions.0 {
-        let copy = &upgraded.copies[kms.region()].ciphertext;
+        let copy = &upgraded.current().copies[kms.region()].ciphertext;
         assert_eq!(kms.inner.decrypt(copy, &context).await.unwrap(), key);
         assert!(kms
             .inner

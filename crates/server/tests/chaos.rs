@@ -634,7 +634,7 @@ async fn incomplete_records(store: &dyn Store) -> usize {
         for id in &page.ids {
             let stored = store.get(id).await.unwrap().expect("a listed record");
             let record = Record::decode(&stored.bytes).unwrap();
-            if !record.missing.is_empty() || record.copies.len() < REGIONS {
+            if !record.current().missing.is_empty() || record.current().copies.len() < REGIONS {
                 incomplete += 1;
             }
         }

@@ -96,7 +96,7 @@ impl Deployment {
                 .records()
                 .await
                 .into_iter()
-                .filter(|r| !r.missing.is_empty() || r.copies.len() < 3)
+                .filter(|r| !r.current().missing.is_empty() || r.current().copies.len() < 3)
                 .map(|r| r.id)
                 .collect();
             if lacking.is_empty() || started.elapsed() > limit {
@@ -132,7 +132,7 @@ async fn keys_are_created_and_stable_across_restarts() {
     let record = Record::decode(&stored.bytes).unwrap();
     let regions: Vec<String> = emulated_regions().into_iter().map(|(r, _)| r).collect();
     assert_eq!(
-        record.copies.keys().cloned().collect::<Vec<_>>(),
+        record.current().copies.keys().cloned().collect::<Vec<_>>(),
         regions,
         "one copy per region"
     );
@@ -157,7 +157,7 @@ async fn a_refused_first_region_still_serves_existing_ids() {
         .into_iter()
         .find(|r| r.id == "refused-new")
         .unwrap();
-    assert_eq!(record.missing, [emulated_regions()[0].0.clone()]);
+    assert_eq!(record.current().missing, [emulated_regions()[0].0.clone()]);
     deployment.proxies[0].set(ProxyMode::Pass).await;
     assert!(deployment
         .wait_until_repaired(Duration::from_secs(10))

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use rkms_core::{ListCursor, Record, StoreError, Stored, Version, WrappedCopy, RECORD_FORMAT};
+use rkms_core::{KeyVersion, ListCursor, Record, StoreError, Stored, Version, WrappedCopy};
 
 use crate::error::STORE;
 use crate::LegacyRecords;
@@ -112,15 +112,16 @@ fn legacy_record(
             },
         );
     }
-    let record = Record {
-        format: RECORD_FORMAT,
-        id: id.clone(),
-        created_at: 0,
-        copies,
-        missing: Vec::new(),
-        // Never encoded: the `legacy` flag below is what the core reads.
-        wrapped_without_context: false,
-    };
+    // The `legacy` flag below, never encoded, is what tells the core how it was wrapped.
+    let record = Record::new(
+        id,
+        KeyVersion {
+            number: 1,
+            created_at: 0,
+            copies,
+            missing: Vec::new(),
+        },
+    );
     Ok(Stored {
         bytes: record.encode(),
         version: Version::new(LEGACY_VERSION),
@@ -160,8 +161,8 @@ mod tests {
         assert!(stored.legacy);
         let record = Record::decode(&stored.bytes).unwrap();
         assert_eq!(record.id, "orders");
-        assert_eq!(record.copies["us-east-1"].ciphertext, [1, 2, 3]);
-        assert_eq!(record.copies["us-west-1"].ciphertext, [4, 5]);
+        assert_eq!(record.current().copies["us-east-1"].ciphertext, [1, 2, 3]);
+        assert_eq!(record.current().copies["us-west-1"].ciphertext, [4, 5]);
     }
 
     #[test]

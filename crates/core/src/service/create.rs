@@ -8,7 +8,6 @@
 //! the record's `missing` for repair. Fewer than `min_regions` copies: nothing is written.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::Instant;
@@ -17,40 +16,17 @@ use tracing::{debug, warn};
 use super::{KeyService, KmsAction, ServiceError};
 use crate::cache::CachedKey;
 use crate::kms::GeneratedKey;
-use crate::record::{Record, WrappedCopy, RECORD_FORMAT};
+use crate::record::{KeyVersion, Record, WrappedCopy};
 use crate::store::PutOutcome;
 use crate::telemetry;
 use crate::{DataKey, EncryptionContext, KeyId};
 
 impl KeyService {
     /// Creates the record for `id`, or returns the winner's key if another creator was first.
-    pub(super) async fn create(
-        &self,
-        id: &KeyId,
-        context: &EncryptionContext,
-    ) -> Result<CachedKey, ServiceError> {
-        let (
-            generator,
-            GeneratedKey {
-                plaintext,
-                ciphertext,
-            },
-        ) = self.generate(id, context).await?;
-        let (copies, missing) = self
-            .wrap_for_quorum(id, generator, &plaintext, ciphertext, context)
-            .await?;
-        let quorum_only = !missing.is_empty();
-        let record = Record {
-            format: RECORD_FORMAT,
-            id: id.as_str().to_owned(),
-            created_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            copies,
-            missing,
-            wrapped_without_context: false,
-        };
-        let region = self.inner.regions[generator].name().to_owned();
+    pub(super) async fn create(&self, id: &KeyId) -> Result<CachedKey, ServiceError> {
+        let (plaintext, first, region) = self.new_version(id, 1).await?;
+        let quorum_only = !first.missing.is_empty();
+        let record = Record::new(id.as_str(), first);
         match self
             .store_call(
                 "put_if_absent",
@@ -59,21 +35,51 @@ impl KeyService {
             .await?
         {
             PutOutcome::Created(_) => {
-                debug!(%id, %region, missing = ?record.missing, "created data key");
+                debug!(%id, %region, missing = ?record.current().missing, "created data key");
                 if quorum_only {
                     metrics::counter!(telemetry::QUORUM_CREATES).increment(1);
                     self.mark_pending(id);
                 }
-                Ok(CachedKey::new(plaintext, region, true))
+                Ok(CachedKey::new(plaintext, 1, region, true))
             }
             PutOutcome::Exists(winner) => {
                 debug!(%id, "lost a create race; returning the winner's key");
                 drop(plaintext);
                 let record = super::decode(id, &winner)?;
-                let (key, region) = self.decrypt_record(id, &record, context).await?;
-                Ok(CachedKey::new(key, region, false))
+                self.check_serving(id, &record)?;
+                let current = record.current();
+                let (key, region) = self.decrypt_version(id, &record, current).await?;
+                Ok(CachedKey::new(key, current.number, region, false))
             }
         }
+    }
+
+    /// Makes version `number` of `id`'s key: generated in one region, wrapped in the others
+    /// for a quorum. Returns the plaintext, the version's copies and the generating region.
+    pub(super) async fn new_version(
+        &self,
+        id: &KeyId,
+        number: u32,
+    ) -> Result<(DataKey, KeyVersion, String), ServiceError> {
+        let context = EncryptionContext::for_version(id, number);
+        let (
+            generator,
+            GeneratedKey {
+                plaintext,
+                ciphertext,
+            },
+        ) = self.generate(id, &context).await?;
+        let (copies, missing) = self
+            .wrap_for_quorum(id, generator, &plaintext, ciphertext, &context)
+            .await?;
+        let version = KeyVersion {
+            number,
+            created_at: super::unix_now(),
+            copies,
+            missing,
+        };
+        let region = self.inner.regions[generator].name().to_owned();
+        Ok((plaintext, version, region))
     }
 
     /// Generates a data key in the first region, in order and hedged, that answers.

@@ -2,12 +2,15 @@
 //!
 //! `mod.rs` holds the types and the top of the protocol (cache, then store, then create);
 //! `calls.rs` times and records every KMS and store call; `hedged.rs` asks regions in turn
-//! until one succeeds; `read.rs` unwraps a record with a hedged decrypt; `create.rs` makes a new record with a quorum of copies; `repair.rs` adds the
-//! copies a record still lacks.
+//! until one succeeds; `read.rs` unwraps a record with a hedged decrypt; `create.rs` makes a
+//! new record with a quorum of copies; `lifecycle.rs` rotates, schedules, restores and
+//! completes deletions, describes and lists ids; `repair.rs` adds the copies a record still
+//! lacks.
 
 mod calls;
 mod create;
 mod hedged;
+mod lifecycle;
 mod options;
 mod pending;
 mod read;
@@ -23,12 +26,13 @@ use tracing::warn;
 use crate::cache::{CachedKey, Fetch, KeyCache, Lookup};
 use crate::health::{BreakerState, RegionHealth};
 use crate::kms::{Kms, KmsError};
-use crate::record::Record;
+use crate::record::{KeyState, Record};
 use crate::store::{Store, StoreError, Stored};
 use crate::telemetry;
-use crate::{DataKey, EncryptionContext, KeyId};
+use crate::{DataKey, KeyId};
 
-pub use options::{HedgeOptions, RepairOptions, ServiceOptions};
+pub use lifecycle::{KeyInfo, KeyListing, ListedKey, VersionInfo};
+pub use options::{HedgeOptions, LifecycleOptions, RepairOptions, ServiceOptions};
 pub use repair::{RepairOutcome, RepairSweep};
 
 /// Largest data key a service hands out, in bytes (AWS KMS's `NumberOfBytes` limit).
@@ -39,6 +43,8 @@ pub const MAX_DATA_KEY_LEN: usize = 1024;
 pub struct IssuedKey {
     /// The plaintext data key.
     pub key: DataKey,
+    /// Its version: 1 for the key made on first use, one more for each rotation.
+    pub version: u32,
     /// The region that generated (on create) or unwrapped (on read) the key.
     pub region: String,
     /// True when this call created the record.
@@ -103,6 +109,46 @@ pub enum ServiceError {
     KeyChanged {
         /// The id asked for.
         id: KeyId,
+    },
+    /// There is no key for the id (for operations that never create one).
+    #[error("no key exists for id {id:?}")]
+    NotFound {
+        /// The id asked for.
+        id: KeyId,
+    },
+    /// The id exists but has no such version.
+    #[error("id {id:?} has no version {version}")]
+    VersionNotFound {
+        /// The id asked for.
+        id: KeyId,
+        /// The version asked for.
+        version: u32,
+    },
+    /// The id's deletion is scheduled: no key is handed out until it is restored.
+    #[error("the key for id {id:?} is pending deletion at {deletion_time} (seconds since the Unix epoch)")]
+    PendingDeletion {
+        /// The id asked for.
+        id: KeyId,
+        /// When its deletion window ends, seconds since the Unix epoch.
+        deletion_time: u64,
+    },
+    /// The id was deleted: its copies are destroyed (or are about to be), and it is never
+    /// created again.
+    #[error("the key for id {id:?} was deleted at {deleted_at} (seconds since the Unix epoch)")]
+    Deleted {
+        /// The id asked for.
+        id: KeyId,
+        /// When it was deleted, seconds since the Unix epoch.
+        deleted_at: u64,
+    },
+    /// The change asked for conflicts with the id's record: another rotation won a race, or
+    /// the id has [`crate::MAX_VERSIONS`] versions. Retrying may help in the first case.
+    #[error("cannot change the key for id {id:?}: {reason}")]
+    Conflict {
+        /// The id asked for.
+        id: KeyId,
+        /// Why.
+        reason: String,
     },
     /// The record has no copy for any configured region.
     #[error("the record for id {id:?} has copies only for regions {in_record:?}, none of which is configured")]
@@ -241,6 +287,7 @@ impl KeyServiceBuilder {
                 store: self.store,
                 regions,
                 cache: KeyCache::new(options.cache),
+                deletions: Mutex::default(),
                 repairing: Mutex::default(),
                 pending: Mutex::new(pending::PendingRepairs::new(options.repair.max_pending)),
                 repair_budget: repair::Budget::new(options.repair.kms_calls_per_second),
@@ -271,6 +318,9 @@ struct Inner {
     cache: Option<KeyCache>,
     /// Ids with a repair under way in this process, so that no second one starts.
     repairing: Mutex<HashSet<KeyId>>,
+    /// Deletions this process scheduled, by id, with the time their window ends: the
+    /// repairer completes them then (sweeps complete everybody's).
+    deletions: Mutex<std::collections::BTreeMap<KeyId, u64>>,
     /// Ids this process knows to lack copies, retried by the repairer.
     pending: Mutex<pending::PendingRepairs>,
     /// Paces repair's KMS calls, so that repair never takes KMS capacity from serving.
@@ -370,6 +420,9 @@ impl KeyService {
             let fetched = self.within_deadline(self.fetch(id, mode)).await?;
             return Ok(fetched.map(|entry| issued(&entry, false, false)));
         };
+        if self.inner.options.lifecycle.check_state_on_hit {
+            self.check_cached_state(cache, id).await?;
+        }
         let lookup = cache
             .get(id, mode, |mode| {
                 let (service, id) = (self.clone(), id.clone());
@@ -396,28 +449,114 @@ impl KeyService {
         Ok(issued)
     }
 
+    /// `[lifecycle] check_state_on_hit`: one store read before the cache is asked, so that a
+    /// deletion or rotation made through any server shows at once. An id that is not active
+    /// leaves the cache and is refused; a cached key of another version than the current one
+    /// leaves it. When the store cannot answer, the cache answers as it would without the
+    /// check.
+    async fn check_cached_state(&self, cache: &KeyCache, id: &KeyId) -> Result<(), ServiceError> {
+        let read = self
+            .within_deadline(self.store_call("get", self.inner.store.get(id)))
+            .await;
+        let stored = match read {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_unavailable() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let record = decode(id, &stored)?;
+        if let Err(refused) = self.check_serving(id, &record) {
+            cache.forget(id).await;
+            return Err(refused);
+        }
+        cache.keep_only_version(id, record.current().number).await;
+        Ok(())
+    }
+
+    /// Drops this process's cached key for `id`, after a change to its record.
+    async fn forget_cached(&self, id: &KeyId) {
+        if let Some(cache) = &self.inner.cache {
+            cache.forget(id).await;
+        }
+    }
+
     /// Reads and unwraps the record for `id`, or creates it when `mode` allows; `None` when
     /// there is no record and `mode` is [`Fetch::Existing`].
     async fn fetch(&self, id: &KeyId, mode: Fetch) -> Result<Option<CachedKey>, ServiceError> {
-        let context = EncryptionContext::for_id(id);
         if let Some(stored) = self.store_call("get", self.inner.store.get(id)).await? {
             let record = decode(id, &stored)?;
-            let (key, region) = self.decrypt_record(id, &record, &context).await?;
+            self.check_serving(id, &record)?;
+            let current = record.current();
+            let (key, region) = self.decrypt_version(id, &record, current).await?;
             if self.needs_repair(&record) {
                 self.spawn_repair(id, &record);
             }
-            return Ok(Some(CachedKey::new(key, region, false)));
+            return Ok(Some(CachedKey::new(key, current.number, region, false)));
         }
         match mode {
-            Fetch::GetOrCreate => self.create(id, &context).await.map(Some),
+            Fetch::GetOrCreate => self.create(id).await.map(Some),
             Fetch::Existing => Ok(None),
         }
     }
+
+    /// Version `version` of the key for `id`; never creates. Not cached: a version other than
+    /// the current one is asked for rarely, to read data written before a rotation.
+    pub async fn get_version(&self, id: &KeyId, version: u32) -> Result<IssuedKey, ServiceError> {
+        self.within_deadline(async {
+            let record = self.read_existing(id).await?;
+            self.check_serving(id, &record)?;
+            let wanted = record
+                .version(version)
+                .ok_or_else(|| ServiceError::VersionNotFound {
+                    id: id.clone(),
+                    version,
+                })?;
+            let (key, region) = self.decrypt_version(id, &record, wanted).await?;
+            Ok(IssuedKey {
+                key,
+                version,
+                region,
+                created: false,
+                from_cache: false,
+                stale: false,
+            })
+        })
+        .await
+    }
+
+    /// Refuses to hand out keys of an id that is not active, and completes in the background
+    /// a deletion whose window has ended.
+    fn check_serving(&self, id: &KeyId, record: &Record) -> Result<(), ServiceError> {
+        match record.state.at(unix_now()) {
+            KeyState::Active => Ok(()),
+            KeyState::PendingDeletion { deletion_time } => Err(ServiceError::PendingDeletion {
+                id: id.clone(),
+                deletion_time,
+            }),
+            KeyState::Deleted { deleted_at } => {
+                if matches!(record.state, KeyState::PendingDeletion { .. }) {
+                    self.spawn_purge(id);
+                }
+                Err(ServiceError::Deleted {
+                    id: id.clone(),
+                    deleted_at,
+                })
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn issued(entry: &CachedKey, from_cache: bool, stale: bool) -> IssuedKey {
     IssuedKey {
         key: entry.key.clone(),
+        version: entry.version,
         region: entry.region.clone(),
         created: entry.created && !from_cache,
         from_cache,

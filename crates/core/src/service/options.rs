@@ -80,6 +80,27 @@ impl Default for RepairOptions {
     }
 }
 
+/// The key lifecycle's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleOptions {
+    /// How long after [`super::KeyService::schedule_deletion`] an id is deleted, unless
+    /// restored (default 30 days).
+    pub deletion_window: Duration,
+    /// Reads the record's state from the store on every cache hit, so that a deletion or
+    /// rotation made through another process shows at once rather than within the cache TTL;
+    /// costs a store read per hit (default false).
+    pub check_state_on_hit: bool,
+}
+
+impl Default for LifecycleOptions {
+    fn default() -> Self {
+        Self {
+            deletion_window: Duration::from_secs(30 * 24 * 60 * 60),
+            check_state_on_hit: false,
+        }
+    }
+}
+
 /// Tunables of a [`super::KeyService`].
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
@@ -108,6 +129,8 @@ pub struct ServiceOptions {
     pub cache: CacheOptions,
     /// The background repairer.
     pub repair: RepairOptions,
+    /// Rotation and deletion.
+    pub lifecycle: LifecycleOptions,
 }
 
 impl Default for ServiceOptions {
@@ -123,6 +146,7 @@ impl Default for ServiceOptions {
             breaker: BreakerOptions::default(),
             cache: CacheOptions::default(),
             repair: RepairOptions::default(),
+            lifecycle: LifecycleOptions::default(),
         }
     }
 }

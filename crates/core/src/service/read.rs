@@ -7,41 +7,42 @@
 
 use super::{KeyService, KmsAction, ServiceError};
 use crate::kms::KmsError;
-use crate::record::Record;
+use crate::record::{KeyVersion, Record};
 use crate::telemetry;
 use crate::{DataKey, EncryptionContext, KeyId};
 
 impl KeyService {
-    /// Decrypts one of the record's copies; returns the key and the region that unwrapped it.
-    pub(super) async fn decrypt_record(
+    /// Decrypts one of `version`'s copies (a version of `record`); returns the key and the
+    /// region that unwrapped it.
+    pub(super) async fn decrypt_version(
         &self,
         id: &KeyId,
         record: &Record,
-        context: &EncryptionContext,
+        version: &KeyVersion,
     ) -> Result<(DataKey, String), ServiceError> {
-        let legacy_context = EncryptionContext::empty();
         // Set only for the original Go RKMS's items, as their store translated them.
         let context = if record.wrapped_without_context {
-            &legacy_context
+            EncryptionContext::empty()
         } else {
-            context
+            EncryptionContext::for_version(id, version.number)
         };
+        let context = &context;
         let regions = &self.inner.regions;
         let candidates: Vec<usize> = self
             .ordered_regions()
             .into_iter()
-            .filter(|i| record.copies.contains_key(regions[*i].name()))
+            .filter(|i| version.copies.contains_key(regions[*i].name()))
             .collect();
         if candidates.is_empty() {
             return Err(ServiceError::NoCopyForConfiguredRegions {
                 id: id.clone(),
-                in_record: record.copies.keys().cloned().collect(),
+                in_record: version.copies.keys().cloned().collect(),
             });
         }
 
         let failures = match self
             .first_success(id, candidates, "decrypt", |index| {
-                let copy = &record.copies[regions[index].name()];
+                let copy = &version.copies[regions[index].name()];
                 regions[index].kms.decrypt(&copy.ciphertext, context)
             })
             .await

@@ -1,7 +1,8 @@
 //! Repair: adding the copies a record lacks, by compare-and-set, never clobbering a change.
 //!
-//! A record lacks a region's copy when it was created while that region was down (quorum
-//! create), or when a region was added to the configuration later. Repair decrypts the key in a
+//! A version of a record lacks a region's copy when it was made while that region was down
+//! (quorum create or rotation), or when a region was added to the configuration later; every
+//! version is repaired alike, and a deleted id never is. Repair decrypts the key in a
 //! region that has it, wraps it in each missing region that answers, and writes the record back
 //! with `compare_and_swap` on the version it read. If another writer changed the record
 //! meanwhile, the write fails, and repair starts over from a fresh read.
@@ -33,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::{KeyService, ServiceError};
 use crate::health::Permit;
-use crate::record::{Record, WrappedCopy};
+use crate::record::{KeyState, Record, WrappedCopy};
 use crate::store::StoreError;
 use crate::telemetry;
 use crate::{DataKey, EncryptionContext, KeyId, ListCursor};
@@ -95,6 +96,8 @@ pub struct RepairSweep {
     pub pending: usize,
     /// Records that could not be read or repaired because of an error.
     pub errors: usize,
+    /// Deletions completed: ids whose window had ended, now tombstones.
+    pub deleted: usize,
 }
 
 /// Paces repair's KMS calls: each call waits for its own slot, one every `1 / rate`.
@@ -128,20 +131,45 @@ impl Budget {
 }
 
 impl KeyService {
-    /// Configured regions that should get a new copy of `record`, by index: those without one,
-    /// or every region for a legacy record, whose copies all need wrapping again.
-    fn regions_to_wrap(&self, record: &Record) -> Vec<usize> {
-        (0..self.inner.regions.len())
-            .filter(|i| {
-                record.wrapped_without_context
-                    || !record.copies.contains_key(self.inner.regions[*i].name())
+    /// What `record` lacks: for each version (by index) that should get new copies, the
+    /// configured regions (by index) to wrap it in: those without a copy, or every region for
+    /// a legacy record, whose copies all need wrapping again. Nothing for a deleted id.
+    fn gaps(&self, record: &Record) -> Vec<(usize, Vec<usize>)> {
+        if matches!(record.state.at(super::unix_now()), KeyState::Deleted { .. }) {
+            return Vec::new();
+        }
+        record
+            .versions
+            .iter()
+            .enumerate()
+            .filter_map(|(v, version)| {
+                let regions: Vec<usize> = (0..self.inner.regions.len())
+                    .filter(|i| {
+                        record.wrapped_without_context
+                            || !version.copies.contains_key(self.inner.regions[*i].name())
+                    })
+                    .collect();
+                (!regions.is_empty()).then_some((v, regions))
             })
             .collect()
     }
 
-    /// True when a configured region lacks a copy, or the record is a legacy one to upgrade.
+    /// Configured regions, by index, that some version of `record` should get a copy in.
+    fn regions_to_wrap(&self, record: &Record) -> Vec<usize> {
+        let mut regions: Vec<usize> = self
+            .gaps(record)
+            .into_iter()
+            .flat_map(|(_, regions)| regions)
+            .collect();
+        regions.sort_unstable();
+        regions.dedup();
+        regions
+    }
+
+    /// True when a configured region lacks a copy of some version, or the record is a legacy
+    /// one to upgrade.
     pub(super) fn needs_repair(&self, record: &Record) -> bool {
-        !self.regions_to_wrap(record).is_empty()
+        !self.gaps(record).is_empty()
     }
 
     /// True when at least one of `regions` may be called now: its breaker is closed, or ready
@@ -210,8 +238,18 @@ impl KeyService {
         });
     }
 
-    /// Marks `id` as being repaired here, unless it already is or `limit` repairs are running.
-    fn claim(&self, id: &KeyId, limit: Option<usize>) -> bool {
+    /// Ends this process's claim on `id` ([`KeyService::claim`]).
+    pub(super) fn release(&self, id: &KeyId) {
+        self.inner
+            .repairing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Marks `id` as being repaired (or its deletion completed) here, unless it already is or
+    /// `limit` such tasks are running.
+    pub(super) fn claim(&self, id: &KeyId, limit: Option<usize>) -> bool {
         let mut running = self
             .inner
             .repairing
@@ -235,11 +273,7 @@ impl KeyService {
     /// [`KeyService::repair`] for an id this call has claimed; releases the claim.
     async fn repair_claimed(&self, id: &KeyId) -> Result<RepairOutcome, ServiceError> {
         let outcome = self.repair_now(id).await;
-        self.inner
-            .repairing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.release(id);
         match &outcome {
             Ok(done) if !done.incomplete() => self.clear_pending(id),
             _ => self.mark_failed(id),
@@ -248,34 +282,38 @@ impl KeyService {
     }
 
     async fn repair_now(&self, id: &KeyId) -> Result<RepairOutcome, ServiceError> {
-        let context = EncryptionContext::for_id(id);
         let mut still_missing = Vec::new();
         for _ in 0..ATTEMPTS {
             let Some(stored) = self.store_call("get", self.inner.store.get(id)).await? else {
                 return Ok(RepairOutcome::NotFound);
             };
             let record = super::decode(id, &stored)?;
-            let targets = self.regions_to_wrap(&record);
-            still_missing = self.names(&targets);
-            if targets.is_empty() {
+            let gaps = self.gaps(&record);
+            still_missing = self.names(&self.regions_to_wrap(&record));
+            if gaps.is_empty() {
                 return Ok(RepairOutcome::Complete);
             }
-            // Leave to call the regions to wrap in is taken before the key is decrypted, so
-            // that repairs racing for a half-open region's one probe decrypt nothing in vain.
-            let permits: Vec<(usize, Permit<'_>)> = targets
-                .iter()
-                .filter_map(|&index| {
-                    let permit = self.inner.regions[index].health.try_acquire()?;
-                    Some((index, permit))
-                })
-                .collect();
-            if permits.is_empty() {
-                metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
-                return Ok(RepairOutcome::StillMissing(still_missing));
+            let mut added = Vec::new();
+            for (v, targets) in gaps {
+                // Leave to call the regions to wrap in is taken before the key is decrypted,
+                // so that repairs racing for a half-open region's one probe decrypt nothing in
+                // vain.
+                let permits: Vec<(usize, Permit<'_>)> = targets
+                    .iter()
+                    .filter_map(|&index| {
+                        let permit = self.inner.regions[index].health.try_acquire()?;
+                        Some((index, permit))
+                    })
+                    .collect();
+                if permits.is_empty() {
+                    continue;
+                }
+                let version = &record.versions[v];
+                self.inner.repair_budget.take().await;
+                let (key, _) = self.decrypt_version(id, &record, version).await?;
+                let context = EncryptionContext::for_version(id, version.number);
+                added.push((v, self.wrap_paced(&key, permits, &context).await));
             }
-            self.inner.repair_budget.take().await;
-            let (key, _) = self.decrypt_record(id, &record, &context).await?;
-            let added = self.wrap_paced(&key, permits, &context).await;
             let Some((update, outcome)) = self.repaired_record(record, added) else {
                 metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
                 return Ok(RepairOutcome::StillMissing(still_missing));
@@ -339,35 +377,51 @@ impl KeyService {
         .collect()
     }
 
-    /// The record with the copies in `added`, and what that does; `None` when there is nothing
-    /// to write (no copy was made, or too few to replace a legacy record's copies).
+    /// The record with the copies in `added` (by version index), and what that does; `None`
+    /// when there is nothing to write (no copy was made, or too few to replace a legacy
+    /// record's copies).
     fn repaired_record(
         &self,
         mut record: Record,
-        added: BTreeMap<String, WrappedCopy>,
+        added: Vec<(usize, BTreeMap<String, WrappedCopy>)>,
     ) -> Option<(Record, RepairOutcome)> {
         let upgrading = record.wrapped_without_context;
-        let names: Vec<String> = added.keys().cloned().collect();
-        if upgrading {
-            if added.len() < self.inner.options.min_regions {
-                return None;
+        let mut names: Vec<String> = Vec::new();
+        for (v, copies) in added {
+            let version = &mut record.versions[v];
+            if upgrading {
+                if copies.len() < self.inner.options.min_regions {
+                    continue;
+                }
+                names.extend(copies.keys().cloned());
+                version.copies = copies;
+                // A legacy record holds one version; once it is wrapped again, none is left
+                // without context.
+                record.wrapped_without_context = false;
+            } else {
+                names.extend(copies.keys().cloned());
+                version.copies.extend(copies);
             }
-            record.copies = added;
-            record.wrapped_without_context = false;
-        } else {
-            if added.is_empty() {
-                return None;
-            }
-            record.copies.extend(added);
         }
-        let still_missing: Vec<String> = self
+        if names.is_empty() {
+            return None;
+        }
+        names.sort_unstable();
+        names.dedup();
+        let configured: Vec<String> = self
             .inner
             .regions
             .iter()
             .map(|r| r.name().to_owned())
-            .filter(|name| !record.copies.contains_key(name))
             .collect();
-        record.missing = still_missing.clone();
+        for version in &mut record.versions {
+            version.missing = configured
+                .iter()
+                .filter(|name| !version.copies.contains_key(*name))
+                .cloned()
+                .collect();
+        }
+        let still_missing = self.names(&self.regions_to_wrap(&record));
         let outcome = if upgrading {
             RepairOutcome::Upgraded {
                 regions: names,
@@ -393,16 +447,23 @@ impl KeyService {
                 .await?;
             for id in &page.ids {
                 sweep.scanned += 1;
-                let needs = match self.store_call("get", self.inner.store.get(id)).await {
-                    Ok(Some(stored)) => super::decode(id, &stored).map(|r| self.needs_repair(&r)),
-                    Ok(None) => Ok(false),
+                let read = match self.store_call("get", self.inner.store.get(id)).await {
+                    Ok(Some(stored)) => super::decode(id, &stored).map(Some),
+                    Ok(None) => Ok(None),
                     Err(e) => Err(e),
                 };
-                match needs {
-                    Ok(false) => {}
+                match read {
+                    Ok(Some(record)) if super::lifecycle::deletion_due(&record) => {
+                        match self.complete_deletion(id).await {
+                            Ok(done) => sweep.deleted += usize::from(done),
+                            Err(_) => sweep.errors += 1,
+                        }
+                    }
+                    Ok(Some(record)) if !self.needs_repair(&record) => {}
+                    Ok(None) => {}
                     // Its backoff stands: the repairer tries it when it is due.
-                    Ok(true) if self.pending().backing_off(id) => sweep.pending += 1,
-                    Ok(true) => match self.repair(id).await {
+                    Ok(Some(_)) if self.pending().backing_off(id) => sweep.pending += 1,
+                    Ok(Some(_)) => match self.repair(id).await {
                         Ok(
                             outcome @ (RepairOutcome::Repaired { .. }
                             | RepairOutcome::Upgraded { .. }),
@@ -469,6 +530,7 @@ impl KeyService {
         });
         loop {
             ticks.tick().await;
+            self.complete_scheduled_deletions().await;
             let left = self.repair_pending().await;
             if left > 0 {
                 debug!(left, "records still lack copies");

@@ -1,0 +1,425 @@
+//! The key lifecycle: rotation, scheduled deletion, restore, completing a deletion, and the
+//! read-only describe and list.
+//!
+//! Every change reads the record, decides from its state, and writes it back by
+//! compare-and-set on the version it read (`change`); a write that loses a race reads again
+//! and decides again, so no change is lost and none is made on a state it did not see. The
+//! process that made a change drops its own cached key at once; other processes see it
+//! within their cache TTL (or at once with `lifecycle.check_state_on_hit`).
+//!
+//! Records of the original Go RKMS are upgraded (wrapped again under the id's context) before
+//! any change: a changed record is written in RKMS's own format, which carries no legacy mark.
+
+use futures::stream::{self, StreamExt as _};
+use tracing::info;
+
+use super::{unix_now, KeyService, KmsAction, ServiceError};
+use crate::record::{KeyState, Record, MAX_VERSIONS};
+use crate::store::StoreError;
+use crate::telemetry;
+use crate::{KeyId, ListCursor};
+
+/// Attempts at one change before giving up on a record that keeps changing.
+const ATTEMPTS: usize = 5;
+
+/// Store pages a listing reads at most per call, so that a sparse prefix costs a bounded
+/// amount per call; the caller goes on from `next`.
+const MAX_LIST_PAGES: usize = 10;
+
+/// Records a listing reads at once, for their states.
+const LIST_READS_AT_ONCE: usize = 16;
+
+/// Metadata of one id, without key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The id.
+    pub id: KeyId,
+    /// Its state now: a pending deletion whose window has ended reads as deleted.
+    pub state: KeyState,
+    /// Every version, oldest first; the last is the current one.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// Metadata of one version of an id's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Its number.
+    pub number: u32,
+    /// When it was made, seconds since the Unix epoch (0 when unknown).
+    pub created_at: u64,
+    /// Regions holding a wrapped copy.
+    pub regions: Vec<String>,
+    /// Configured regions still lacking one.
+    pub missing: Vec<String>,
+}
+
+/// One id of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedKey {
+    /// The id.
+    pub id: KeyId,
+    /// Its state now; `None` when its record cannot be read.
+    pub state: Option<KeyState>,
+}
+
+/// A page of ids from [`KeyService::list_keys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListing {
+    /// Ids with the prefix asked for, in the store's order.
+    pub keys: Vec<ListedKey>,
+    /// Where the next call goes on; `None` when the walk is done.
+    pub next: Option<ListCursor>,
+}
+
+/// What a change decided on the record it read.
+enum Change<T> {
+    /// Write this record; answer `T` once written.
+    Write(Record, T),
+    /// Nothing to write; answer `T`.
+    Unchanged(T),
+}
+
+/// True when `record` is pending deletion and its window has ended.
+pub(super) fn deletion_due(record: &Record) -> bool {
+    matches!(record.state, KeyState::PendingDeletion { .. })
+        && matches!(record.state.at(unix_now()), KeyState::Deleted { .. })
+}
+
+/// The error that answers a request for the key of an id in `state`.
+fn not_active(id: &KeyId, state: KeyState) -> ServiceError {
+    match state {
+        KeyState::PendingDeletion { deletion_time } => ServiceError::PendingDeletion {
+            id: id.clone(),
+            deletion_time,
+        },
+        KeyState::Deleted { deleted_at } => ServiceError::Deleted {
+            id: id.clone(),
+            deleted_at,
+        },
+        KeyState::Active => unreachable!("an active id is served"),
+    }
+}
+
+impl KeyService {
+    /// The record for `id`; [`ServiceError::NotFound`] when there is none.
+    pub(super) async fn read_existing(&self, id: &KeyId) -> Result<Record, ServiceError> {
+        match self.store_call("get", self.inner.store.get(id)).await? {
+            Some(stored) => super::decode(id, &stored),
+            None => Err(ServiceError::NotFound { id: id.clone() }),
+        }
+    }
+
+    /// Applies `decide` to `id`'s record and writes what it returns by compare-and-set,
+    /// reading again after a lost race. `change` names the change in metrics.
+    async fn change<T>(
+        &self,
+        id: &KeyId,
+        change: &'static str,
+        mut decide: impl FnMut(&Record) -> Result<Change<T>, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        for _ in 0..ATTEMPTS {
+            let Some(stored) = self.store_call("get", self.inner.store.get(id)).await? else {
+                return Err(ServiceError::NotFound { id: id.clone() });
+            };
+            let record = super::decode(id, &stored)?;
+            if record.wrapped_without_context {
+                self.upgrade_before_change(id).await?;
+                continue;
+            }
+            let (update, answer) = match decide(&record)? {
+                Change::Unchanged(answer) => return Ok(answer),
+                Change::Write(update, answer) => (update, answer),
+            };
+            let write = self
+                .inner
+                .store
+                .compare_and_swap(id, stored.version, update.encode());
+            match self.store_call("compare_and_swap", write).await {
+                Ok(_) => {
+                    self.forget_cached(id).await;
+                    metrics::counter!(telemetry::LIFECYCLE_CHANGES, "change" => change)
+                        .increment(1);
+                    return Ok(answer);
+                }
+                Err(ServiceError::Store(StoreError::PreconditionFailed { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ServiceError::Conflict {
+            id: id.clone(),
+            reason: "its record kept changing under concurrent writers; retry".into(),
+        })
+    }
+
+    /// Wraps a legacy record's key again under the id's context, as repair does.
+    async fn upgrade_before_change(&self, id: &KeyId) -> Result<(), ServiceError> {
+        match self.repair(id).await? {
+            super::RepairOutcome::Upgraded { .. } | super::RepairOutcome::Complete => Ok(()),
+            _ => Err(ServiceError::RegionsUnavailable {
+                id: id.clone(),
+                action: KmsAction::Wrap,
+                failures: Vec::new(),
+            }),
+        }
+    }
+
+    /// Makes a new version of `id`'s key, wrapped in every region like a create (with the
+    /// same quorum), and makes it current; older versions stay readable by number. Returns
+    /// the new version's number.
+    ///
+    /// # Races
+    /// Two rotations of one id never make the same version: the one whose compare-and-set
+    /// lands first wins, and the other is [`ServiceError::Conflict`] (retry to rotate again).
+    /// An id that is not active is not rotated. A record of the original Go RKMS is upgraded
+    /// first.
+    pub async fn rotate(&self, id: &KeyId) -> Result<u32, ServiceError> {
+        self.within_deadline(async {
+            let mut record = self.read_existing(id).await?;
+            if record.wrapped_without_context {
+                self.upgrade_before_change(id).await?;
+                record = self.read_existing(id).await?;
+            }
+            let number = next_version(id, &record)?;
+            let (key, version, region) = self.new_version(id, number).await?;
+            drop(key);
+            let incomplete = !version.missing.is_empty();
+            self.change(id, "rotate", |current| {
+                next_version(id, current).and_then(|next| {
+                    if next != number {
+                        return Err(ServiceError::Conflict {
+                            id: id.clone(),
+                            reason: format!(
+                                "another rotation made version {number} first; retry"
+                            ),
+                        });
+                    }
+                    let mut update = current.clone();
+                    update.versions.push(version.clone());
+                    Ok(Change::Write(update, number))
+                })
+            })
+            .await?;
+            info!(%id, version = number, %region, "rotated key");
+            if incomplete {
+                self.mark_pending(id);
+            }
+            Ok(number)
+        })
+        .await
+    }
+
+    /// Schedules the deletion of `id` after `lifecycle.deletion_window`; returns the pending
+    /// state. Until then no key of the id is handed out, and [`KeyService::restore`] cancels
+    /// it. Scheduling an id already pending deletion changes nothing.
+    pub async fn schedule_deletion(&self, id: &KeyId) -> Result<KeyState, ServiceError> {
+        let window = self.inner.options.lifecycle.deletion_window;
+        let state = self
+            .within_deadline(self.change(id, "schedule_deletion", |record| {
+                match record.state.at(unix_now()) {
+                    KeyState::Active => {
+                        let mut update = record.clone();
+                        update.state = KeyState::PendingDeletion {
+                            deletion_time: unix_now().saturating_add(window.as_secs()),
+                        };
+                        Ok(Change::Write(update.clone(), update.state))
+                    }
+                    pending @ KeyState::PendingDeletion { .. } => Ok(Change::Unchanged(pending)),
+                    deleted @ KeyState::Deleted { .. } => Err(not_active(id, deleted)),
+                }
+            }))
+            .await?;
+        if let KeyState::PendingDeletion { deletion_time } = state {
+            info!(%id, deletion_time, "deletion scheduled");
+            self.deletions().insert(id.clone(), deletion_time);
+        }
+        Ok(state)
+    }
+
+    /// Cancels `id`'s pending deletion; returns the state, active. Restoring an active id
+    /// changes nothing; a deleted one cannot be restored ([`ServiceError::Deleted`]).
+    pub async fn restore(&self, id: &KeyId) -> Result<KeyState, ServiceError> {
+        let state = self
+            .within_deadline(self.change(id, "restore", |record| {
+                match record.state.at(unix_now()) {
+                    KeyState::PendingDeletion { .. } => {
+                        let mut update = record.clone();
+                        update.state = KeyState::Active;
+                        Ok(Change::Write(update, KeyState::Active))
+                    }
+                    KeyState::Active => Ok(Change::Unchanged(KeyState::Active)),
+                    deleted @ KeyState::Deleted { .. } => Err(not_active(id, deleted)),
+                }
+            }))
+            .await?;
+        info!(%id, "deletion cancelled");
+        self.deletions().remove(id);
+        Ok(state)
+    }
+
+    /// Completes `id`'s deletion if its window has ended: destroys every wrapped copy of every
+    /// version and leaves a tombstone, so that the id is never created again. Returns whether
+    /// this call did it.
+    pub async fn complete_deletion(&self, id: &KeyId) -> Result<bool, ServiceError> {
+        let done = self
+            .within_deadline(self.change(id, "complete_deletion", |record| {
+                let KeyState::Deleted { deleted_at } = record.state.at(unix_now()) else {
+                    return Ok(Change::Unchanged(false));
+                };
+                if matches!(record.state, KeyState::Deleted { .. }) {
+                    return Ok(Change::Unchanged(false));
+                }
+                let mut tombstone = record.clone();
+                tombstone.state = KeyState::Deleted { deleted_at };
+                for version in &mut tombstone.versions {
+                    version.copies.clear();
+                    version.missing.clear();
+                }
+                Ok(Change::Write(tombstone, true))
+            }))
+            .await?;
+        if done {
+            info!(%id, "deletion completed: every wrapped copy is destroyed");
+        }
+        Ok(done)
+    }
+
+    fn deletions(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<KeyId, u64>> {
+        self.inner
+            .deletions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Completes the deletions this process scheduled whose window has ended; one that fails
+    /// is tried again next time.
+    pub(super) async fn complete_scheduled_deletions(&self) {
+        let now = unix_now();
+        let due: Vec<(KeyId, u64)> = self
+            .deletions()
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, at)| (id.clone(), *at))
+            .collect();
+        for (id, at) in due {
+            match self.complete_deletion(&id).await {
+                Ok(_) | Err(ServiceError::NotFound { .. }) => {
+                    let mut deletions = self.deletions();
+                    if deletions.get(&id) == Some(&at) {
+                        deletions.remove(&id);
+                    }
+                }
+                Err(e) => tracing::warn!(%id, error = %e, "completing a deletion failed; it is retried"),
+            }
+        }
+    }
+
+    /// Completes `id`'s deletion in the background (a read found its window ended), unless
+    /// this process is already working on the id.
+    pub(super) fn spawn_purge(&self, id: &KeyId) {
+        if !self.claim(id, Some(self.inner.options.repair.concurrency)) {
+            return;
+        }
+        let service = self.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = service.complete_deletion(&id).await {
+                tracing::warn!(%id, error = %e, "completing a deletion failed; a sweep retries it");
+            }
+            service.release(&id);
+        });
+    }
+
+    /// `id`'s metadata: state, and each version's creation time and regions. No key material,
+    /// no KMS call.
+    pub async fn describe(&self, id: &KeyId) -> Result<KeyInfo, ServiceError> {
+        let record = self.within_deadline(self.read_existing(id)).await?;
+        Ok(KeyInfo {
+            id: id.clone(),
+            state: record.state.at(unix_now()),
+            versions: record
+                .versions
+                .iter()
+                .map(|v| VersionInfo {
+                    number: v.number,
+                    created_at: v.created_at,
+                    regions: v.copies.keys().cloned().collect(),
+                    missing: v.missing.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Up to `limit` ids that start with `prefix`, with their states, going on from `after`.
+    ///
+    /// Ids come in the store's order. The prefix is applied to the store's listing, so a call
+    /// reads at most a few store pages: a page may hold fewer than `limit` ids (even none)
+    /// while `next` is set. Records are read for their states, a few at once.
+    pub async fn list_keys(
+        &self,
+        prefix: &str,
+        after: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<KeyListing, ServiceError> {
+        self.within_deadline(async {
+            let mut ids = Vec::new();
+            let mut next = after.cloned();
+            for _ in 0..MAX_LIST_PAGES {
+                let want = limit.saturating_sub(ids.len());
+                if want == 0 {
+                    break;
+                }
+                let page = self
+                    .store_call("list", self.inner.store.list(next.as_ref(), want))
+                    .await?;
+                ids.extend(
+                    page.ids
+                        .into_iter()
+                        .filter(|id| id.as_str().starts_with(prefix)),
+                );
+                next = page.next;
+                if next.is_none() {
+                    break;
+                }
+            }
+            let keys = stream::iter(ids)
+                .map(|id| async move {
+                    let read = self.store_call("get", self.inner.store.get(&id)).await;
+                    let state = match read {
+                        Ok(Some(stored)) => Some(
+                            super::decode(&id, &stored)
+                                .ok()
+                                .map(|record| record.state.at(unix_now())),
+                        ),
+                        // Deleted from the store by hand since it was listed.
+                        Ok(None) => None,
+                        Err(e) => return Err(e),
+                    };
+                    Ok(state.map(|state| ListedKey { id, state }))
+                })
+                .buffered(LIST_READS_AT_ONCE)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(KeyListing { keys, next })
+        })
+        .await
+    }
+}
+
+/// The number the next version of `record` gets, if it may be rotated.
+fn next_version(id: &KeyId, record: &Record) -> Result<u32, ServiceError> {
+    match record.state.at(unix_now()) {
+        KeyState::Active => {}
+        other => return Err(not_active(id, other)),
+    }
+    let count = record.current().number;
+    if count >= MAX_VERSIONS {
+        return Err(ServiceError::Conflict {
+            id: id.clone(),
+            reason: format!("it has {MAX_VERSIONS} versions, the most one id may have"),
+        });
+    }
+    Ok(count + 1)
+}
