@@ -114,7 +114,7 @@ pub use record::{
 pub use redact::redact_url_password;
 pub use secret::DataKey;
 pub use service::{
-    BuildError, HedgeOptions, IssuedKey, KeyInfo, KeyListing, KeyService, KeyServiceBuilder,
+    BuildError, Clock, HedgeOptions, IssuedKey, KeyInfo, KeyListing, KeyService, KeyServiceBuilder,
     KmsAction, LifecycleOptions, ListedKey, RegionStatus, RepairOptions, RepairOutcome,
     RepairSweep, ServiceError, ServiceOptions, VersionInfo, MAX_DATA_KEY_LEN,
 };

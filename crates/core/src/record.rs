@@ -125,7 +125,9 @@ impl Record {
 
     /// The current version: the one get-or-create hands out.
     pub fn current(&self) -> &KeyVersion {
-        self.versions.last().expect("a decoded record has a version")
+        self.versions
+            .last()
+            .expect("a decoded record has a version")
     }
 
     /// Version `number`, if the record has it.
@@ -384,7 +386,11 @@ mod tests {
         assert_eq!((current.number, current.created_at), (1, 5));
         assert_eq!(current.copies["r1"].ciphertext, [1, 2]);
         assert_eq!(current.missing, ["r2"]);
-        assert_eq!(record.encode(), bytes, "rewritten unchanged when nothing changed");
+        assert_eq!(
+            record.encode(),
+            bytes,
+            "rewritten unchanged when nothing changed"
+        );
     }
 
     #[test]
@@ -392,15 +398,30 @@ mod tests {
         let copies = r#"{"r1":{"master_key":"k","ciphertext":"AQI="}}"#;
         for bytes in [
             format!(r#"{{"format":2,"id":"x","state":"active","versions":[]}}"#),
-            format!(r#"{{"format":2,"id":"x","state":"active","versions":[{{"version":2,"created_at":0,"copies":{copies}}}]}}"#),
-            format!(r#"{{"format":2,"id":"x","state":"pending_deletion","versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#),
-            format!(r#"{{"format":2,"id":"x","state":"active","deleted_at":3,"versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#),
-            format!(r#"{{"format":2,"id":"x","state":"deleted","deleted_at":3,"versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#),
-            format!(r#"{{"format":2,"id":"x","state":"active","versions":[{{"version":1,"created_at":0,"copies":{{}}}}]}}"#),
-            format!(r#"{{"format":2,"id":"x","state":"gone","versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#),
+            format!(
+                r#"{{"format":2,"id":"x","state":"active","versions":[{{"version":2,"created_at":0,"copies":{copies}}}]}}"#
+            ),
+            format!(
+                r#"{{"format":2,"id":"x","state":"pending_deletion","versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#
+            ),
+            format!(
+                r#"{{"format":2,"id":"x","state":"active","deleted_at":3,"versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#
+            ),
+            format!(
+                r#"{{"format":2,"id":"x","state":"deleted","deleted_at":3,"versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#
+            ),
+            format!(
+                r#"{{"format":2,"id":"x","state":"active","versions":[{{"version":1,"created_at":0,"copies":{{}}}}]}}"#
+            ),
+            format!(
+                r#"{{"format":2,"id":"x","state":"gone","versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#
+            ),
         ] {
             assert!(
-                matches!(Record::decode(bytes.as_bytes()), Err(RecordError::Malformed(_))),
+                matches!(
+                    Record::decode(bytes.as_bytes()),
+                    Err(RecordError::Malformed(_))
+                ),
                 "{bytes}"
             );
         }

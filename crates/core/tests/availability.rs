@@ -503,7 +503,10 @@ async fn a_create_with_a_region_down_succeeds_with_a_quorum_and_is_repaired_when
     let created = service.get_or_create(&id("a")).await.unwrap();
     assert!(created.created);
     let partial = record(&*store, "a").await;
-    assert_eq!(partial.current().copies.keys().collect::<Vec<_>>(), ["r1", "r2"]);
+    assert_eq!(
+        partial.current().copies.keys().collect::<Vec<_>>(),
+        ["r1", "r2"]
+    );
     assert_eq!(partial.current().missing, ["r3"]);
     assert_eq!(service.pending_repairs(), [id("a")]);
 

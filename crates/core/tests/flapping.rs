@@ -57,7 +57,10 @@ async fn a_recovered_region_with_an_open_breaker_wraps_when_the_quorum_needs_it(
 
     service.get_or_create(&id("b")).await.unwrap();
     let stored = record(&*store, "b").await;
-    assert_eq!(stored.current().copies.keys().collect::<Vec<_>>(), ["r1", "r3"]);
+    assert_eq!(
+        stored.current().copies.keys().collect::<Vec<_>>(),
+        ["r1", "r3"]
+    );
     assert_eq!(stored.current().missing, ["r2"]);
 }
 
@@ -179,6 +182,9 @@ async fn repairs_backing_off_are_retried_as_soon_as_the_missing_region_is_back()
         "a, backing off after its failed repair, is retried at once"
     );
     for name in ["a", "b", "c"] {
-        assert!(record(&*store, name).await.current().missing.is_empty(), "{name}");
+        assert!(
+            record(&*store, name).await.current().missing.is_empty(),
+            "{name}"
+        );
     }
 }

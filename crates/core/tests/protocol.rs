@@ -67,7 +67,10 @@ async fn a_new_record_holds_one_copy_per_region_and_no_plaintext() {
         .unwrap();
     let stored = store.get(&id("a")).await.unwrap().unwrap();
     let record = Record::decode(&stored.bytes).unwrap();
-    assert_eq!(record.current().copies.keys().collect::<Vec<_>>(), ["r1", "r2", "r3"]);
+    assert_eq!(
+        record.current().copies.keys().collect::<Vec<_>>(),
+        ["r1", "r2", "r3"]
+    );
     assert_eq!(record.current().copies["r2"].master_key, "k2");
     assert!(record.current().missing.is_empty());
     let key = issued.key.expose_secret();

@@ -74,7 +74,7 @@ impl KeyService {
             .await?;
         let version = KeyVersion {
             number,
-            created_at: super::unix_now(),
+            created_at: self.now(),
             copies,
             missing,
         };

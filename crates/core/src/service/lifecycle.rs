@@ -13,7 +13,7 @@
 use futures::stream::{self, StreamExt as _};
 use tracing::info;
 
-use super::{unix_now, KeyService, KmsAction, ServiceError};
+use super::{KeyService, KmsAction, ServiceError};
 use crate::record::{KeyState, Record, MAX_VERSIONS};
 use crate::store::StoreError;
 use crate::telemetry;
@@ -79,10 +79,10 @@ enum Change<T> {
     Unchanged(T),
 }
 
-/// True when `record` is pending deletion and its window has ended.
-pub(super) fn deletion_due(record: &Record) -> bool {
+/// True when `record` is pending deletion and its window has ended at `now`.
+pub(super) fn deletion_due(record: &Record, now: u64) -> bool {
     matches!(record.state, KeyState::PendingDeletion { .. })
-        && matches!(record.state.at(unix_now()), KeyState::Deleted { .. })
+        && matches!(record.state.at(now), KeyState::Deleted { .. })
 }
 
 /// The error that answers a request for the key of an id in `state`.
@@ -179,18 +179,16 @@ impl KeyService {
                 self.upgrade_before_change(id).await?;
                 record = self.read_existing(id).await?;
             }
-            let number = next_version(id, &record)?;
+            let number = next_version(id, &record, self.now())?;
             let (key, version, region) = self.new_version(id, number).await?;
             drop(key);
             let incomplete = !version.missing.is_empty();
             self.change(id, "rotate", |current| {
-                next_version(id, current).and_then(|next| {
+                next_version(id, current, self.now()).and_then(|next| {
                     if next != number {
                         return Err(ServiceError::Conflict {
                             id: id.clone(),
-                            reason: format!(
-                                "another rotation made version {number} first; retry"
-                            ),
+                            reason: format!("another rotation made version {number} first; retry"),
                         });
                     }
                     let mut update = current.clone();
@@ -215,11 +213,11 @@ impl KeyService {
         let window = self.inner.options.lifecycle.deletion_window;
         let state = self
             .within_deadline(self.change(id, "schedule_deletion", |record| {
-                match record.state.at(unix_now()) {
+                match record.state.at(self.now()) {
                     KeyState::Active => {
                         let mut update = record.clone();
                         update.state = KeyState::PendingDeletion {
-                            deletion_time: unix_now().saturating_add(window.as_secs()),
+                            deletion_time: self.now().saturating_add(window.as_secs()),
                         };
                         Ok(Change::Write(update.clone(), update.state))
                     }
@@ -238,9 +236,9 @@ impl KeyService {
     /// Cancels `id`'s pending deletion; returns the state, active. Restoring an active id
     /// changes nothing; a deleted one cannot be restored ([`ServiceError::Deleted`]).
     pub async fn restore(&self, id: &KeyId) -> Result<KeyState, ServiceError> {
-        let state = self
-            .within_deadline(self.change(id, "restore", |record| {
-                match record.state.at(unix_now()) {
+        let state =
+            self.within_deadline(self.change(id, "restore", |record| {
+                match record.state.at(self.now()) {
                     KeyState::PendingDeletion { .. } => {
                         let mut update = record.clone();
                         update.state = KeyState::Active;
@@ -262,7 +260,7 @@ impl KeyService {
     pub async fn complete_deletion(&self, id: &KeyId) -> Result<bool, ServiceError> {
         let done = self
             .within_deadline(self.change(id, "complete_deletion", |record| {
-                let KeyState::Deleted { deleted_at } = record.state.at(unix_now()) else {
+                let KeyState::Deleted { deleted_at } = record.state.at(self.now()) else {
                     return Ok(Change::Unchanged(false));
                 };
                 if matches!(record.state, KeyState::Deleted { .. }) {
@@ -293,7 +291,7 @@ impl KeyService {
     /// Completes the deletions this process scheduled whose window has ended; one that fails
     /// is tried again next time.
     pub(super) async fn complete_scheduled_deletions(&self) {
-        let now = unix_now();
+        let now = self.now();
         let due: Vec<(KeyId, u64)> = self
             .deletions()
             .iter()
@@ -308,7 +306,9 @@ impl KeyService {
                         deletions.remove(&id);
                     }
                 }
-                Err(e) => tracing::warn!(%id, error = %e, "completing a deletion failed; it is retried"),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "completing a deletion failed; it is retried")
+                }
             }
         }
     }
@@ -335,7 +335,7 @@ impl KeyService {
         let record = self.within_deadline(self.read_existing(id)).await?;
         Ok(KeyInfo {
             id: id.clone(),
-            state: record.state.at(unix_now()),
+            state: record.state.at(self.now()),
             versions: record
                 .versions
                 .iter()
@@ -388,7 +388,7 @@ impl KeyService {
                         Ok(Some(stored)) => Some(
                             super::decode(&id, &stored)
                                 .ok()
-                                .map(|record| record.state.at(unix_now())),
+                                .map(|record| record.state.at(self.now())),
                         ),
                         // Deleted from the store by hand since it was listed.
                         Ok(None) => None,
@@ -409,8 +409,8 @@ impl KeyService {
 }
 
 /// The number the next version of `record` gets, if it may be rotated.
-fn next_version(id: &KeyId, record: &Record) -> Result<u32, ServiceError> {
-    match record.state.at(unix_now()) {
+fn next_version(id: &KeyId, record: &Record, now: u64) -> Result<u32, ServiceError> {
+    match record.state.at(now) {
         KeyState::Active => {}
         other => return Err(not_active(id, other)),
     }

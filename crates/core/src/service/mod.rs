@@ -32,7 +32,7 @@ use crate::telemetry;
 use crate::{DataKey, KeyId};
 
 pub use lifecycle::{KeyInfo, KeyListing, ListedKey, VersionInfo};
-pub use options::{HedgeOptions, LifecycleOptions, RepairOptions, ServiceOptions};
+pub use options::{Clock, HedgeOptions, LifecycleOptions, RepairOptions, ServiceOptions};
 pub use repair::{RepairOutcome, RepairSweep};
 
 /// Largest data key a service hands out, in bytes (AWS KMS's `NumberOfBytes` limit).
@@ -361,6 +361,11 @@ impl KeyService {
         }
     }
 
+    /// Seconds since the Unix epoch, on the service's clock.
+    pub(super) fn now(&self) -> u64 {
+        self.inner.options.clock.now()
+    }
+
     /// The options in force.
     pub fn options(&self) -> &ServiceOptions {
         &self.inner.options
@@ -527,7 +532,7 @@ impl KeyService {
     /// Refuses to hand out keys of an id that is not active, and completes in the background
     /// a deletion whose window has ended.
     fn check_serving(&self, id: &KeyId, record: &Record) -> Result<(), ServiceError> {
-        match record.state.at(unix_now()) {
+        match record.state.at(self.now()) {
             KeyState::Active => Ok(()),
             KeyState::PendingDeletion { deletion_time } => Err(ServiceError::PendingDeletion {
                 id: id.clone(),
@@ -544,13 +549,6 @@ impl KeyService {
             }
         }
     }
-}
-
-/// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn issued(entry: &CachedKey, from_cache: bool, stale: bool) -> IssuedKey {

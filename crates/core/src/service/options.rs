@@ -1,5 +1,6 @@
 //! `ServiceOptions`: the protocol's timeouts, quorum, hedging, breakers and cache.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BuildError, MAX_DATA_KEY_LEN};
@@ -80,6 +81,44 @@ impl Default for RepairOptions {
     }
 }
 
+/// The wall clock the lifecycle reads, in seconds since the Unix epoch: deletion windows and
+/// creation times. The system clock by default; tests inject one they move.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system's clock.
+    pub fn system() -> Self {
+        Self::from_fn(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+    }
+
+    /// A clock that reads `now`.
+    pub fn from_fn(now: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn now(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock(now = {})", self.now())
+    }
+}
+
 /// The key lifecycle's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LifecycleOptions {
@@ -131,6 +170,8 @@ pub struct ServiceOptions {
     pub repair: RepairOptions,
     /// Rotation and deletion.
     pub lifecycle: LifecycleOptions,
+    /// The wall clock.
+    pub clock: Clock,
 }
 
 impl Default for ServiceOptions {
@@ -147,6 +188,7 @@ impl Default for ServiceOptions {
             cache: CacheOptions::default(),
             repair: RepairOptions::default(),
             lifecycle: LifecycleOptions::default(),
+            clock: Clock::system(),
         }
     }
 }

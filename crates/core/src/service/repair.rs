@@ -135,7 +135,7 @@ impl KeyService {
     /// configured regions (by index) to wrap it in: those without a copy, or every region for
     /// a legacy record, whose copies all need wrapping again. Nothing for a deleted id.
     fn gaps(&self, record: &Record) -> Vec<(usize, Vec<usize>)> {
-        if matches!(record.state.at(super::unix_now()), KeyState::Deleted { .. }) {
+        if matches!(record.state.at(self.now()), KeyState::Deleted { .. }) {
             return Vec::new();
         }
         record
@@ -453,7 +453,7 @@ impl KeyService {
                     Err(e) => Err(e),
                 };
                 match read {
-                    Ok(Some(record)) if super::lifecycle::deletion_due(&record) => {
+                    Ok(Some(record)) if super::lifecycle::deletion_due(&record, self.now()) => {
                         match self.complete_deletion(id).await {
                             Ok(done) => sweep.deleted += usize::from(done),
                             Err(_) => sweep.errors += 1,
