@@ -554,6 +554,35 @@ async fn legacy_items_translated_by_their_store_are_served_then_upgraded_on_read
     assert!(matches!(err, ServiceError::CorruptRecord { .. }), "{err}");
 }
 
+#[tokio::test]
+async fn a_legacy_item_is_upgraded_before_a_rotation_and_stays_readable_as_version_1() {
+    let regions = Regions::new();
+    let store = Arc::new(Wrapped(TranslatingStore::default()));
+    let service = regions.service(store.clone());
+    let key = DataKey::new(vec![6; 32]);
+    for name in ["rotated", "deleted"] {
+        store
+            .inner
+            .put_if_absent(&id(name), legacy_record(&regions, name, &key).await.encode())
+            .await
+            .unwrap();
+        store.originals.lock().unwrap().insert(id(name));
+    }
+
+    assert_eq!(service.rotate(&id("rotated")).await.unwrap(), 2);
+    assert!(!store.originals.lock().unwrap().contains(&id("rotated")));
+    assert_eq!(service.get_version(&id("rotated"), 1).await.unwrap().key, key);
+    let current = service.get_or_create(&id("rotated")).await.unwrap();
+    assert_eq!(current.version, 2);
+    assert_ne!(current.key, key);
+
+    // Any change writes RKMS's own format, which carries no legacy mark: the copies are
+    // bound to the id first, or a restored key could not be read.
+    service.schedule_deletion(&id("deleted")).await.unwrap();
+    service.restore(&id("deleted")).await.unwrap();
+    assert_eq!(service.get_or_create(&id("deleted")).await.unwrap().key, key);
+}
+
 /// Holds a record on the first read and loses it after, as when a delete lands between a
 /// reader's two store reads; counts creates.
 #[derive(Debug, Default)]
