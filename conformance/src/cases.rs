@@ -413,6 +413,20 @@ pub async fn random_operations_match_a_reference_model(backend: &dyn Backend) {
     ns.cleanup().await;
 }
 
+/// The key lifecycle (get-or-create, version reads, rotate, scheduled deletion, restore,
+/// completing deletions, describe), run by three servers on their own connections, some calls
+/// racing, matches a reference model: no lost update, no version made twice, one key per id
+/// and version, nothing created under a pending or deleted id.
+pub async fn lifecycle_matches_a_reference_model(backend: &dyn Backend) {
+    let ns = backend.namespace().await;
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        connections.push(ns.connect().await);
+    }
+    crate::lifecycle::check_lifecycle_against_model(connections).await;
+    ns.cleanup().await;
+}
+
 /// With the service refusing connections, and then accepting but never answering, every
 /// operation returns `StoreError::Unavailable` in bounded time; service back, all works again.
 pub async fn an_unreachable_service_is_unavailable_not_a_hang(backend: &dyn NetworkBackend) {

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use rkms_core::Store;
 
 pub mod cases;
+mod lifecycle;
 mod model;
 pub mod proxy;
 pub mod services;
@@ -107,7 +108,8 @@ macro_rules! conformance_suite {
             ids_at_the_limits_round_trip,
             list_pages_through_every_id_once,
             list_cursors_round_trip_and_malformed_ones_are_refused,
-            random_operations_match_a_reference_model
+            random_operations_match_a_reference_model,
+            lifecycle_matches_a_reference_model
         );
     };
     ($factory:path) => {

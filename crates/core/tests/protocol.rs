@@ -563,7 +563,10 @@ async fn a_legacy_item_is_upgraded_before_a_rotation_and_stays_readable_as_versi
     for name in ["rotated", "deleted"] {
         store
             .inner
-            .put_if_absent(&id(name), legacy_record(&regions, name, &key).await.encode())
+            .put_if_absent(
+                &id(name),
+                legacy_record(&regions, name, &key).await.encode(),
+            )
             .await
             .unwrap();
         store.originals.lock().unwrap().insert(id(name));
@@ -571,7 +574,10 @@ async fn a_legacy_item_is_upgraded_before_a_rotation_and_stays_readable_as_versi
 
     assert_eq!(service.rotate(&id("rotated")).await.unwrap(), 2);
     assert!(!store.originals.lock().unwrap().contains(&id("rotated")));
-    assert_eq!(service.get_version(&id("rotated"), 1).await.unwrap().key, key);
+    assert_eq!(
+        service.get_version(&id("rotated"), 1).await.unwrap().key,
+        key
+    );
     let current = service.get_or_create(&id("rotated")).await.unwrap();
     assert_eq!(current.version, 2);
     assert_ne!(current.key, key);
@@ -580,7 +586,10 @@ async fn a_legacy_item_is_upgraded_before_a_rotation_and_stays_readable_as_versi
     // bound to the id first, or a restored key could not be read.
     service.schedule_deletion(&id("deleted")).await.unwrap();
     service.restore(&id("deleted")).await.unwrap();
-    assert_eq!(service.get_or_create(&id("deleted")).await.unwrap().key, key);
+    assert_eq!(
+        service.get_or_create(&id("deleted")).await.unwrap().key,
+        key
+    );
 }
 
 /// Holds a record on the first read and loses it after, as when a delete lands between a
