@@ -71,6 +71,16 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Whether an id's copies are destroyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purged {
+    No,
+    /// A read found the window ended and completes the deletion in the background: it may
+    /// have happened.
+    Maybe,
+    Yes,
+}
+
 /// What the model says an id is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -78,8 +88,7 @@ enum Slot {
     Live {
         versions: u32,
         state: KeyState,
-        /// Its copies are destroyed.
-        purged: bool,
+        purged: Purged,
     },
 }
 
@@ -100,14 +109,16 @@ enum Outcome {
     Failed(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Model {
     now: u64,
     slots: [Slot; IDS as usize],
+    /// Set by `apply_one` when the id's completion may have run in the background.
+    maybe_completed: bool,
 }
 
 impl Model {
-    fn state(&self, slot: u8) -> Option<(u32, KeyState, bool)> {
+    fn state(&self, slot: u8) -> Option<(u32, KeyState, Purged)> {
         match self.slots[usize::from(slot)] {
             Slot::Absent => None,
             Slot::Live {
@@ -118,8 +129,30 @@ impl Model {
         }
     }
 
-    /// Applies `call` to `slot`; returns what it must answer.
-    fn apply(&mut self, call: Call, slot: u8) -> Outcome {
+    /// Applies `call` to `slot`; returns what it may answer (one outcome, or two where a
+    /// background completion may or may not have run).
+    fn apply(&mut self, call: Call, slot: u8) -> Vec<Outcome> {
+        let outcome = self.apply_one(call, slot);
+        let Outcome::Info(state, versions, purged) = outcome else {
+            return match outcome {
+                Outcome::Completed(_) if self.maybe_completed => {
+                    self.maybe_completed = false;
+                    vec![Outcome::Completed(true), Outcome::Completed(false)]
+                }
+                other => vec![other],
+            };
+        };
+        if self.maybe_completed {
+            self.maybe_completed = false;
+            return vec![
+                Outcome::Info(state, versions, true),
+                Outcome::Info(state, versions, false),
+            ];
+        }
+        vec![Outcome::Info(state, versions, purged)]
+    }
+
+    fn apply_one(&mut self, call: Call, slot: u8) -> Outcome {
         let now = self.now;
         let refusal = |state: KeyState| match state {
             KeyState::PendingDeletion { .. } => Outcome::Pending,
@@ -131,7 +164,7 @@ impl Model {
                     self.slots[usize::from(slot)] = Slot::Live {
                         versions: 1,
                         state: KeyState::Active,
-                        purged: false,
+                        purged: Purged::No,
                     };
                     Outcome::Key(1)
                 }
@@ -149,6 +182,17 @@ impl Model {
             unreachable!()
         };
         let active = state == KeyState::Active;
+        self.maybe_completed = purged == Purged::Maybe;
+        let deleted = matches!(state, KeyState::Deleted { .. });
+        if deleted
+            && purged == Purged::No
+            && matches!(
+                call,
+                Call::GetOrCreate | Call::GetExisting | Call::GetVersion(_)
+            )
+        {
+            *stored_purged = Purged::Maybe;
+        }
         match call {
             Call::GetOrCreate | Call::GetExisting if active => Outcome::Key(versions),
             Call::GetVersion(v) if active && v <= versions => Outcome::Key(v),
@@ -178,14 +222,14 @@ impl Model {
                 KeyState::Deleted { .. } => Outcome::Deleted,
             },
             Call::Complete => {
-                let due = matches!(state, KeyState::Deleted { .. }) && !purged;
+                let due = deleted && purged != Purged::Yes;
                 if due {
-                    *stored_purged = true;
+                    *stored_purged = Purged::Yes;
                     *stored_state = state;
                 }
                 Outcome::Completed(due)
             }
-            Call::Describe => Outcome::Info(state.name(), versions as usize, purged),
+            Call::Describe => Outcome::Info(state.name(), versions as usize, purged == Purged::Yes),
         }
     }
 }
@@ -276,22 +320,27 @@ struct Actors {
 
 async fn run(actors: &Actors, sequence: usize, steps: &[Step]) -> Result<(), TestCaseError> {
     let id = |slot: u8| KeyId::parse(&format!("life{sequence}-{slot}")).expect("a valid id");
-    let mut model = Model {
+    // Every state the model may be in: two racing calls that both succeed in either order
+    // (a deletion and a restore) leave the id in one of two states, known only later.
+    let mut models = vec![Model {
         now: actors.now.load(Ordering::SeqCst),
         slots: [Slot::Absent; IDS as usize],
-    };
+        maybe_completed: false,
+    }];
     let mut keys = Keys::default();
     for step in steps {
+        let before = models.clone();
         match *step {
             Step::Tick => {
-                model.now = actors.now.fetch_add(WINDOW, Ordering::SeqCst) + WINDOW;
+                let now = actors.now.fetch_add(WINDOW, Ordering::SeqCst) + WINDOW;
+                models.iter_mut().for_each(|m| m.now = now);
             }
             Step::One(actor, call, slot) => {
                 let (outcome, key) = perform(&actors.services[actor], call, &id(slot)).await;
-                let expected = model.apply(call, slot);
-                if outcome != expected {
+                models.retain_mut(|m| m.apply(call, slot).contains(&outcome));
+                if models.is_empty() {
                     return Err(TestCaseError::fail(format!(
-                        "{step:?}: got {outcome:?}, the model says {expected:?}"
+                        "{step:?}: got {outcome:?}, which no state the model allows explains: {before:?}"
                     )));
                 }
                 keys.check(slot, &outcome, key)?;
@@ -302,12 +351,16 @@ async fn run(actors: &Actors, sequence: usize, steps: &[Step]) -> Result<(), Tes
                     perform(&actors.services[a], call_a, &id_a),
                     perform(&actors.services[b], call_b, &id_b),
                 );
-                model = linearize(&model, (call_a, slot_a, &got_a), (call_b, slot_b, &got_b))
-                    .ok_or_else(|| {
-                        TestCaseError::fail(format!(
-                            "{step:?}: got {got_a:?} and {got_b:?}, which no order of the two explains"
-                        ))
-                    })?;
+                models = models
+                    .iter()
+                    .flat_map(|m| linearize(m, (call_a, slot_a, &got_a), (call_b, slot_b, &got_b)))
+                    .collect();
+                models.dedup();
+                if models.is_empty() {
+                    return Err(TestCaseError::fail(format!(
+                        "{step:?}: got {got_a:?} and {got_b:?}, which no order of the two explains from {before:?}"
+                    )));
+                }
                 keys.check(slot_a, &got_a, key_a)?;
                 keys.check(slot_b, &got_b, key_b)?;
             }
@@ -316,23 +369,27 @@ async fn run(actors: &Actors, sequence: usize, steps: &[Step]) -> Result<(), Tes
     Ok(())
 }
 
-/// The model after two racing calls, if some order of them explains both outcomes.
-fn linearize(model: &Model, a: (Call, u8, &Outcome), b: (Call, u8, &Outcome)) -> Option<Model> {
+/// The models after two racing calls: each order of them (or, for two rotations, one alone,
+/// the other told to retry) that explains both outcomes.
+fn linearize(model: &Model, a: (Call, u8, &Outcome), b: (Call, u8, &Outcome)) -> Vec<Model> {
+    let mut explained = Vec::new();
     for (first, second) in [(a, b), (b, a)] {
         let mut m = model.clone();
-        if m.apply(first.0, first.1) == *first.2 && m.apply(second.0, second.1) == *second.2 {
-            return Some(m);
+        if m.apply(first.0, first.1).contains(first.2)
+            && m.apply(second.0, second.1).contains(second.2)
+        {
+            explained.push(m);
         }
         // Two rotations of one id: one may lose and be told to retry, changing nothing.
         let both_rotate = matches!((first.0, second.0), (Call::Rotate, Call::Rotate));
         if both_rotate && first.1 == second.1 && *second.2 == Outcome::Conflict {
             let mut m = model.clone();
-            if m.apply(first.0, first.1) == *first.2 {
-                return Some(m);
+            if m.apply(first.0, first.1).contains(first.2) {
+                explained.push(m);
             }
         }
     }
-    None
+    explained
 }
 
 /// Runs random sequences through three servers, each on its own connection to `connections`'

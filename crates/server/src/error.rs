@@ -6,9 +6,9 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rkms_core::ServiceError;
+use rkms_core::{ServiceError, StoreError};
 use serde::Serialize;
-use tracing::error;
+use tracing::{debug, error};
 
 use crate::auth::AuthError;
 
@@ -36,8 +36,16 @@ pub enum ApiError {
     HeadersTooLarge(usize),
     /// 404: no such path.
     NotFound,
-    /// 405: the path exists but not for this method.
-    MethodNotAllowed,
+    /// 404: no key, or no such version, for the id (operations that never create).
+    KeyNotFound(String),
+    /// 409: the change conflicts with the id's record (a concurrent rotation won; retry).
+    Conflict(String),
+    /// 410: the id's deletion is scheduled; no key is handed out until it is restored.
+    KeyPendingDeletion(String),
+    /// 410: the id was deleted, for good.
+    KeyDeleted(String),
+    /// 405: the path exists but not for this method; these are the methods it takes.
+    MethodNotAllowed(&'static str),
     /// 503: no region or the store can serve right now; retry later.
     Unavailable(String),
     /// 500: something is wrong on the server's side.
@@ -53,8 +61,39 @@ struct ErrorBody<'a> {
 impl ApiError {
     /// Maps a protocol failure to an answer, logging the details.
     pub fn from_service(error: &ServiceError) -> Self {
-        error!(error = %error, "key request failed");
+        let answer = Self::from_service_quietly(error);
+        if answer.parts().0.is_server_error() {
+            error!(error = %error, "key request failed");
+        } else {
+            debug!(error = %error, "key request refused");
+        }
+        answer
+    }
+
+    fn from_service_quietly(error: &ServiceError) -> Self {
         match error.root() {
+            ServiceError::NotFound { id } => {
+                Self::KeyNotFound(format!("no key exists for id {:?}", id.as_str()))
+            }
+            ServiceError::VersionNotFound { id, version } => {
+                Self::KeyNotFound(format!("id {:?} has no version {version}", id.as_str()))
+            }
+            ServiceError::Conflict { .. } => Self::Conflict(error.root().to_string()),
+            ServiceError::PendingDeletion { id, deletion_time } => {
+                Self::KeyPendingDeletion(format!(
+                    "the key for id {:?} is pending deletion at {}; restore it to use it again",
+                    id.as_str(),
+                    rfc3339(*deletion_time)
+                ))
+            }
+            ServiceError::Deleted { id, deleted_at } => Self::KeyDeleted(format!(
+                "the key for id {:?} was deleted at {}; the id is never used again",
+                id.as_str(),
+                rfc3339(*deleted_at)
+            )),
+            ServiceError::Store(StoreError::InvalidCursor { .. }) => {
+                Self::BadRequest("the list cursor was not issued by this service".into())
+            }
             ServiceError::CorruptRecord { id, .. } => Self::Internal(format!(
                 "the stored record for id {id:?} is unreadable; the server log has the details"
             )),
@@ -94,8 +133,25 @@ impl ApiError {
                 "IntegrityFailure"
             }
             _ if error.is_unavailable() => "ServiceUnavailable",
+            ServiceError::NotFound { .. }
+            | ServiceError::VersionNotFound { .. }
+            | ServiceError::Conflict { .. }
+            | ServiceError::PendingDeletion { .. }
+            | ServiceError::Deleted { .. }
+            | ServiceError::Store(StoreError::InvalidCursor { .. }) => {
+                Self::from_service_quietly(error).parts().1
+            }
             _ => "InternalError",
         }
+    }
+
+    /// The status and JSON body this error is answered with, for callers that print it.
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+        let (status, error_type, error_message) = self.parts();
+        (
+            status,
+            serde_json::json!({ "error_type": error_type, "error_message": error_message }),
+        )
     }
 
     fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
@@ -109,7 +165,13 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "HostNotAllowed", message.into())
             }
             Self::NotFound => (StatusCode::NOT_FOUND, "NotFound", "no such endpoint".into()),
-            Self::MethodNotAllowed => (
+            Self::KeyNotFound(message) => (StatusCode::NOT_FOUND, "NotFound", message.into()),
+            Self::Conflict(message) => (StatusCode::CONFLICT, "Conflict", message.into()),
+            Self::KeyPendingDeletion(message) => {
+                (StatusCode::GONE, "KeyPendingDeletion", message.into())
+            }
+            Self::KeyDeleted(message) => (StatusCode::GONE, "KeyDeleted", message.into()),
+            Self::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 "method not allowed for this endpoint".into(),
@@ -175,9 +237,8 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer realm=\"rkms\""),
                 );
             }
-            // Every route answers GET alone.
-            Self::MethodNotAllowed => {
-                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            Self::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             Self::TooManyRequests(wait) | Self::TooManyFailures(wait) => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -187,6 +248,18 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// `seconds` since the Unix epoch as an RFC 3339 time in UTC, as the API writes times.
+pub fn rfc3339(seconds: u64) -> String {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("@{seconds}"))
 }
 
 impl From<AuthError> for ApiError {

@@ -7,15 +7,18 @@ use std::sync::Arc;
 
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use rkms_core::{KeyService, Store};
+use rkms_core::{KeyId, KeyService, ListCursor, Store};
 use rkms_server::audit::{self, AuditLog};
-use rkms_server::auth::{self, Authenticator, TokenHash};
+use rkms_server::auth::{self, Authenticator, Principal, TokenHash};
 use rkms_server::backends::{open_regions, open_store};
 use rkms_server::config::{
     ConfigError, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
 };
+use rkms_server::error::ApiError;
 use rkms_server::legacy;
 use rkms_server::limits::Limits;
+use rkms_server::operations::{Caller, KeyOperations};
+use rkms_server::render;
 use rkms_server::routes::{app, health_app, AppState};
 use rkms_server::serve::{fit_open_file_limit, serve};
 use rkms_server::tls::TlsConfig;
@@ -61,6 +64,52 @@ enum Command {
     Legacy {
         #[command(subcommand)]
         action: LegacyAction,
+    },
+    /// Key lifecycle operations on the configured store, as principal `local-admin`,
+    /// audited like the HTTP API. Prints the HTTP API's JSON answer as the last line.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeyAction {
+    /// Makes a new current version of the id's key (older versions stay readable).
+    Rotate {
+        /// The key id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Schedules the id's deletion after `[lifecycle] deletion_window_seconds`.
+    Delete {
+        /// The key id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Cancels the id's scheduled deletion.
+    Restore {
+        /// The key id.
+        #[arg(long)]
+        id: String,
+    },
+    /// The id's state, versions and regions; never key material.
+    Info {
+        /// The key id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Ids with their states, one page; pass the printed `next` as --after for the next.
+    List {
+        /// Only ids that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Where to go on (a previous page's `next`).
+        #[arg(long)]
+        after: Option<String>,
+        /// Most ids on the page.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
 }
 
@@ -126,7 +175,7 @@ async fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Audit { action }) => return audit_command(action),
         Some(Command::Token { action }) => return token_command(action),
-        Some(Command::Legacy { .. }) | None => {}
+        Some(Command::Legacy { .. } | Command::Key { .. }) | None => {}
     }
     let mut settings = match &cli.config {
         Some(path) => match Settings::from_file(path, &cli.data_dir) {
@@ -148,6 +197,10 @@ async fn main() -> ExitCode {
     {
         init_logging(&settings);
         return legacy_upgrade(settings, *dry_run, *kms_calls_per_second).await;
+    }
+    if let Some(Command::Key { action }) = &cli.command {
+        init_logging(&settings);
+        return key_command(&settings, action).await;
     }
     if let Some(listen) = cli.listen {
         settings.listen = listen;
@@ -288,6 +341,88 @@ async fn legacy_upgrade(
         }
         Err(e) => {
             eprintln!("rkms-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rkms-server key ...`: one lifecycle operation through the same checks, core calls and
+/// audit lines as the HTTP API.
+async fn key_command(settings: &Settings, action: &KeyAction) -> ExitCode {
+    let opened = match (open_service(settings).await, open_audit(settings)) {
+        (Ok((_, service)), Ok(audit)) => KeyOperations {
+            service: Arc::new(service),
+            audit: Some(audit),
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("rkms-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = Principal::local_admin();
+    let request_id = format!("{:016x}", rand::random::<u64>());
+    let caller = Caller {
+        principal: &admin,
+        request_id: &request_id,
+    };
+    let parse =
+        |id: &str| KeyId::parse(id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")));
+    let answer = match action {
+        KeyAction::Rotate { id } => match parse(id) {
+            Ok(id) => opened
+                .rotate(caller, &id)
+                .await
+                .map(|v| render::rotated_body(&id, v)),
+            Err(e) => Err(e),
+        },
+        KeyAction::Delete { id } => match parse(id) {
+            Ok(id) => opened
+                .delete(caller, &id)
+                .await
+                .map(|s| render::state_body(&id, s)),
+            Err(e) => Err(e),
+        },
+        KeyAction::Restore { id } => match parse(id) {
+            Ok(id) => opened
+                .restore(caller, &id)
+                .await
+                .map(|s| render::state_body(&id, s)),
+            Err(e) => Err(e),
+        },
+        KeyAction::Info { id } => match parse(id) {
+            Ok(id) => opened
+                .describe(caller, &id)
+                .await
+                .map(|i| render::info_body(&i)),
+            Err(e) => Err(e),
+        },
+        KeyAction::List {
+            prefix,
+            after,
+            limit,
+        } => {
+            let after = after.clone().map(ListCursor::from_token);
+            opened
+                .list(caller, prefix, after.as_ref(), *limit)
+                .await
+                .map(|page| render::list_body(&page))
+        }
+    };
+    if let Some(Err(e)) = match &opened.audit {
+        Some(audit) => Some(audit.close().await),
+        None => None,
+    } {
+        eprintln!("rkms-server: closing the audit log: {e}");
+        return ExitCode::FAILURE;
+    }
+    match answer {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let (status, body) = e.status_and_body();
+            eprintln!("rkms-server: {status}: {body}");
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, handlers and the layers around them.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -9,27 +10,32 @@ use axum::handler::Handler;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rkms_core::{IssuedKey, KeyId, KeyService, ServiceError};
+use rkms_core::{IssuedKey, KeyId, KeyService, ListCursor, ID_PUNCTUATION, MAX_ID_LEN};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditLog;
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::error::ApiError;
 use crate::limits::{self, Limits};
+use crate::operations::{Caller, KeyOperations, MAX_LIST_LIMIT};
 use crate::probes::{self, Probes};
+use crate::render::{info_body, list_body, rotated_body, state_body};
 use crate::serve::Peer;
-use crate::telemetry::{KEYS_CREATED, REJECTIONS};
+use crate::telemetry::REJECTIONS;
 
-/// Longest query string the key endpoint reads; anything longer cannot hold a valid id.
+/// Longest query string the key endpoints read; anything longer cannot hold a valid request.
 const MAX_QUERY_LEN: usize = 4096;
+
+/// Ids a listing answers when the request names no `limit`.
+const DEFAULT_LIST_LIMIT: usize = 100;
 
 /// The header that carries a key request's id, as in the audit log.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,14 +53,37 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
 }
 
-/// The whole HTTP API. `key_path` is `/api/<api_version>/key`. The key endpoint and
-/// `/metrics` need an authenticated principal; the health checks do not, and are limited per
-/// client address instead. Starts the background readiness check: needs a Tokio runtime.
+impl AppState {
+    /// The key operations over this state's service and audit log.
+    fn operations(&self) -> KeyOperations {
+        KeyOperations {
+            service: Arc::clone(&self.service),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// The whole HTTP API. `key_path` is `/api/<api_version>/key`; beside it are
+/// `<key_path>/rotate`, `<key_path>/restore`, `<key_path>/info` and the listing
+/// `<key_path>s`. The key routes and `/metrics` need an authenticated principal; the health
+/// checks do not, and are limited per client address instead. Starts the background
+/// readiness check: needs a Tokio runtime.
 ///
-/// Every route answers GET only (see [`get_only`]).
+/// Reads answer GET only (see [`get_only`]); the key route also takes DELETE, and rotate and
+/// restore take POST. No route takes a body.
 pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
     let protected = Router::new()
-        .route(key_path, get_only(get_key))
+        .route(
+            key_path,
+            get(get_key)
+                .delete(delete_key)
+                .head(|| async { ApiError::MethodNotAllowed("GET, DELETE") })
+                .fallback(|| async { ApiError::MethodNotAllowed("GET, DELETE") }),
+        )
+        .route(&format!("{key_path}/rotate"), post_only(rotate_key))
+        .route(&format!("{key_path}/restore"), post_only(restore_key))
+        .route(&format!("{key_path}/info"), get_only(key_info))
+        .route(&format!("{key_path}s"), get_only(list_keys))
         .route("/metrics", get_only(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -62,7 +91,6 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
         .merge(probe_routes(Arc::clone(&state.service)))
         .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(TraceLayer::new_for_http())
@@ -75,7 +103,6 @@ pub fn health_app(service: Arc<KeyService>, limits: Limits) -> Router {
     probe_routes(service)
         .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(CatchPanicLayer::custom(panic_response))
 }
@@ -104,7 +131,20 @@ where
     T: 'static,
     S: Clone + Send + Sync + 'static,
 {
-    get(handler).head(|| async { ApiError::MethodNotAllowed })
+    get(handler)
+        .head(|| async { ApiError::MethodNotAllowed("GET") })
+        .fallback(|| async { ApiError::MethodNotAllowed("GET") })
+}
+
+/// A route for POST alone: a change, never run by a GET (which caches, prefetchers and
+/// crawlers send freely).
+fn post_only<H, T, S>(handler: H) -> MethodRouter<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    post(handler).fallback(|| async { ApiError::MethodNotAllowed("POST") })
 }
 
 /// Finds the request's principal (401 without one; 429 for an address that failed too
@@ -146,149 +186,152 @@ async fn authenticate(
 struct KeyResponse<'a> {
     id: &'a str,
     key: &'a str,
+    version: u32,
 }
 
-/// `GET /api/<v>/key?id=ID`: the data key for ID, created on first use when the principal may
-/// create it. Every outcome past id validation is audited; the answer carries `x-request-id`.
-async fn get_key(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Arc<Principal>>,
-    RawQuery(query): RawQuery,
-) -> Response {
+/// Runs one key route's work with a fresh request id, which the answer carries in
+/// `x-request-id` (and the audit line in `request_id`).
+async fn with_request_id<F, Fut>(work: F) -> Response
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
     let request_id = format!("{:016x}", rand::random::<u64>());
-    let mut response = match issue_key(&state, &principal, query.as_deref(), &request_id).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    let header = HeaderValue::from_str(&request_id).ok();
+    let mut response = work(request_id)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    if let Some(value) = header {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
     response
 }
 
-async fn issue_key(
-    state: &AppState,
-    principal: &Principal,
-    query: Option<&str>,
-    request_id: &str,
-) -> Result<Response, ApiError> {
-    let id = id_from_query(query.unwrap_or_default())?;
-    let audit = Audit {
-        state,
-        principal,
-        id: &id,
-        request_id,
-    };
-    let allowed = principal.policy.allowed(&id);
-    if allowed.is_empty() {
-        audit.denied("get_or_create").await?;
-        return Err(ApiError::Forbidden(format!(
-            "principal {:?} may not use id {:?}",
-            principal.name,
-            id.as_str()
-        )));
-    }
-    let result = if !allowed.create {
-        state.service.get_existing(&id).await
-    } else if principal.limits_creates() {
-        // An existing key costs nothing from the create allowance; a create takes one first.
-        match state.service.get_existing(&id).await {
-            Ok(None) => {
-                principal.admit_create().map_err(|wait| {
-                    ::metrics::counter!(REJECTIONS, "reason" => "create_rate_limited").increment(1);
-                    ApiError::TooManyRequests(wait)
-                })?;
-                state.service.get_or_create(&id).await.map(Some)
-            }
-            existing => existing,
-        }
-    } else {
-        state.service.get_or_create(&id).await.map(Some)
-    };
-    let issued = match result {
-        Err(error) => {
-            let operation = if allowed.create {
-                "get_or_create"
-            } else {
-                "get"
-            };
-            audit.failed(operation, &error).await?;
-            return Err(ApiError::from_service(&error));
-        }
-        Ok(None) => {
-            audit.denied("create").await?;
-            return Err(ApiError::Forbidden(format!(
-                "no key exists for id {:?}, and principal {:?} may not create one",
-                id.as_str(),
-                principal.name
-            )));
-        }
-        Ok(Some(issued)) if !issued.created && !allowed.get => {
-            audit.denied("get").await?;
-            return Err(ApiError::Forbidden(format!(
-                "the key for id {:?} exists, and principal {:?} may create keys for it but not read existing ones",
-                id.as_str(),
-                principal.name
-            )));
-        }
-        Ok(Some(issued)) => issued,
-    };
-    // A key is handed out only once its release is on record.
-    audit.issued(&issued).await?;
-    if issued.created {
-        ::metrics::counter!(KEYS_CREATED, "principal" => principal.name.clone()).increment(1);
-    }
-    key_response(&id, &issued)
+/// `GET /api/<v>/key?id=ID[&version=N]`: the data key for ID (its current version, created
+/// on first use when the principal may create it; or version N, never created).
+async fn get_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    with_request_id(|request_id| async move {
+        let query = Query::parse(query.as_deref())?;
+        let id = query.id()?;
+        let version = query.version()?;
+        let caller = Caller {
+            principal: &principal,
+            request_id: &request_id,
+        };
+        let issued = state.operations().get_key(caller, &id, version).await?;
+        key_response(&id, &issued)
+    })
+    .await
 }
 
-/// Writes one key request's audit line.
-struct Audit<'a> {
-    state: &'a AppState,
-    principal: &'a Principal,
-    id: &'a KeyId,
-    request_id: &'a str,
+/// `POST /api/<v>/key/rotate?id=ID`: a new current version; answers its number.
+async fn rotate_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    with_request_id(|request_id| async move {
+        let id = Query::parse(query.as_deref())?.id()?;
+        let caller = Caller {
+            principal: &principal,
+            request_id: &request_id,
+        };
+        let version = state.operations().rotate(caller, &id).await?;
+        Ok(json(&rotated_body(&id, version)))
+    })
+    .await
 }
 
-impl Audit<'_> {
-    async fn issued(&self, issued: &IssuedKey) -> Result<(), ApiError> {
-        let operation = if issued.created { "create" } else { "get" };
-        self.write(operation, "ok", Some(issued)).await
-    }
-
-    async fn denied(&self, operation: &str) -> Result<(), ApiError> {
-        ::metrics::counter!(REJECTIONS, "reason" => "forbidden").increment(1);
-        self.write(operation, "denied", None).await
-    }
-
-    async fn failed(&self, operation: &str, error: &ServiceError) -> Result<(), ApiError> {
-        self.write(operation, ApiError::kind_of(error), None).await
-    }
-
-    async fn write(
-        &self,
-        operation: &str,
-        outcome: &str,
-        issued: Option<&IssuedKey>,
-    ) -> Result<(), ApiError> {
-        let Some(audit) = &self.state.audit else {
-            return Ok(());
+/// `DELETE /api/<v>/key?id=ID`: schedules the deletion; answers the pending state.
+async fn delete_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    with_request_id(|request_id| async move {
+        let id = Query::parse(query.as_deref())?.id()?;
+        let caller = Caller {
+            principal: &principal,
+            request_id: &request_id,
         };
-        let event = AuditEvent {
-            request_id: self.request_id,
-            principal: &self.principal.name,
-            operation,
-            id: self.id.as_str(),
-            outcome,
-            region: issued.map(|i| i.region.as_str()),
-            cache_hit: issued.is_some_and(|i| i.from_cache),
-            stale: issued.is_some_and(|i| i.stale),
-            created: issued.is_some_and(|i| i.created),
+        let state = state.operations().delete(caller, &id).await?;
+        Ok(json(&state_body(&id, state)))
+    })
+    .await
+}
+
+/// `POST /api/<v>/key/restore?id=ID`: cancels a scheduled deletion.
+async fn restore_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    with_request_id(|request_id| async move {
+        let id = Query::parse(query.as_deref())?.id()?;
+        let caller = Caller {
+            principal: &principal,
+            request_id: &request_id,
         };
-        audit.record(&event).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot write the audit log");
-            ApiError::Internal("the audit log cannot be written; no key was handed out".into())
-        })
-    }
+        let state = state.operations().restore(caller, &id).await?;
+        Ok(json(&state_body(&id, state)))
+    })
+    .await
+}
+
+/// `GET /api/<v>/key/info?id=ID`: metadata, never key material.
+async fn key_info(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    with_request_id(|request_id| async move {
+        let id = Query::parse(query.as_deref())?.id()?;
+        let caller = Caller {
+            principal: &principal,
+            request_id: &request_id,
+        };
+        let info = state.operations().describe(caller, &id).await?;
+        Ok(json(&info_body(&info)))
+    })
+    .await
+}
+
+/// `GET /api/<v>/keys?prefix=P&after=CURSOR&limit=N`: ids the principal may list, paged.
+async fn list_keys(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    with_request_id(|request_id| async move {
+        let query = Query::parse(query.as_deref())?;
+        let prefix = query.prefix()?;
+        let after = query
+            .one("after")?
+            .map(|token| ListCursor::from_token(token.into_owned()));
+        let limit = query.limit()?;
+        let caller = Caller {
+            principal: &principal,
+            request_id: &request_id,
+        };
+        let listing = state
+            .operations()
+            .list(caller, &prefix, after.as_ref(), limit)
+            .await?;
+        Ok(json(&list_body(&listing)))
+    })
+    .await
+}
+
+fn json(body: &serde_json::Value) -> Response {
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn key_response(id: &KeyId, issued: &IssuedKey) -> Result<Response, ApiError> {
@@ -297,6 +340,7 @@ fn key_response(id: &KeyId, issued: &IssuedKey) -> Result<Response, ApiError> {
         serde_json::to_vec(&KeyResponse {
             id: id.as_str(),
             key: &encoded,
+            version: issued.version,
         })
         .map_err(|_| ApiError::Internal("could not encode the response".into()))?,
     );
@@ -311,25 +355,82 @@ fn key_response(id: &KeyId, issued: &IssuedKey) -> Result<Response, ApiError> {
     Ok(response)
 }
 
+/// A key route's query string, read before any I/O. Each parameter may be given once;
+/// parameters a route does not read are ignored.
+struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'a> Query<'a> {
+    fn parse(query: Option<&'a str>) -> Result<Self, ApiError> {
+        let query = query.unwrap_or_default();
+        if query.len() > MAX_QUERY_LEN {
+            return Err(ApiError::BadRequest(format!(
+                "query string longer than {MAX_QUERY_LEN} bytes"
+            )));
+        }
+        Ok(Self(form_urlencoded::parse(query.as_bytes()).collect()))
+    }
+
+    /// The value of `name`, if given (once).
+    fn one(&self, name: &str) -> Result<Option<Cow<'a, str>>, ApiError> {
+        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+        let value = values.next().cloned();
+        if values.next().is_some() {
+            return Err(ApiError::BadRequest(format!(
+                "{name} query parameter must be given once"
+            )));
+        }
+        Ok(value)
+    }
+
+    fn id(&self) -> Result<KeyId, ApiError> {
+        let id = self
+            .one("id")?
+            .ok_or_else(|| ApiError::BadRequest("id query parameter is required".into()))?;
+        KeyId::parse(&id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")))
+    }
+
+    fn version(&self) -> Result<Option<u32>, ApiError> {
+        self.one("version")?
+            .map(|v| match v.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(ApiError::BadRequest(
+                    "version must be a whole number from 1".into(),
+                )),
+            })
+            .transpose()
+    }
+
+    fn prefix(&self) -> Result<String, ApiError> {
+        let prefix = self.one("prefix")?.unwrap_or_default();
+        if prefix.len() > MAX_ID_LEN
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(c))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "prefix must be at most {MAX_ID_LEN} bytes of the characters ids may hold"
+            )));
+        }
+        Ok(prefix.into_owned())
+    }
+
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.one("limit")? {
+            None => Ok(DEFAULT_LIST_LIMIT),
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+                _ => Err(ApiError::BadRequest(format!(
+                    "limit must be a whole number from 1 to {MAX_LIST_LIMIT}"
+                ))),
+            },
+        }
+    }
+}
+
 /// Reads exactly one valid `id` from a query string, before any I/O.
+#[cfg(test)]
 fn id_from_query(query: &str) -> Result<KeyId, ApiError> {
-    if query.len() > MAX_QUERY_LEN {
-        return Err(ApiError::BadRequest(format!(
-            "query string longer than {MAX_QUERY_LEN} bytes"
-        )));
-    }
-    let mut ids = form_urlencoded::parse(query.as_bytes())
-        .filter(|(name, _)| name == "id")
-        .map(|(_, value)| value);
-    let id = ids
-        .next()
-        .ok_or_else(|| ApiError::BadRequest("id query parameter is required".into()))?;
-    if ids.next().is_some() {
-        return Err(ApiError::BadRequest(
-            "id query parameter must be given once".into(),
-        ));
-    }
-    KeyId::parse(&id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")))
+    Query::parse(Some(query))?.id()
 }
 
 /// `GET /metrics`: Prometheus text, for principals allowed to read it.

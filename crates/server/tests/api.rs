@@ -104,6 +104,11 @@ fn token_of(name: &str) -> String {
 const BOTH: Operations = Operations {
     get: true,
     create: true,
+    rotate: false,
+    delete: false,
+    restore: false,
+    describe: false,
+    list: false,
 };
 
 fn router_for(
@@ -460,15 +465,15 @@ async fn readers_never_create_and_creators_never_read_existing_keys() {
                 &["*"],
                 Operations {
                     get: true,
-                    create: false,
+                    ..Operations::default()
                 },
             ),
             principal(
                 "maker",
                 &["*"],
                 Operations {
-                    get: false,
                     create: true,
+                    ..Operations::default()
                 },
             ),
         ],

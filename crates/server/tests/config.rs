@@ -831,7 +831,7 @@ fn bad_principals_are_refused_with_the_reason() {
         (
             principal(
                 "a",
-                &format!("token_sha256 = [\"{HASH_A}\"]\nallow = [{{ ids = [\"*\"], operations = [\"delete\"] }}]"),
+                &format!("token_sha256 = [\"{HASH_A}\"]\nallow = [{{ ids = [\"*\"], operations = [\"destroy\"] }}]"),
             ),
             "unknown operation",
         ),

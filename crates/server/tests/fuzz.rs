@@ -55,6 +55,7 @@ fn router(audit: &std::path::Path) -> Router {
             operations: Operations {
                 get: true,
                 create: true,
+                ..Operations::default()
             },
         }]),
         rate_limit: None,

@@ -82,7 +82,9 @@ pub struct AuditEvent<'a> {
     /// Who asked.
     pub principal: &'a str,
     /// `get` (existing key) or `create` (this request created it); when refused or failed, what
-    /// was attempted (`get_or_create` when the principal could do either).
+    /// was attempted (`get_or_create` when the principal could do either); or a lifecycle
+    /// operation: `rotate`, `delete`, `restore`, `describe`, `list` (whose id is the prefix
+    /// listed).
     pub operation: &'a str,
     /// The key id.
     pub id: &'a str,
@@ -91,6 +93,9 @@ pub struct AuditEvent<'a> {
     pub outcome: &'a str,
     /// The region that generated or unwrapped the key.
     pub region: Option<&'a str>,
+    /// The key version handed out, or made by a rotation (written only when there is one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
     /// Whether the key came from the cache.
     pub cache_hit: bool,
     /// Whether this request created the key.

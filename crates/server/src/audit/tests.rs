@@ -12,6 +12,7 @@ fn event(id: &str) -> AuditEvent<'_> {
         id,
         outcome: "ok",
         region: Some("us-east-1"),
+        version: Some(1),
         cache_hit: false,
         stale: false,
         created: false,

@@ -125,6 +125,9 @@ pub struct PrincipalSpec {
     pub create_rate: Option<RateLimit>,
 }
 
+/// The principal name of [`Principal::local_admin`] in audit lines.
+pub const LOCAL_ADMIN: &str = "local-admin";
+
 /// An authenticated caller.
 pub struct Principal {
     /// Its configured name.
@@ -138,6 +141,21 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The operator at the machine, for `rkms-server key ...`: every operation on every id, no
+    /// rate limit. Never reachable over the network.
+    pub fn local_admin() -> Self {
+        Self {
+            name: LOCAL_ADMIN.to_owned(),
+            policy: Policy::new(vec![Rule {
+                ids: vec![IdPattern::parse("*").expect("a valid pattern")],
+                operations: Operations::all(),
+            }]),
+            metrics: false,
+            limiter: None,
+            create_limiter: None,
+        }
+    }
+
     /// Takes one request from the principal's allowance; `Err` is how long until the next.
     pub fn admit(&self) -> Result<(), Duration> {
         take(self.limiter.as_ref())

@@ -55,32 +55,69 @@ impl IdPattern {
 /// What a principal may do with an id it matches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Operations {
-    /// Read a key whose record exists.
+    /// Read a key whose record exists (any version).
     pub get: bool,
     /// Create the key of an id that has none yet.
     pub create: bool,
+    /// Make a new version of an id's key.
+    pub rotate: bool,
+    /// Schedule an id's deletion.
+    pub delete: bool,
+    /// Cancel an id's scheduled deletion.
+    pub restore: bool,
+    /// Read an id's metadata (state, versions, regions), never its key.
+    pub describe: bool,
+    /// See the id in listings.
+    pub list: bool,
 }
 
+/// Every operation name the configuration accepts.
+pub const OPERATION_NAMES: &str = "get, create, rotate, delete, restore, describe, list";
+
 impl Operations {
-    /// Reads an operation name from the configuration: `get` or `create`.
-    pub fn add(&mut self, name: &str) -> Result<(), String> {
-        match name {
-            "get" => self.get = true,
-            "create" => self.create = true,
-            other => return Err(format!("unknown operation {other:?} (get, create)")),
+    /// Every operation: what a local administrator may do.
+    pub fn all() -> Self {
+        Self {
+            get: true,
+            create: true,
+            rotate: true,
+            delete: true,
+            restore: true,
+            describe: true,
+            list: true,
         }
+    }
+
+    /// Reads an operation name from the configuration (see [`OPERATION_NAMES`]).
+    pub fn add(&mut self, name: &str) -> Result<(), String> {
+        let flag = match name {
+            "get" => &mut self.get,
+            "create" => &mut self.create,
+            "rotate" => &mut self.rotate,
+            "delete" => &mut self.delete,
+            "restore" => &mut self.restore,
+            "describe" => &mut self.describe,
+            "list" => &mut self.list,
+            other => return Err(format!("unknown operation {other:?} ({OPERATION_NAMES})")),
+        };
+        *flag = true;
         Ok(())
     }
 
-    /// True when neither operation is allowed.
+    /// True when no operation is allowed.
     pub fn is_empty(self) -> bool {
-        !self.get && !self.create
+        self == Self::default()
     }
 
     fn union(self, other: Self) -> Self {
         Self {
             get: self.get || other.get,
             create: self.create || other.create,
+            rotate: self.rotate || other.rotate,
+            delete: self.delete || other.delete,
+            restore: self.restore || other.restore,
+            describe: self.describe || other.describe,
+            list: self.list || other.list,
         }
     }
 }
@@ -114,6 +151,13 @@ impl Policy {
             .fold(Operations::default(), |ops, rule| {
                 ops.union(rule.operations)
             })
+    }
+
+    /// True when some rule grants, on some ids, what `wanted` picks from its operations.
+    pub fn grants_anywhere(&self, wanted: impl Fn(Operations) -> bool) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| !rule.ids.is_empty() && wanted(rule.operations))
     }
 
     /// True when no rule grants anything.
@@ -163,7 +207,11 @@ mod tests {
     fn operations_of_matching_rules_add_up() {
         let rule = |pattern: &str, get, create| Rule {
             ids: vec![IdPattern::parse(pattern).unwrap()],
-            operations: Operations { get, create },
+            operations: Operations {
+                get,
+                create,
+                ..Operations::default()
+            },
         };
         let policy = Policy::new(vec![
             rule("shared/*", true, false),
@@ -174,14 +222,15 @@ mod tests {
             policy.allowed(&id("shared/x")),
             Operations {
                 get: true,
-                create: false
+                ..Operations::default()
             }
         );
         assert_eq!(
             policy.allowed(&id("shared/mine")),
             Operations {
                 get: true,
-                create: true
+                create: true,
+                ..Operations::default()
             }
         );
         assert!(policy.allowed(&id("other")).is_empty());

@@ -371,10 +371,7 @@ pub(super) fn development_principal() -> PrincipalSpec {
         metrics: true,
         policy: Policy::new(vec![Rule {
             ids: vec![IdPattern::parse("*").expect("a valid pattern")],
-            operations: Operations {
-                get: true,
-                create: true,
-            },
+            operations: Operations::all(),
         }]),
         rate_limit: None,
         create_rate: None,

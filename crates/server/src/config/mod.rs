@@ -24,6 +24,7 @@ mod access;
 mod availability;
 mod generated_tokens;
 mod kms;
+mod lifecycle;
 mod store;
 
 pub use generated_tokens::{GeneratedToken, NewToken};
@@ -97,6 +98,8 @@ struct FileConfig {
     cache: availability::CacheSection,
     #[serde(default)]
     repair: availability::RepairSection,
+    #[serde(default)]
+    lifecycle: lifecycle::LifecycleSection,
     #[serde(default)]
     audit: AuditSection,
     #[serde(default)]
@@ -406,6 +409,7 @@ impl Settings {
             file.cache,
             file.repair,
         )?;
+        notices.extend(lifecycle::apply(&mut service, file.lifecycle)?);
 
         let (audit_signing_key, audit_checkpoints) = audit_checkpoints(&file.audit)?;
         let audit = audit_target(file.audit.path, data_dir);
