@@ -194,7 +194,8 @@ async fn key_responses_have_the_original_wire_format() {
         .decode(body["key"].as_str().unwrap())
         .unwrap();
     assert_eq!(key.len(), 32);
-    assert_eq!(body.as_object().unwrap().len(), 2);
+    assert_eq!(body["version"], 1, "a field old clients ignore");
+    assert_eq!(body.as_object().unwrap().len(), 3);
     let (_, _, again) = call(&router, "GET", "/api/v1/key?id=orders").await;
     assert_eq!(again, body);
 }
@@ -242,9 +243,70 @@ async fn bad_requests_get_4xx_json_and_touch_nothing() {
             StatusCode::METHOD_NOT_ALLOWED,
         ),
         (
-            "DELETE",
+            "PUT",
             "/api/v1/key?id=x".into(),
             StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "GET",
+            "/api/v1/key/rotate?id=x".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "DELETE",
+            "/api/v1/key/info?id=x".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "GET",
+            "/api/v1/key?id=x&version=0".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/api/v1/key?id=x&version=-1".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/api/v1/key?id=x&version=1&version=2".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/api/v1/key?id=x&version=99999999999".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("POST", "/api/v1/key/rotate".into(), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            "/api/v1/key/restore?id=a%20b".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/api/v1/key/info?id=".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/api/v1/keys?limit=0".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/api/v1/keys?limit=1001".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/api/v1/keys?limit=x".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/api/v1/keys?prefix=a%20b".into(),
+            StatusCode::BAD_REQUEST,
         ),
         ("GET", "/api/v2/key?id=x".into(), StatusCode::NOT_FOUND),
         ("GET", "/key?id=x".into(), StatusCode::NOT_FOUND),
@@ -687,7 +749,14 @@ async fn head_on_the_key_route_is_refused_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let audit_path = dir.path().join("audit.log");
     let router = router_for(store.clone(), true, &[anyone()], Some(&audit_path));
-    for uri in ["/api/v1/key?id=probe", "/metrics", "/healthz", "/readyz"] {
+    for (uri, allow) in [
+        ("/api/v1/key?id=probe", "GET, DELETE"),
+        ("/api/v1/key/info?id=probe", "GET"),
+        ("/api/v1/keys", "GET"),
+        ("/metrics", "GET"),
+        ("/healthz", "GET"),
+        ("/readyz", "GET"),
+    ] {
         let (status, headers, _) = send(
             &router,
             Request::builder()
@@ -700,7 +769,7 @@ async fn head_on_the_key_route_is_refused_and_creates_nothing() {
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "HEAD {uri}");
         assert_eq!(
             headers.get("allow").map(|v| v.to_str().unwrap()),
-            Some("GET"),
+            Some(allow),
             "HEAD {uri}"
         );
     }
