@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use rkms_core::{KeyVersion, ListCursor, Record, StoreError, Stored, Version, WrappedCopy};
+use rkms_core::{
+    KeyState, KeyVersion, ListCursor, Record, StoreError, Stored, Version, WrappedCopy,
+};
 
 use crate::error::STORE;
 use crate::LegacyRecords;
@@ -127,6 +129,14 @@ fn legacy_record(
         version: Version::new(LEGACY_VERSION),
         legacy: true,
     })
+}
+
+/// True when `bytes` hold a record the original Go RKMS must stop serving: an id pending
+/// deletion or deleted. The one place this store reads a record: the original's `keys` are
+/// this store's own attribute, and they go with such a write, so that Go servers stop handing
+/// the key out and no copy wrapped without context outlives a deletion.
+pub(crate) fn retires_original(bytes: &[u8]) -> bool {
+    Record::decode(bytes).is_ok_and(|record| record.state != KeyState::Active)
 }
 
 #[cfg(test)]

@@ -18,7 +18,10 @@ use rkms_core::{
 };
 
 use crate::error::{code, from_sdk, CONDITIONAL_CHECK_FAILED, STORE};
-use crate::item::{cursor_after, start_key, stored_from_item, ID, LEGACY_VERSION, RECORD, VERSION};
+use crate::item::{
+    cursor_after, retires_original, start_key, stored_from_item, ID, LEGACY_KEYS, LEGACY_VERSION,
+    RECORD, VERSION,
+};
 use crate::{DynamoDbConfig, LegacyRecords};
 
 /// A [`Store`] in one DynamoDB table. See the crate documentation.
@@ -197,13 +200,21 @@ impl Store for DynamoDbStore {
                 .checked_add(1)
                 .ok_or(StoreError::PreconditionFailed { expected })?
         };
-        // An update, not a put: the original's `keys` stay for Go servers still reading them.
+        // An update, not a put: the original's `keys` stay for Go servers still reading them,
+        // until the id is deleted.
         let request = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(ID, key(id))
-            .update_expression("SET #record = :record, #version = :next")
+            .key(ID, key(id));
+        let request = if retires_original(&bytes) {
+            request
+                .update_expression("SET #record = :record, #version = :next REMOVE #keys")
+                .expression_attribute_names("#keys", LEGACY_KEYS)
+        } else {
+            request.update_expression("SET #record = :record, #version = :next")
+        };
+        let request = request
             .expression_attribute_names("#record", RECORD)
             .expression_attribute_names("#version", VERSION)
             .expression_attribute_values(":record", AttributeValue::B(bytes.into()))
