@@ -282,10 +282,11 @@ impl Audit<'_> {
             created: issued.is_some_and(|i| i.created),
         };
         audit.record(&event).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot write the audit log");
-            ApiError::Internal(
-                "the audit log cannot be written; the operation's result is not handed out".into(),
-            )
+            tracing::error!(error = %e, operation, id = self.id, "cannot write the audit log");
+            ApiError::Internal(match issued {
+                Some(_) => "the audit log cannot be written; no key was handed out".into(),
+                None => "the audit log cannot be written; the server log has the details".into(),
+            })
         })
     }
 }

@@ -835,6 +835,7 @@ fn bad_principals_are_refused_with_the_reason() {
             ),
             "unknown operation",
         ),
+        (principal("local-admin", &token(HASH_A)), "reserved"),
         (
             principal("a", &token(HASH_A)) + &principal("b", &token(HASH_A)),
             "configured twice",

@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::generated_tokens::GeneratedToken;
 use super::{count, in_range, invalid, positive_seconds, ConfigError};
-use crate::auth::{IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash};
+use crate::auth::{
+    IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash, LOCAL_ADMIN,
+};
 use crate::limits::Limits;
 use crate::tls::{CertificateName, TlsSettings};
 
@@ -213,6 +215,13 @@ pub(super) fn resolve_principals(
             return Err(principal_error(
                 &name,
                 "a name is 1 to 64 letters, digits, '.', '_' or '-'",
+            ));
+        }
+        if name == LOCAL_ADMIN {
+            return Err(principal_error(
+                &name,
+                "the name is reserved for `rkms-server key` commands run at the machine, so that \
+                 their audit lines cannot be mistaken for a network caller's",
             ));
         }
         if !names.insert(name.clone()) {
