@@ -70,7 +70,8 @@ impl AppState {
 /// readiness check: needs a Tokio runtime.
 ///
 /// Reads answer GET only (see [`get_only`]); the key route also takes DELETE, and rotate and
-/// restore take POST. No route takes a body.
+/// restore take POST. No route takes a body (`limits::refuse_body`); a method a route does not
+/// take is refused first, with the methods it does.
 pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
     let protected = Router::new()
         .route(
@@ -78,6 +79,7 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
             get(get_key)
                 .delete(delete_key)
                 .head(|| async { ApiError::MethodNotAllowed("GET, DELETE") })
+                .route_layer(middleware::from_fn(limits::refuse_body))
                 .fallback(|| async { ApiError::MethodNotAllowed("GET, DELETE") }),
         )
         .route(&format!("{key_path}/rotate"), post_only(rotate_key))
@@ -89,7 +91,6 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
     Router::new()
         .merge(protected)
         .merge(probe_routes(Arc::clone(&state.service)))
-        .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
@@ -100,9 +101,7 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
 /// `/healthz` and `/readyz` alone, for `[server] health_port`: a listener of their own, which
 /// no key client can fill. Starts its own background readiness check.
 pub fn health_app(service: Arc<KeyService>, limits: Limits) -> Router {
-    probe_routes(service)
-        .route_layer(middleware::from_fn(limits::refuse_body))
-        .fallback(|| async { ApiError::NotFound })
+    probe_routes(service).fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(CatchPanicLayer::custom(panic_response))
 }
@@ -133,6 +132,7 @@ where
 {
     get(handler)
         .head(|| async { ApiError::MethodNotAllowed("GET") })
+        .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::MethodNotAllowed("GET") })
 }
 
@@ -144,7 +144,9 @@ where
     T: 'static,
     S: Clone + Send + Sync + 'static,
 {
-    post(handler).fallback(|| async { ApiError::MethodNotAllowed("POST") })
+    post(handler)
+        .route_layer(middleware::from_fn(limits::refuse_body))
+        .fallback(|| async { ApiError::MethodNotAllowed("POST") })
 }
 
 /// Finds the request's principal (401 without one; 429 for an address that failed too

@@ -3,6 +3,7 @@
 mod support;
 
 use base64::Engine as _;
+use support::lifecycle::{assert_key_commands, assert_lifecycle, LIFECYCLE_SECTIONS};
 use support::{assert_servers_converge, get_json, key, Server, ANONYMOUS_PRINCIPAL};
 
 #[tokio::test]
@@ -80,6 +81,58 @@ async fn three_servers_sharing_a_data_directory_converge_on_one_key_per_id() {
     // Started together, so they also race to create the keyring and the database.
     let servers = Server::start_together(3, &["--data-dir", dir.path().to_str().unwrap()]);
     assert_servers_converge(&servers, "fresh").await;
+}
+
+/// The embedded default's store and regions (a SQLite file and local regions in one data
+/// directory), shared by three servers and the `rkms-server key` commands.
+#[tokio::test]
+async fn a_key_lives_through_its_lifecycle_on_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"local-1\", \"local-2\", \"local-3\"]\n{LIFECYCLE_SECTIONS}{ANONYMOUS_PRINCIPAL}"
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let servers = Server::start_together(3, &args);
+    assert_lifecycle(&servers, "orders-lifecycle").await;
+    key(&reqwest::Client::new(), &servers[0], "by-command").await;
+    assert_key_commands(&config, dir.path(), "by-command");
+}
+
+/// With no configuration at all, the development principal may use every operation.
+#[tokio::test]
+async fn the_development_default_rotates_deletes_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::development(dir.path());
+    let client = reqwest::Client::new();
+    let first = key(&client, &server, "dev").await;
+    for (method, path, expected) in [
+        ("POST", "/rotate", 200),
+        ("DELETE", "", 200),
+        ("GET", "", 410),
+        ("POST", "/restore", 200),
+        ("GET", "/info", 200),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let url = format!("{}/api/v1/key{path}?id=dev", server.base);
+        let status = client
+            .request(method.clone(), &url)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), expected, "{method} {url}");
+    }
+    assert_ne!(key(&client, &server, "dev").await, first, "rotated");
 }
 
 #[tokio::test]

@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use rkms_conformance::proxy::Proxy;
 
+pub(crate) mod lifecycle;
+
 /// A `[[principals]]` entry for test configurations: anonymous callers (the tests run on
-/// loopback) may get and create any id and read metrics, without a rate limit.
+/// loopback) may do anything with any id and read metrics, without a rate limit.
 pub(crate) const ANONYMOUS_PRINCIPAL: &str = "\n[[principals]]\nname = \"tests\"\nanonymous = true\n\
-     metrics = true\nrate_limit_per_second = 0\nallow = [{ ids = [\"*\"], operations = [\"get\", \"create\"] }]\n";
+     metrics = true\nrate_limit_per_second = 0\nallow = [{ ids = [\"*\"], operations = [\"get\", \"create\", \
+     \"rotate\", \"delete\", \"restore\", \"describe\", \"list\"] }]\n";
 
 /// A running server process, killed on drop.
 pub(crate) struct Server {
