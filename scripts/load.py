@@ -1,9 +1,11 @@
 """Load test: the release rkms-server against three emulated KMS regions, one table of figures.
 
-Usage: python3 scripts/load.py [--duration SECONDS] [--connections N] [--quick]
+Usage: python3 scripts/load.py [--duration SECONDS] [--connections N] [--store sqlite|postgres]
+                              [--only TEXT]
 
 Builds the release server, starts the test services (scripts/services.sh), and for each
-scenario starts the server with its configuration over one SQLite file, drives it with wrk,
+scenario starts the server with its configuration over one store (a SQLite file, or a schema
+of the test PostgreSQL with --store postgres), drives it with wrk,
 and reads KMS calls from the server's /metrics. Every request authenticates with a bearer token
 (a principal without a rate limit) and is written to the audit log, as in production. Prints a Markdown table: requests/s, p50, p99,
 error rate and KMS calls per request. Everything runs on loopback; every run is bounded.
@@ -12,6 +14,8 @@ Scenarios:
   hot cached GET          cache on, 100 existing ids
   hot cached GET, audit sync always   the same, each key handed out after an fsync of its
                           audit line (shared by the requests waiting together)
+  hot cached GET, check_state_on_hit  the same, each hit also reads its record from the
+                          store ([lifecycle] check_state_on_hit = true)
   GET, cache disabled     every request unwraps in KMS
   create                  every request a new id (generate + 2 wraps + 1 conditional write)
   first region refused    cache off; region 1's endpoint refuses connections
@@ -97,7 +101,14 @@ def services_env():
     return env
 
 
-def config(env, data_dir, endpoints, cache, audit_sync="os"):
+def store_section(env, data_dir, store):
+    if store == "postgres":
+        return ["[store]", 'backend = "postgres"', f'url = "{env["RKMS_TEST_POSTGRES_URL"]}"',
+                f'schema = "rkms_load_{os.getpid()}"']
+    return ["[store]", 'backend = "sqlite"', f'path = "{data_dir}/rkms.sqlite3"']
+
+
+def config(env, data_dir, endpoints, cache, store, audit_sync="os", check_state=False):
     regions = env["RKMS_TEST_KMS_REGIONS"].split(",")
     key_ids = ", ".join(f'{r} = "alias/rkms-{r}"' for r in regions)
     lines = [
@@ -105,8 +116,9 @@ def config(env, data_dir, endpoints, cache, audit_sync="os"):
         "[kms]", 'provider = "aws"', "regions = [" + ", ".join(f'"{r}"' for r in regions) + "]",
         "key_ids = { " + key_ids + " }", "timeout_ms = 1000", "connect_timeout_ms = 300",
         "[kms.endpoints]", *[f'{r} = "{e}"' for r, e in zip(regions, endpoints)],
-        "[store]", 'backend = "sqlite"', f'path = "{data_dir}/rkms.sqlite3"',
+        *store_section(env, data_dir, store),
         "[cache]", f"enabled = {'true' if cache else 'false'}",
+        "[lifecycle]", f"check_state_on_hit = {'true' if check_state else 'false'}",
         "[audit]", f'path = "{data_dir}/audit.log"', f'sync = "{audit_sync}"',
         "[[principals]]", 'name = "load"', f'token_sha256 = ["{hashlib.sha256(TOKEN.encode()).hexdigest()}"]',
         "metrics = true", "rate_limit_per_second = 0",
@@ -182,6 +194,7 @@ def main():
     parser.add_argument("--connections", type=int, default=8, help="for the cached scenario")
     parser.add_argument("--kms-connections", type=int, default=8, help="for scenarios that call KMS")
     parser.add_argument("--only", help="run only the scenarios whose name contains this")
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -196,7 +209,7 @@ def main():
         data_dir = tempfile.mkdtemp(prefix="rkms-load-")
         ids_file = os.path.join(data_dir, "ids.txt")
 
-        seed = Server(env, config(env, data_dir, endpoints, cache=False))
+        seed = Server(env, config(env, data_dir, endpoints, cache=False, store=args.store))
         ids = [f"existing-{i}" for i in range(100)]
         for key_id in ids:
             seed.get(f"/api/v1/key?id={key_id}")
@@ -205,19 +218,20 @@ def main():
             f.write("\n".join(ids) + "\n")
 
         scenarios = [
-            ("hot cached GET", endpoints, True, EXISTING_LUA, [ids_file], args.connections, "os"),
-            ("hot cached GET, audit sync always", endpoints, True, EXISTING_LUA, [ids_file], args.connections, "always"),
-            ("GET, cache disabled", endpoints, False, EXISTING_LUA, [ids_file], args.kms_connections, "os"),
-            ("create (always-new ids)", endpoints, False, CREATE_LUA, ["new"], args.kms_connections, "os"),
-            ("first region refused", refused, False, EXISTING_LUA, [ids_file], args.kms_connections, "os"),
-            ("first region blackholed", blackholed, False, EXISTING_LUA, [ids_file], args.kms_connections, "os"),
-            ("create, first region refused", refused, False, CREATE_LUA, ["refused"], args.kms_connections, "os"),
+            ("hot cached GET", endpoints, True, EXISTING_LUA, [ids_file], args.connections, {}),
+            ("hot cached GET, audit sync always", endpoints, True, EXISTING_LUA, [ids_file], args.connections, {"audit_sync": "always"}),
+            ("hot cached GET, check_state_on_hit", endpoints, True, EXISTING_LUA, [ids_file], args.connections, {"check_state": True}),
+            ("GET, cache disabled", endpoints, False, EXISTING_LUA, [ids_file], args.kms_connections, {}),
+            ("create (always-new ids)", endpoints, False, CREATE_LUA, ["new"], args.kms_connections, {}),
+            ("first region refused", refused, False, EXISTING_LUA, [ids_file], args.kms_connections, {}),
+            ("first region blackholed", blackholed, False, EXISTING_LUA, [ids_file], args.kms_connections, {}),
+            ("create, first region refused", refused, False, CREATE_LUA, ["refused"], args.kms_connections, {}),
         ]
         rows = []
-        for name, scenario_endpoints, cache, lua, lua_args, connections, audit_sync in scenarios:
+        for name, scenario_endpoints, cache, lua, lua_args, connections, extra in scenarios:
             if args.only and args.only not in name:
                 continue
-            server = Server(env, config(env, data_dir, scenario_endpoints, cache, audit_sync))
+            server = Server(env, config(env, data_dir, scenario_endpoints, cache, args.store, **extra))
             before = server.kms_calls()
             requests, rps, p50, p99, errors = wrk(server, lua, lua_args, args.duration, connections)
             calls = server.kms_calls() - before
@@ -225,7 +239,7 @@ def main():
             rows.append((name, connections, rps, p50, p99, 100.0 * errors / max(requests, 1), calls / max(requests, 1)))
             print(f"done: {name}", file=sys.stderr)
 
-        print(f"\nwrk, {args.duration} s per scenario, 2 threads; three moto KMS regions; SQLite store\n")
+        print(f"\nwrk, {args.duration} s per scenario, 2 threads; three moto KMS regions; {args.store} store\n")
         print("| scenario | connections | requests/s | p50 ms | p99 ms | errors % | KMS calls/request |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, connections, rps, p50, p99, error_rate, calls in rows:

@@ -1,5 +1,6 @@
-//! The core's hot paths: a cache hit, a cache miss (store read and one decrypt), and a create
-//! (generate, two wraps, one conditional write), over MemoryStore and LocalKms.
+//! The core's hot paths: a cache hit (also with `check_state_on_hit`, a store read and a
+//! record decode per hit), a cache miss (store read and one decrypt), and a create (generate,
+//! two wraps, one conditional write), over MemoryStore and LocalKms.
 //!
 //! `cargo bench -p rkms-core`. The figures and the machine are in BENCHMARKS.md.
 
@@ -7,14 +8,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rkms_core::{CacheOptions, KeyId, KeyService, Kms, LocalKeyring, MemoryStore, ServiceOptions};
+use rkms_core::{
+    CacheOptions, KeyId, KeyService, Kms, LifecycleOptions, LocalKeyring, MemoryStore,
+    ServiceOptions,
+};
 
 fn service(cache: bool) -> KeyService {
+    service_checking(cache, false)
+}
+
+fn service_checking(cache: bool, check_state_on_hit: bool) -> KeyService {
     let ring = LocalKeyring::generate(&["k1", "k2", "k3"]).unwrap();
     let options = ServiceOptions {
         cache: CacheOptions {
             enabled: cache,
             ..CacheOptions::default()
+        },
+        lifecycle: LifecycleOptions {
+            check_state_on_hit,
+            ..LifecycleOptions::default()
         },
         ..ServiceOptions::default()
     };
@@ -43,6 +55,13 @@ fn hot_paths(c: &mut Criterion) {
     c.bench_function("get_or_create/cache_hit", |b| {
         b.to_async(&runtime)
             .iter(|| async { cached.get_or_create(&id).await.unwrap() })
+    });
+
+    let checking = service_checking(true, true);
+    runtime.block_on(checking.get_or_create(&id)).unwrap();
+    c.bench_function("get_or_create/cache_hit_check_state_on_hit", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { checking.get_or_create(&id).await.unwrap() })
     });
 
     let uncached = service(false);

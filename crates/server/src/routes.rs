@@ -101,7 +101,8 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
 /// `/healthz` and `/readyz` alone, for `[server] health_port`: a listener of their own, which
 /// no key client can fill. Starts its own background readiness check.
 pub fn health_app(service: Arc<KeyService>, limits: Limits) -> Router {
-    probe_routes(service).fallback(|| async { ApiError::NotFound })
+    probe_routes(service)
+        .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(CatchPanicLayer::custom(panic_response))
 }
