@@ -8,7 +8,8 @@
 //!   ([`Store::put_if_absent`]) and a compare-and-set update ([`Store::compare_and_swap`]).
 //! - [`Kms`]: one KMS region with one master key: generate, encrypt, decrypt, each under an
 //!   [`EncryptionContext`].
-//! - [`Record`]: every region's wrapped copy of one data key. No plaintext is ever stored.
+//! - [`Record`]: an id's lifecycle state and, for each version of its data key, every
+//!   region's wrapped copy. No plaintext is ever stored.
 //! - [`KeyService`]: the protocol below.
 //! - [`MemoryStore`] and [`LocalKms`]: an in-memory store and software master keys, for
 //!   development, embedding and tests. Neither is a production key store.
@@ -18,13 +19,17 @@
 //! [`KeyService::get_or_create`] for an id:
 //!
 //! 1. The id was validated when the [`KeyId`] was made (length and characters), before any I/O.
-//! 2. Every KMS call below carries the encryption context `{"rkms:id": id}`.
+//! 2. Every KMS call below carries the encryption context `{"rkms:id": id}`, and from key
+//!    version 2 on also `{"rkms:version": n}` ([`EncryptionContext::for_version`]).
 //! 3. **Cache:** a key cached less than the TTL ago is returned at once; one asked for in the
 //!    last tenth of its TTL is also refreshed once in the background. Concurrent misses for one
 //!    id share a single fetch (one store read, one KMS call). A reader's fetch
 //!    ([`KeyService::get_existing`]) never creates.
 //! 4. **Read** the record with [`Store::get`].
-//! 5. **Found:** decode it and decrypt a copy, starting with the best region: regions whose
+//! 5. **Found:** decode it; an id pending deletion or deleted is refused here
+//!    ([`ServiceError::PendingDeletion`], [`ServiceError::Deleted`]; one whose window has
+//!    ended is also completed in the background). Decrypt a copy of the current version,
+//!    starting with the best region: regions whose
 //!    circuit breaker is open go last, then lower observed latency, then configured order. If
 //!    that region has not answered within its hedge delay, the next one is asked too; a failure
 //!    moves on at once. The first success wins; the other calls are cancelled. A region with an
@@ -47,12 +52,43 @@
 //!    id), and [`KeyService::repair_sweep`] walks the whole store. Repair calls KMS only when a
 //!    region it needs may be called, and at most `repair.kms_calls_per_second`.
 //!
+//! # The lifecycle
+//!
+//! An id has versions 1, 2, ... (the last is current: what get-or-create answers) and a state
+//! ([`KeyState`]): active, pending deletion until a time, or deleted (a tombstone). Each
+//! change below reads the record, decides from its state, and writes it back by
+//! [`Store::compare_and_swap`] on the version it read; a lost race reads again and decides
+//! again (up to five times, then [`ServiceError::Conflict`]). The process that made a change
+//! drops its cached key at once; other processes see it within their cache TTL, or at once
+//! with [`LifecycleOptions::check_state_on_hit`]. A record of the original Go RKMS is
+//! upgraded first, as repair does.
+//!
+//! - [`KeyService::rotate`]: makes version n+1 like a create (generate, wrap, the same
+//!   quorum), then appends it if the record is still active at version n. A concurrent
+//!   rotation that appended n+1 first makes this one [`ServiceError::Conflict`]: two
+//!   rotations never make one version twice.
+//! - [`KeyService::get_version`]: version n's key; never creates; refused like a read while
+//!   the id is not active.
+//! - [`KeyService::schedule_deletion`]: active → pending deletion at now +
+//!   [`LifecycleOptions::deletion_window`]; again while pending keeps the first time.
+//! - [`KeyService::restore`]: pending → active, before the window ends.
+//! - [`KeyService::complete_deletion`]: once the window has ended, destroys every version's
+//!   copies and leaves a tombstone. Run by the process that scheduled the deletion (its
+//!   repairer), by any read after the window, and by every [`KeyService::repair_sweep`]. An
+//!   id is deleted from the window's end on, whether or not its copies are destroyed yet;
+//!   a restore racing the completion has one winner, by compare-and-set.
+//! - [`KeyService::describe`], [`KeyService::list_keys`]: metadata, no KMS call.
+//!
+//! A tombstone is never replaced: creates use [`Store::put_if_absent`], which never
+//! overwrites, so a deleted id is never silently created again with another key.
+//!
 //! # Guarantees
 //!
-//! - **First write wins.** Once any caller was handed a key for an id, every later caller,
-//!   through any service sharing the store, gets the same key: records are only created by
-//!   `put_if_absent`, a loser returns the winner's key, never its own, and repair changes a
-//!   record only by compare-and-set, adding copies of the same key.
+//! - **First write wins.** Once any caller was handed a key for an id and version, every
+//!   later caller, through any service sharing the store, gets the same key for it: records
+//!   are only created by `put_if_absent`, a loser returns the winner's key, never its own, and
+//!   every change (repair, rotation, deletion) is a compare-and-set that keeps the copies of
+//!   every existing version or destroys them all.
 //! - **No plaintext at rest.** The store holds only wrapped copies. [`DataKey`] is zeroized on
 //!   drop (also when the cache evicts it) and prints as `[REDACTED]`.
 //! - **Copies are bound to their id and region.** A copy moved under another id fails to
@@ -82,6 +118,9 @@
 //!   [`ServiceError::CorruptRecord`]; other ids are unaffected.
 //! - The record holds copies only for regions that are not configured:
 //!   [`ServiceError::NoCopyForConfiguredRegions`].
+//! - The id is pending deletion or deleted: [`ServiceError::PendingDeletion`] or
+//!   [`ServiceError::Deleted`], never a stale key. An operation that never creates finds no
+//!   record, or no such version: [`ServiceError::NotFound`], [`ServiceError::VersionNotFound`].
 //!
 //! Metrics are recorded through the `metrics` facade under the names in [`telemetry`].
 

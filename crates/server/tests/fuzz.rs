@@ -52,11 +52,7 @@ fn router(audit: &std::path::Path) -> Router {
         metrics: true,
         policy: Policy::new(vec![Rule {
             ids: vec![IdPattern::parse("a*").unwrap()],
-            operations: Operations {
-                get: true,
-                create: true,
-                ..Operations::default()
-            },
+            operations: Operations::all(),
         }]),
         rate_limit: None,
         create_rate: None,
@@ -84,6 +80,10 @@ fn url_text(max: usize) -> impl Strategy<Value = String> {
             "%[0-9a-fA-F]{2}",
             "[-_.:/@+=&?#;, ]",
             Just("id=".to_owned()),
+            Just("version=".to_owned()),
+            Just("limit=".to_owned()),
+            Just("prefix=".to_owned()),
+            Just("after=".to_owned()),
             Just("a".to_owned()),
             ".",
         ],
@@ -105,6 +105,10 @@ struct FuzzRequest {
 fn request() -> impl Strategy<Value = FuzzRequest> {
     let path = prop_oneof![
         4 => Just("/api/v1/key".to_owned()),
+        1 => Just("/api/v1/key/rotate".to_owned()),
+        1 => Just("/api/v1/key/restore".to_owned()),
+        1 => Just("/api/v1/key/info".to_owned()),
+        1 => Just("/api/v1/keys".to_owned()),
         1 => Just("/healthz".to_owned()),
         1 => Just("/readyz".to_owned()),
         1 => Just("/metrics".to_owned()),
@@ -113,6 +117,9 @@ fn request() -> impl Strategy<Value = FuzzRequest> {
     let query = prop_oneof![
         url_text(12),
         "[a-zA-Z0-9._:/@+=-]{0,12}".prop_map(|t| format!("id=a{t}")),
+        ("[a-c]{1,2}", "[-0-9a-z]{0,12}").prop_map(|(id, v)| format!("id={id}&version={v}")),
+        ("[a-c]{0,2}", "[-0-9a-zA-Z_]{0,16}", "[-0-9]{0,5}")
+            .prop_map(|(p, after, limit)| format!("prefix={p}&after={after}&limit={limit}")),
     ];
     let authorization = prop::option::of(prop_oneof![
         4 => Just(format!("Bearer {TOKEN}")),
