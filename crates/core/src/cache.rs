@@ -101,6 +101,9 @@ type Fetched = Result<Option<Arc<CachedKey>>, Arc<ServiceError>>;
 /// A fetch that concurrent callers await together.
 type SharedFetch = Shared<BoxFuture<'static, Fetched>>;
 
+/// The fetches under way, by id and mode, with the [`KeyCache::forget`] count they started at.
+type InFlightMap = HashMap<(KeyId, Fetch), (u64, SharedFetch)>;
+
 /// What [`KeyCache::get`] found.
 #[derive(Debug)]
 pub(crate) enum Lookup {
@@ -121,9 +124,10 @@ pub(crate) enum Lookup {
 #[derive(Debug)]
 pub(crate) struct KeyCache {
     entries: Cache<KeyId, Arc<CachedKey>>,
-    in_flight: Arc<Mutex<HashMap<(KeyId, Fetch), SharedFetch>>>,
-    /// Counts [`KeyCache::forget`] calls: a fetch that started before one does not fill the
-    /// cache, as it may have read the record before the change.
+    in_flight: Arc<Mutex<InFlightMap>>,
+    /// Counts [`KeyCache::forget`] calls (and refusals that forget): a fetch that started
+    /// before one neither fills the cache nor is joined by later callers, as it may have read
+    /// the record before the change.
     forgotten: Arc<AtomicU64>,
     options: CacheOptions,
     /// Age from which a lookup starts a refresh-ahead.
@@ -221,24 +225,27 @@ impl KeyCache {
     {
         let key = (id.clone(), mode);
         let mut in_flight = lock(&self.in_flight);
-        if let Some(running) = in_flight.get(&key) {
+        let started_at = self.forgotten.load(Ordering::SeqCst);
+        // A fetch that started before a change may have read the record before it: later
+        // callers start their own.
+        if let Some((_, running)) = in_flight
+            .get(&key)
+            .filter(|(epoch, _)| *epoch == started_at)
+        {
             return (running.clone(), false);
         }
         let entries = self.entries.clone();
-        let (forgotten, started_at) = (
-            Arc::clone(&self.forgotten),
-            self.forgotten.load(Ordering::SeqCst),
-        );
+        let forgotten = Arc::clone(&self.forgotten);
         let leave = LeaveOnDrop {
             map: Arc::clone(&self.in_flight),
             key: key.clone(),
+            epoch: started_at,
         };
         let future = fetch(mode);
         // The map's lock is held until the fetch is in it, so the task cannot leave it first.
         let task = tokio::spawn(async move {
             let result = future.await;
-            let current = forgotten.load(Ordering::SeqCst) == started_at;
-            let result = settle(&entries, &leave.key.0, result, current).await;
+            let result = settle(&entries, &leave.key.0, result, &forgotten, started_at).await;
             drop(leave);
             result
         });
@@ -254,7 +261,7 @@ impl KeyCache {
         }
         .boxed()
         .shared();
-        in_flight.insert(key, shared.clone());
+        in_flight.insert(key, (started_at, shared.clone()));
         (shared, true)
     }
 
@@ -284,19 +291,23 @@ impl KeyCache {
     }
 }
 
-/// Takes a fetch's result into the cache. A key read is cached (when `current`: no
-/// [`KeyCache::forget`] came since the fetch started), unless it differs from the key cached
-/// for the id and version, or is of an older version: a version's key never changes and
-/// versions only grow, so the record was replaced (by whoever can write the store), and the
-/// key read is refused as an integrity failure, the cached key kept. A failure that is not an
-/// outage (an integrity failure, an unreadable record, an id pending deletion or deleted)
-/// also removes the id's entry, so that no later outage can answer with it stale.
+/// Takes a fetch's result into the cache. A key read is cached, unless a
+/// [`KeyCache::forget`] came since the fetch started (`started_at`; checked again after the
+/// insert, which a forget may overtake), or the key differs from the key cached for the id
+/// and version, or is of an older version: a version's key never changes and versions only
+/// grow, so the record was replaced (by whoever can write the store), and the key read is
+/// refused as an integrity failure, the cached key kept. A failure that is not an outage (an
+/// integrity failure, an unreadable record, an id pending deletion or deleted) forgets the id
+/// as a change does, so that neither a later outage nor a fetch that read the record before
+/// can answer with its key.
 async fn settle(
     entries: &Cache<KeyId, Arc<CachedKey>>,
     id: &KeyId,
     result: Result<Option<Arc<CachedKey>>, ServiceError>,
-    current: bool,
+    forgotten: &AtomicU64,
+    started_at: u64,
 ) -> Fetched {
+    let current = || forgotten.load(Ordering::SeqCst) == started_at;
     match result {
         Ok(Some(entry)) => {
             if entries.get(id).await.is_some_and(|old| {
@@ -307,14 +318,18 @@ async fn settle(
                 metrics::counter!(crate::telemetry::INTEGRITY_FAILURES).increment(1);
                 return Err(Arc::new(ServiceError::KeyChanged { id: id.clone() }));
             }
-            if current {
+            if current() {
                 entries.insert(id.clone(), Arc::clone(&entry)).await;
+                if !current() {
+                    entries.invalidate(id).await;
+                }
             }
             Ok(Some(entry))
         }
         Ok(None) => Ok(None),
         Err(error) => {
             if !error.is_unavailable() {
+                forgotten.fetch_add(1, Ordering::SeqCst);
                 entries.invalidate(id).await;
             }
             Err(Arc::new(error))
@@ -325,13 +340,22 @@ async fn settle(
 /// Removes a fetch from the in-flight map when its task ends, however it ends (a panicking
 /// store included), so that no id is left joined to a fetch that is gone.
 struct LeaveOnDrop {
-    map: Arc<Mutex<HashMap<(KeyId, Fetch), SharedFetch>>>,
+    map: Arc<Mutex<InFlightMap>>,
     key: (KeyId, Fetch),
+    /// The forget count the fetch started at: a later fetch of the same id and mode may have
+    /// taken its place in the map, and stays.
+    epoch: u64,
 }
 
 impl Drop for LeaveOnDrop {
     fn drop(&mut self) {
-        lock(&self.map).remove(&self.key);
+        let mut map = lock(&self.map);
+        if map
+            .get(&self.key)
+            .is_some_and(|(epoch, _)| *epoch == self.epoch)
+        {
+            map.remove(&self.key);
+        }
     }
 }
 

@@ -392,6 +392,64 @@ async fn a_fetch_that_read_before_a_deletion_does_not_put_the_key_back_in_the_ca
 }
 
 #[tokio::test]
+async fn a_request_after_a_deletion_never_joins_a_fetch_that_read_before_it() {
+    let regions = Regions::new();
+    let store = Arc::new(Wrapped(SlowReads::default()));
+    let clock = TestClock::new();
+    let service = regions.service_with(
+        store.clone(),
+        cached(options(&clock), Duration::from_secs(60)),
+    );
+    regions
+        .service_with(store.clone(), options(&clock))
+        .get_or_create(&id("a"))
+        .await
+        .unwrap();
+
+    store.slow.store(true, Ordering::SeqCst);
+    let early = tokio::spawn({
+        let service = service.clone();
+        async move { service.get_or_create(&id("a")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    service.schedule_deletion(&id("a")).await.unwrap();
+    let after = service.get_or_create(&id("a")).await;
+    assert!(
+        pending(&after),
+        "a request made after the deletion answered is refused, got {after:?}"
+    );
+    assert!(early.await.unwrap().is_ok(), "it began before the deletion");
+}
+
+#[tokio::test]
+async fn a_refusal_keeps_a_fetch_that_read_before_it_from_filling_the_cache() {
+    let regions = Regions::new();
+    let store = Arc::new(Wrapped(SlowReads::default()));
+    let clock = TestClock::new();
+    let service = regions.service_with(
+        store.clone(),
+        cached(options(&clock), Duration::from_secs(60)),
+    );
+    let other = regions.service_with(store.clone(), options(&clock));
+    other.get_or_create(&id("a")).await.unwrap();
+
+    // A reader's fetch reads the active record, then is slow.
+    store.slow.store(true, Ordering::SeqCst);
+    let reader = tokio::spawn({
+        let service = service.clone();
+        async move { service.get_existing(&id("a")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    other.schedule_deletion(&id("a")).await.unwrap();
+    assert!(pending(&service.get_or_create(&id("a")).await));
+    assert!(reader.await.unwrap().is_ok(), "it read before the deletion");
+    assert!(
+        pending(&service.get_or_create(&id("a")).await),
+        "the reader's fetch did not put the key back"
+    );
+}
+
+#[tokio::test]
 async fn a_stale_key_is_never_served_for_an_id_known_to_be_pending_deletion() {
     let regions = Regions::new();
     let store = Arc::new(Wrapped(SlowReads::default()));
