@@ -692,3 +692,35 @@ async fn operations_on_an_id_that_does_not_exist_are_not_found_and_create_nothin
     assert!(store.get(&missing).await.unwrap().is_none());
     assert_eq!(regions.total_calls(), 0);
 }
+
+#[tokio::test]
+async fn rotation_stops_before_a_record_outgrows_what_every_store_holds() {
+    let regions = Regions::new();
+    let store = Arc::new(MemoryStore::new());
+    let service = regions.service_with(
+        store.clone(),
+        ServiceOptions {
+            data_key_len: 1024,
+            ..options(&TestClock::new())
+        },
+    );
+    service.get_or_create(&id("big")).await.unwrap();
+    let refused = loop {
+        match service.rotate(&id("big")).await {
+            Ok(version) => assert!(version <= rkms_core::MAX_VERSIONS),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(refused, ServiceError::Conflict { .. }),
+        "{refused}"
+    );
+    let stored = store.get(&id("big")).await.unwrap().unwrap();
+    let versions = Record::decode(&stored.bytes).unwrap().versions.len();
+    assert!(
+        stored.bytes.len() <= 300 * 1024 && versions < rkms_core::MAX_VERSIONS as usize,
+        "{} bytes, {versions} versions",
+        stored.bytes.len()
+    );
+    assert!(service.get_version(&id("big"), 1).await.is_ok());
+}

@@ -29,6 +29,14 @@ const MAX_LIST_PAGES: usize = 10;
 /// Records a listing reads at once, for their states.
 const LIST_READS_AT_ONCE: usize = 16;
 
+/// Largest encoded record a change writes: DynamoDB holds at most 400 KB per item (attribute
+/// names, the id and an original's `keys` included), the tightest of the stores.
+const MAX_RECORD_BYTES: usize = 300 * 1024;
+
+/// How long a change waits before reading again when another task of this process is
+/// upgrading the same legacy record.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Metadata of one id, without key material.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -127,16 +135,35 @@ impl KeyService {
                 continue;
             }
             let (update, answer) = match decide(&record)? {
-                Change::Unchanged(answer) => return Ok(answer),
+                Change::Unchanged(answer) => {
+                    // A retry of a change whose answer was lost (a timeout after the write
+                    // landed) finds it made: the cached key goes now.
+                    self.forget_cached(id).await;
+                    return Ok(answer);
+                }
                 Change::Write(update, answer) => (update, answer),
             };
-            let write = self
-                .inner
-                .store
-                .compare_and_swap(id, stored.version, update.encode());
-            match self.store_call("compare_and_swap", write).await {
+            let bytes = update.encode();
+            if bytes.len() > MAX_RECORD_BYTES {
+                return Err(ServiceError::Conflict {
+                    id: id.clone(),
+                    reason: format!(
+                        "its record would grow past {MAX_RECORD_BYTES} bytes, more than every \
+                         store can hold in one item"
+                    ),
+                });
+            }
+            let write = self.inner.store.compare_and_swap(id, stored.version, bytes);
+            let written = self.store_call("compare_and_swap", write).await;
+            if !matches!(
+                written,
+                Err(ServiceError::Store(StoreError::PreconditionFailed { .. }))
+            ) {
+                // Also after an error: the write may have landed all the same.
+                self.forget_cached(id).await;
+            }
+            match written {
                 Ok(_) => {
-                    self.forget_cached(id).await;
                     metrics::counter!(telemetry::LIFECYCLE_CHANGES, "change" => change)
                         .increment(1);
                     return Ok(answer);
@@ -151,10 +178,16 @@ impl KeyService {
         })
     }
 
-    /// Wraps a legacy record's key again under the id's context, as repair does.
+    /// Wraps a legacy record's key again under the id's context, as repair does. When a
+    /// repair of this process already holds the id (a read started one), waits a moment for
+    /// the caller to read again.
     async fn upgrade_before_change(&self, id: &KeyId) -> Result<(), ServiceError> {
         match self.repair(id).await? {
             super::RepairOutcome::Upgraded { .. } | super::RepairOutcome::Complete => Ok(()),
+            super::RepairOutcome::StillMissing(regions) if regions.is_empty() => {
+                tokio::time::sleep(UPGRADE_WAIT).await;
+                Ok(())
+            }
             _ => Err(ServiceError::RegionsUnavailable {
                 id: id.clone(),
                 action: KmsAction::Wrap,
@@ -175,7 +208,10 @@ impl KeyService {
     pub async fn rotate(&self, id: &KeyId) -> Result<u32, ServiceError> {
         self.within_deadline(async {
             let mut record = self.read_existing(id).await?;
-            if record.wrapped_without_context {
+            for _ in 0..ATTEMPTS {
+                if !record.wrapped_without_context {
+                    break;
+                }
                 self.upgrade_before_change(id).await?;
                 record = self.read_existing(id).await?;
             }
@@ -236,22 +272,24 @@ impl KeyService {
     /// Cancels `id`'s pending deletion; returns the state, active. Restoring an active id
     /// changes nothing; a deleted one cannot be restored ([`ServiceError::Deleted`]).
     pub async fn restore(&self, id: &KeyId) -> Result<KeyState, ServiceError> {
-        let state =
+        let restored =
             self.within_deadline(self.change(id, "restore", |record| {
                 match record.state.at(self.now()) {
                     KeyState::PendingDeletion { .. } => {
                         let mut update = record.clone();
                         update.state = KeyState::Active;
-                        Ok(Change::Write(update, KeyState::Active))
+                        Ok(Change::Write(update, true))
                     }
-                    KeyState::Active => Ok(Change::Unchanged(KeyState::Active)),
+                    KeyState::Active => Ok(Change::Unchanged(false)),
                     deleted @ KeyState::Deleted { .. } => Err(not_active(id, deleted)),
                 }
             }))
             .await?;
-        info!(%id, "deletion cancelled");
+        if restored {
+            info!(%id, "deletion cancelled");
+        }
         self.deletions().remove(id);
-        Ok(state)
+        Ok(KeyState::Active)
     }
 
     /// Completes `id`'s deletion if its window has ended: destroys every wrapped copy of every
