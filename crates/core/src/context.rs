@@ -38,6 +38,15 @@ impl EncryptionContext {
         context
     }
 
+    /// The context that seals a listing cursor for `audience` (who listed) and `prefix`, so
+    /// that a cursor opens only for the same caller and prefix.
+    pub fn for_list_cursor(audience: &str, prefix: &str) -> Self {
+        Self(BTreeMap::from([
+            ("rkms:list-cursor".to_owned(), audience.to_owned()),
+            ("rkms:prefix".to_owned(), prefix.to_owned()),
+        ]))
+    }
+
     /// An empty context, as the original Go RKMS used.
     pub fn empty() -> Self {
         Self::default()

@@ -639,7 +639,10 @@ async fn listing_pages_through_ids_with_a_prefix_and_their_states() {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = service.list_keys("app/", after.as_ref(), 2).await.unwrap();
+        let page = service
+            .list_keys("tester", "app/", after.as_deref(), 2)
+            .await
+            .unwrap();
         assert!(page.keys.len() <= 2);
         seen.extend(
             page.keys

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use rkms_core::{KeyId, KeyService, ListCursor, Store};
+use rkms_core::{KeyId, KeyService, Store};
 use rkms_server::audit::{self, AuditLog};
 use rkms_server::auth::{self, Authenticator, Principal, TokenHash};
 use rkms_server::backends::{open_regions, open_store};
@@ -400,13 +400,10 @@ async fn key_command(settings: &Settings, action: &KeyAction) -> ExitCode {
             prefix,
             after,
             limit,
-        } => {
-            let after = after.clone().map(ListCursor::from_token);
-            opened
-                .list(caller, prefix, after.as_ref(), *limit)
-                .await
-                .map(|page| render::list_body(&page))
-        }
+        } => opened
+            .list(caller, prefix, after.as_deref(), *limit)
+            .await
+            .map(|page| render::list_body(&page)),
     };
     if let Some(Err(e)) = match &opened.audit {
         Some(audit) => Some(audit.close().await),

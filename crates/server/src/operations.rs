@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use rkms_core::{
-    IssuedKey, KeyId, KeyInfo, KeyListing, KeyService, KeyState, ListCursor, ServiceError,
-};
+use rkms_core::{IssuedKey, KeyId, KeyInfo, KeyListing, KeyService, KeyState, ServiceError};
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::Principal;
@@ -164,12 +162,13 @@ impl KeyOperations {
     }
 
     /// Up to `limit` ids starting with `prefix` that the caller may list, going on from
-    /// `after`. The audit line carries the prefix as its id.
+    /// `after` (a cursor sealed for this caller and prefix: it names no id). The audit line
+    /// carries the prefix as its id.
     pub async fn list(
         &self,
         caller: Caller<'_>,
         prefix: &str,
-        after: Option<&ListCursor>,
+        after: Option<&str>,
         limit: usize,
     ) -> Result<KeyListing, ApiError> {
         let audit = Audit {
@@ -184,7 +183,12 @@ impl KeyOperations {
             .outcome(
                 "list",
                 self.service
-                    .list_keys(prefix, after, limit.clamp(1, MAX_LIST_LIMIT))
+                    .list_keys(
+                        &caller.principal.name,
+                        prefix,
+                        after,
+                        limit.clamp(1, MAX_LIST_LIMIT),
+                    )
                     .await,
             )
             .await?;

@@ -15,7 +15,7 @@ use axum::{Extension, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rkms_core::{IssuedKey, KeyId, KeyService, ListCursor, ID_PUNCTUATION, MAX_ID_LEN};
+use rkms_core::{IssuedKey, KeyId, KeyService, ID_PUNCTUATION, MAX_ID_LEN};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -312,9 +312,7 @@ async fn list_keys(
     with_request_id(|request_id| async move {
         let query = Query::parse(query.as_deref())?;
         let prefix = query.prefix()?;
-        let after = query
-            .one("after")?
-            .map(|token| ListCursor::from_token(token.into_owned()));
+        let after = query.one("after")?;
         let limit = query.limit()?;
         let caller = Caller {
             principal: &principal,
@@ -322,7 +320,7 @@ async fn list_keys(
         };
         let listing = state
             .operations()
-            .list(caller, &prefix, after.as_ref(), limit)
+            .list(caller, &prefix, after.as_deref(), limit)
             .await?;
         Ok(json(&list_body(&listing)))
     })

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use base64::Engine as _;
 use rkms_core::{
     CacheOptions, Clock, KeyService, Kms, LifecycleOptions, LocalKeyring, MemoryStore,
     ServiceOptions, Store,
@@ -408,5 +409,69 @@ async fn listings_page_with_their_cursor_and_refuse_one_they_did_not_issue() {
         (status, &body["error_type"]),
         (StatusCode::BAD_REQUEST, &Value::from("BadRequest")),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_listing_cursor_names_no_id_and_opens_only_for_its_caller() {
+    let api = Api::new(&[admin(), principal("viewer", "team/*", &["list"])]);
+    for name in [
+        "secret/alpha",
+        "secret/beta",
+        "team/a",
+        "secret/gamma",
+        "team/b",
+        "zz-secret",
+    ] {
+        let (status, _) = api
+            .call("admin", "GET", &format!("/api/v1/key?id={name}"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut seen = Vec::new();
+    let mut tokens = Vec::new();
+    let mut uri = "/api/v1/keys?limit=1".to_owned();
+    loop {
+        let (status, page) = api.call("viewer", "GET", &uri).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        seen.extend(
+            page["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => {
+                tokens.push(next.to_owned());
+                uri = format!("/api/v1/keys?limit=1&after={next}");
+            }
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["team/a", "team/b"]);
+    assert!(!tokens.is_empty());
+    for token in &tokens {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("secret"),
+            "a cursor names a hidden id: {text}"
+        );
+    }
+    let (status, body) = api
+        .call(
+            "admin",
+            "GET",
+            &format!("/api/v1/keys?limit=1&after={}", tokens[0]),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error_type"]),
+        (StatusCode::BAD_REQUEST, &Value::from("BadRequest")),
+        "a cursor opens only for the caller it was sealed for: {body}"
     );
 }

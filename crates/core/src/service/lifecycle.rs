@@ -10,6 +10,8 @@
 //! Records of the original Go RKMS are upgraded (wrapped again under the id's context) before
 //! any change: a changed record is written in RKMS's own format, which carries no legacy mark.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use futures::stream::{self, StreamExt as _};
 use tracing::info;
 
@@ -17,7 +19,7 @@ use super::{KeyService, KmsAction, ServiceError};
 use crate::record::{KeyState, Record, MAX_VERSIONS};
 use crate::store::StoreError;
 use crate::telemetry;
-use crate::{KeyId, ListCursor};
+use crate::{DataKey, EncryptionContext, KeyId, ListCursor};
 
 /// Attempts at one change before giving up on a record that keeps changing.
 const ATTEMPTS: usize = 5;
@@ -75,8 +77,9 @@ pub struct ListedKey {
 pub struct KeyListing {
     /// Ids with the prefix asked for, in the store's order.
     pub keys: Vec<ListedKey>,
-    /// Where the next call goes on; `None` when the walk is done.
-    pub next: Option<ListCursor>,
+    /// A sealed cursor to go on from (`after` of the next call); `None` when the walk is
+    /// done.
+    pub next: Option<String>,
 }
 
 /// What a change decided on the record it read.
@@ -387,20 +390,31 @@ impl KeyService {
         })
     }
 
-    /// Up to `limit` ids that start with `prefix`, with their states, going on from `after`.
+    /// Up to `limit` ids that start with `prefix`, with their states, going on from `after`
+    /// (a cursor an earlier call sealed for the same `audience` and prefix).
     ///
     /// Ids come in the store's order. The prefix is applied to the store's listing, so a call
     /// reads at most a few store pages: a page may hold fewer than `limit` ids (even none)
     /// while `next` is set. Records are read for their states, a few at once.
+    ///
+    /// The store's cursor names the last id it examined, which may be one the caller may not
+    /// see; so `next` is sealed (encrypted under a region's master key, bound to `audience`
+    /// and `prefix`): a caller learns no id from it, and no caller can use another's. A token
+    /// that does not open is [`StoreError::InvalidCursor`].
     pub async fn list_keys(
         &self,
+        audience: &str,
         prefix: &str,
-        after: Option<&ListCursor>,
+        after: Option<&str>,
         limit: usize,
     ) -> Result<KeyListing, ServiceError> {
+        let context = EncryptionContext::for_list_cursor(audience, prefix);
         self.within_deadline(async {
             let mut ids = Vec::new();
-            let mut next = after.cloned();
+            let mut next = match after {
+                Some(token) => Some(self.open_cursor(token, &context).await?),
+                None => None,
+            };
             for _ in 0..MAX_LIST_PAGES {
                 let want = limit.saturating_sub(ids.len());
                 if want == 0 {
@@ -440,10 +454,92 @@ impl KeyService {
                 .into_iter()
                 .filter_map(Result::transpose)
                 .collect::<Result<Vec<_>, _>>()?;
+            let next = match next {
+                Some(cursor) => Some(self.seal_cursor(&cursor, &context).await?),
+                None => None,
+            };
             Ok(KeyListing { keys, next })
         })
         .await
     }
+
+    /// Encrypts a store cursor for a client (see [`KeyService::list_keys`]): the token is the
+    /// sealing region's name and the ciphertext.
+    async fn seal_cursor(
+        &self,
+        cursor: &ListCursor,
+        context: &EncryptionContext,
+    ) -> Result<String, ServiceError> {
+        let regions = &self.inner.regions;
+        let plain = DataKey::new(cursor.to_string().into_bytes());
+        let (index, sealed) = self
+            .first_success(&cursor_id(), self.ordered_regions(), "encrypt", |index| {
+                regions[index].kms.encrypt(&plain, context)
+            })
+            .await
+            .map_err(|failures| ServiceError::RegionsUnavailable {
+                id: cursor_id(),
+                action: KmsAction::Wrap,
+                failures,
+            })?;
+        let name = regions[index].name().as_bytes();
+        let mut token = Vec::with_capacity(1 + name.len() + sealed.len());
+        token.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+        token.extend_from_slice(name);
+        token.extend_from_slice(&sealed);
+        Ok(URL_SAFE_NO_PAD.encode(token))
+    }
+
+    /// The store cursor inside a token [`KeyService::seal_cursor`] made for `context`.
+    async fn open_cursor(
+        &self,
+        token: &str,
+        context: &EncryptionContext,
+    ) -> Result<ListCursor, ServiceError> {
+        let invalid = || {
+            ServiceError::Store(StoreError::invalid_cursor(
+                "rkms",
+                "this service did not issue it for this caller and prefix",
+            ))
+        };
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let (&len, rest) = bytes.split_first().ok_or_else(invalid)?;
+        let (name, sealed) = (rest.len() >= usize::from(len))
+            .then(|| rest.split_at(usize::from(len)))
+            .ok_or_else(invalid)?;
+        let regions = &self.inner.regions;
+        let index = regions
+            .iter()
+            .position(|r| r.name().as_bytes() == name)
+            .ok_or_else(invalid)?;
+        let opened = self
+            .first_success(&cursor_id(), vec![index], "decrypt", |index| {
+                regions[index].kms.decrypt(sealed, context)
+            })
+            .await;
+        match opened {
+            Ok((_, plain)) => std::str::from_utf8(plain.expose_secret())
+                .map(ListCursor::from_token)
+                .map_err(|_| invalid()),
+            Err(failures)
+                if failures
+                    .iter()
+                    .all(|f| matches!(f, crate::KmsError::Refused { .. })) =>
+            {
+                Err(invalid())
+            }
+            Err(failures) => Err(ServiceError::RegionsUnavailable {
+                id: cursor_id(),
+                action: KmsAction::Decrypt,
+                failures,
+            }),
+        }
+    }
+}
+
+/// The id KMS failures of cursor sealing are reported under.
+fn cursor_id() -> KeyId {
+    KeyId::parse("rkms-list-cursor").expect("a valid id")
 }
 
 /// The number the next version of `record` gets, if it may be rotated.
