@@ -80,6 +80,7 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
                 .delete(delete_key)
                 .head(|| async { ApiError::MethodNotAllowed("GET, DELETE") })
                 .route_layer(middleware::from_fn(limits::refuse_body))
+                .route_layer(middleware::from_fn(refuse_web_pages))
                 .fallback(|| async { ApiError::MethodNotAllowed("GET, DELETE") }),
         )
         .route(&format!("{key_path}/rotate"), post_only(rotate_key))
@@ -147,7 +148,23 @@ where
 {
     post(handler)
         .route_layer(middleware::from_fn(limits::refuse_body))
+        .route_layer(middleware::from_fn(refuse_web_pages))
         .fallback(|| async { ApiError::MethodNotAllowed("POST") })
+}
+
+/// Refuses a change (any method but GET) sent by a web page: browsers send `Origin` with
+/// every cross-origin POST and DELETE, and a page can send a bodiless POST without a
+/// preflight, which would let any site a developer visits rotate the keys of a server on
+/// their loopback. Programs calling RKMS send no `Origin`.
+async fn refuse_web_pages(request: Request, next: Next) -> Result<Response, ApiError> {
+    if request.method() != axum::http::Method::GET && request.headers().contains_key(header::ORIGIN)
+    {
+        ::metrics::counter!(REJECTIONS, "reason" => "web_page").increment(1);
+        return Err(ApiError::Forbidden(
+            "a request carrying Origin (sent by a web page) may not change keys".into(),
+        ));
+    }
+    Ok(next.run(request).await)
 }
 
 /// Finds the request's principal (401 without one; 429 for an address that failed too

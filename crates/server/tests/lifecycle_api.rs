@@ -475,3 +475,29 @@ async fn a_listing_cursor_names_no_id_and_opens_only_for_its_caller() {
         "a cursor opens only for the caller it was sealed for: {body}"
     );
 }
+
+#[tokio::test]
+async fn a_web_page_cannot_change_keys() {
+    let api = Api::new(&[admin()]);
+    api.call("admin", "GET", "/api/v1/key?id=orders").await;
+    for (method, uri) in [
+        ("POST", "/api/v1/key/rotate?id=orders"),
+        ("POST", "/api/v1/key/restore?id=orders"),
+        ("DELETE", "/api/v1/key?id=orders"),
+    ] {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", token("admin")))
+            .header("origin", "https://evil.example")
+            .body(Body::empty())
+            .unwrap();
+        let response = api.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method} {uri}");
+    }
+    let (_, info) = api.call("admin", "GET", "/api/v1/key/info?id=orders").await;
+    assert_eq!(
+        (&info["current_version"], &info["state"]),
+        (&Value::from(1), &Value::from("active"))
+    );
+}
