@@ -131,12 +131,15 @@ fn legacy_record(
     })
 }
 
-/// True when `bytes` hold a record the original Go RKMS must stop serving: an id pending
-/// deletion or deleted. The one place this store reads a record: the original's `keys` are
-/// this store's own attribute, and they go with such a write, so that Go servers stop handing
-/// the key out and no copy wrapped without context outlives a deletion.
+/// True when `bytes` hold a record the original Go RKMS must stop serving: a rotated id (a Go
+/// server would go on handing out version 1 as current), or one pending deletion or deleted
+/// (no copy wrapped without context may outlive a deletion). The one place this store reads a
+/// record: the original's `keys` are this store's own attribute, and they go with such a
+/// write. Their going also takes away a store writer's shortcut back to version 1 (removing
+/// `record` and `version` would leave the original's item).
 pub(crate) fn retires_original(bytes: &[u8]) -> bool {
-    Record::decode(bytes).is_ok_and(|record| record.state != KeyState::Active)
+    Record::decode(bytes)
+        .is_ok_and(|record| record.state != KeyState::Active || record.versions.len() > 1)
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ async fn the_originals_items_are_served_and_upgraded_only_by_compare_and_swap() 
 }
 
 #[tokio::test]
-async fn an_originals_item_survives_a_rotation_and_its_deletion_removes_the_originals_copies() {
+async fn an_originals_item_survives_a_rotation_which_retires_the_originals_copies() {
     let mut config = DynamoDbConfig::new(unique_name("rkms_legacy_life_"), "us-east-1");
     config.endpoint = Some(endpoint());
     config.create_table = true;
@@ -158,6 +158,14 @@ async fn an_originals_item_survives_a_rotation_and_its_deletion_removes_the_orig
             .contains_key("keys")
     };
 
+    // Read, and upgraded on the way: Go servers still read the original's copies.
+    assert_eq!(service.get_or_create(&id).await.unwrap().key, key);
+    service.repair(&id).await.unwrap();
+    assert!(
+        has_originals_keys().await,
+        "Go servers still read an unrotated id"
+    );
+
     assert_eq!(service.rotate(&id).await.unwrap(), 2);
     assert_eq!(
         service.get_version(&id, 1).await.unwrap().key,
@@ -166,18 +174,83 @@ async fn an_originals_item_survives_a_rotation_and_its_deletion_removes_the_orig
     );
     assert_ne!(service.get_or_create(&id).await.unwrap().key, key);
     assert!(
-        has_originals_keys().await,
-        "Go servers still read an active id"
+        !has_originals_keys().await,
+        "a Go server would hand out version 1 as current"
     );
-
     let state = service.schedule_deletion(&id).await.unwrap();
     assert!(matches!(state, KeyState::PendingDeletion { .. }));
+    service.restore(&id).await.unwrap();
+    assert_eq!(service.get_version(&id, 1).await.unwrap().key, key);
+    client
+        .delete_table()
+        .table_name(&config.table_name)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn deleting_an_unrotated_originals_item_removes_the_originals_copies() {
+    let mut config = DynamoDbConfig::new(unique_name("rkms_legacy_del_"), "us-east-1");
+    config.endpoint = Some(endpoint());
+    config.create_table = true;
+    let store = DynamoDbStore::open(&config).await.unwrap();
+    let ring = LocalKeyring::generate(&["k1", "k2"]).unwrap();
+    let regions: Vec<Arc<dyn Kms>> = vec![
+        Arc::new(ring.region("us-east-1", "k1").unwrap()),
+        Arc::new(ring.region("us-west-1", "k2").unwrap()),
+    ];
+    let key = DataKey::new(vec![3; 32]);
+    let mut keys = HashMap::new();
+    for kms in &regions {
+        let ciphertext = kms
+            .encrypt(&key, &EncryptionContext::empty())
+            .await
+            .unwrap();
+        keys.insert(
+            kms.region().to_owned(),
+            AttributeValue::S(base64::engine::general_purpose::STANDARD.encode(ciphertext)),
+        );
+    }
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint())
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    client
+        .put_item()
+        .table_name(&config.table_name)
+        .item("id", AttributeValue::S("orders".into()))
+        .item("keys", AttributeValue::M(keys))
+        .send()
+        .await
+        .unwrap();
+    let service = regions
+        .into_iter()
+        .fold(KeyService::builder(Arc::new(store.clone())), |b, k| {
+            b.region(k)
+        })
+        .build()
+        .unwrap();
+    let id = KeyId::parse("orders").unwrap();
+    service.schedule_deletion(&id).await.unwrap();
+    let item = client
+        .get_item()
+        .table_name(&config.table_name)
+        .key("id", AttributeValue::S("orders".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
     assert!(
-        !has_originals_keys().await,
+        !item.contains_key("keys"),
         "no copy wrapped without context outlives a deletion, nor is served by a Go server"
     );
     service.restore(&id).await.unwrap();
-    assert_eq!(service.get_version(&id, 1).await.unwrap().key, key);
+    assert_eq!(service.get_or_create(&id).await.unwrap().key, key);
     client
         .delete_table()
         .table_name(&config.table_name)
