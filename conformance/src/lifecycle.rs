@@ -4,7 +4,9 @@
 //!
 //! A race runs two operations at once through two servers; it passes when the outcomes match
 //! the model applied in one order or the other (or, for two rotations, one of them alone, the
-//! other told to retry). Every key handed out for an id and version must be the same key.
+//! other told to retry); the model keeps every state such orders leave. Every key handed out
+//! for an id and version must be the same key, and no two versions of an id one key. One
+//! server caches nothing, the others cache with `check_state_on_hit`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -300,6 +302,15 @@ impl Keys {
         let (Outcome::Key(version), Some(key)) = (outcome, key) else {
             return Ok(());
         };
+        if let Some(((_, other), _)) = self
+            .0
+            .iter()
+            .find(|((s, v), k)| *s == slot && v != version && **k == key)
+        {
+            return Err(TestCaseError::fail(format!(
+                "slot {slot} versions {other} and {version} were handed out as one key"
+            )));
+        }
         let known = self
             .0
             .entry((slot, *version))
@@ -401,18 +412,21 @@ pub(crate) async fn check_lifecycle_against_model(connections: Vec<Arc<dyn Store
         .map(|(region, key)| Arc::new(ring.region(region, key).expect("a region")) as Arc<dyn Kms>)
         .collect();
     let now = Arc::new(AtomicU64::new(1_800_000_000));
+    // The first server caches nothing; the others cache keys and read the state on every hit,
+    // so that every server sees every change at once and the cache's paths are in the test.
     let services = connections
         .into_iter()
-        .map(|store| {
+        .enumerate()
+        .map(|(actor, store)| {
             let clock = Arc::clone(&now);
             let options = ServiceOptions {
                 cache: CacheOptions {
-                    enabled: false,
+                    enabled: actor > 0,
                     ..CacheOptions::default()
                 },
                 lifecycle: LifecycleOptions {
                     deletion_window: Duration::from_secs(WINDOW),
-                    ..LifecycleOptions::default()
+                    check_state_on_hit: true,
                 },
                 clock: Clock::from_fn(move || clock.load(Ordering::SeqCst)),
                 ..ServiceOptions::default()
