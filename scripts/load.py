@@ -199,7 +199,8 @@ def main():
 
     if shutil.which("wrk") is None:
         run(["apt-get", "install", "-y", "-qq", "wrk"])
-    run(["cargo", "build", "--release", "--locked", "-p", "rkms-server"], cwd=ROOT)
+    features = ["--features", "postgres"] if args.store == "postgres" else []
+    run(["cargo", "build", "--release", "--locked", "-p", "rkms-server", *features], cwd=ROOT)
     run([os.path.join(ROOT, "scripts", "services.sh"), "start"])
     try:
         env = services_env()
