@@ -397,7 +397,7 @@ mod tests {
     fn format_2_records_whose_parts_do_not_fit_are_refused() {
         let copies = r#"{"r1":{"master_key":"k","ciphertext":"AQI="}}"#;
         for bytes in [
-            format!(r#"{{"format":2,"id":"x","state":"active","versions":[]}}"#),
+            r#"{"format":2,"id":"x","state":"active","versions":[]}"#.to_owned(),
             format!(
                 r#"{{"format":2,"id":"x","state":"active","versions":[{{"version":2,"created_at":0,"copies":{copies}}}]}}"#
             ),
@@ -410,9 +410,7 @@ mod tests {
             format!(
                 r#"{{"format":2,"id":"x","state":"deleted","deleted_at":3,"versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#
             ),
-            format!(
-                r#"{{"format":2,"id":"x","state":"active","versions":[{{"version":1,"created_at":0,"copies":{{}}}}]}}"#
-            ),
+            r#"{"format":2,"id":"x","state":"active","versions":[{"version":1,"created_at":0,"copies":{}}]}"#.to_owned(),
             format!(
                 r#"{{"format":2,"id":"x","state":"gone","versions":[{{"version":1,"created_at":0,"copies":{copies}}}]}}"#
             ),
