@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use rkms_server::config::{
     ConfigError, GeneratedToken, KmsSettings, LegacyRecords, Settings, StoreSettings,
@@ -1139,4 +1140,47 @@ fn a_health_port_is_read_and_must_differ_from_the_key_port() {
     assert!(
         refusal(&format!("[server]\nhealth_port = 70000\n{LOCAL}")).contains("server.health_port")
     );
+}
+
+#[test]
+fn the_lifecycle_section_sets_the_window_and_warns_of_a_short_one() {
+    let local = "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\n";
+    let defaults = parse(local).unwrap();
+    assert_eq!(
+        defaults.service.lifecycle.deletion_window,
+        Duration::from_secs(30 * 24 * 3600)
+    );
+    assert!(!defaults.service.lifecycle.check_state_on_hit);
+    assert!(!defaults
+        .notices
+        .iter()
+        .any(|n| n.contains("deletion_window")));
+
+    let short = parse(&format!(
+        "{local}[lifecycle]\ndeletion_window_seconds = 2\ncheck_state_on_hit = true\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        short.service.lifecycle.deletion_window,
+        Duration::from_secs(2)
+    );
+    assert!(short.service.lifecycle.check_state_on_hit);
+    assert!(
+        short
+            .notices
+            .iter()
+            .any(|n| n.contains("deletion_window_seconds is 2")),
+        "{:?}",
+        short.notices
+    );
+    for (value, expected) in [("0", "greater than zero"), ("999999999999", "at most")] {
+        let message = refusal(&format!(
+            "{local}[lifecycle]\ndeletion_window_seconds = {value}\n"
+        ));
+        assert!(
+            message.contains("lifecycle.deletion_window_seconds") && message.contains(expected),
+            "{message}"
+        );
+    }
+    assert!(refusal(&format!("{local}[lifecycle]\nwindow = 3\n")).contains("window"));
 }

@@ -369,8 +369,9 @@ fn rule(principal: &str, allow: AllowSection) -> Result<Rule, ConfigError> {
     Ok(Rule { ids, operations })
 }
 
-/// The development default's one principal: anonymous callers may get and create any id
-/// and read metrics, without a rate limit. Only ever served on loopback.
+/// The development default's one principal: anonymous callers may do anything with any id
+/// (a change sent by a web page is refused by the routes) and read metrics, without a rate
+/// limit. Only ever served on loopback.
 pub(super) fn development_principal() -> PrincipalSpec {
     PrincipalSpec {
         name: "anonymous".into(),
