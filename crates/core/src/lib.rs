@@ -46,7 +46,8 @@
 //! 7. **Store** the record with [`Store::put_if_absent`]. If this call created it, return the
 //!    new key. If another caller created one first, drop the new key (it is zeroized and was
 //!    never handed out) and unwrap the winner's record as in step 5.
-//! 8. **Repair:** [`KeyService::repair`] adds missing copies when their regions answer again,
+//! 8. **Repair:** [`KeyService::repair`] adds missing copies when their regions answer again
+//!    (and wraps again a copy under a master key its region no longer wraps with),
 //!    by [`Store::compare_and_swap`] on the version it read; a lost race re-reads and retries.
 //!    [`KeyService::run_repairer`] retries known gaps every `repair.interval` (backing off per
 //!    id), and [`KeyService::repair_sweep`] walks the whole store. Repair calls KMS only when a

@@ -36,3 +36,6 @@ pub const QUORUM_CREATES: &str = "rkms_quorum_creates_total";
 /// Lifecycle changes written to the store, by `change`: rotate, schedule_deletion, restore,
 /// complete_deletion.
 pub const LIFECYCLE_CHANGES: &str = "rkms_lifecycle_changes_total";
+/// Copies wrapped again under their region's current master key (its `key_ids` changed),
+/// each replacing a copy under the old key.
+pub const REWRAPS: &str = "rkms_rewraps_total";

@@ -28,11 +28,14 @@ impl KeyService {
         };
         let context = &context;
         let regions = &self.inner.regions;
-        let candidates: Vec<usize> = self
+        // Copies under a master key their region no longer wraps with (its `key_ids` changed)
+        // go last: the region refuses them. Repair wraps them again.
+        let (mut candidates, stale): (Vec<usize>, Vec<usize>) = self
             .ordered_regions()
             .into_iter()
             .filter(|i| version.copies.contains_key(regions[*i].name()))
-            .collect();
+            .partition(|i| self.is_current(*i, &version.copies[regions[*i].name()]));
+        candidates.extend(stale);
         if candidates.is_empty() {
             return Err(ServiceError::NoCopyForConfiguredRegions {
                 id: id.clone(),

@@ -2,7 +2,9 @@
 //!
 //! A version of a record lacks a region's copy when it was made while that region was down
 //! (quorum create or rotation), or when a region was added to the configuration later; every
-//! version is repaired alike, and a deleted id never is. Repair decrypts the key in a
+//! version is repaired alike, and a deleted id never is. A copy under another master key than
+//! its region wraps with now (the region's key changed) is wrapped again, from a current copy
+//! elsewhere, and replaced in the same compare-and-set. Repair decrypts the key in a
 //! region that has it, wraps it in each missing region that answers, and writes the record back
 //! with `compare_and_swap` on the version it read. If another writer changed the record
 //! meanwhile, the write fails, and repair starts over from a fresh read.
@@ -131,9 +133,18 @@ impl Budget {
 }
 
 impl KeyService {
+    /// True when `copy`, held for region `index`, is wrapped under the master key the region
+    /// wraps with now. A copy of the original Go RKMS names no master key and counts as
+    /// current (its record is upgraded as a whole).
+    pub(super) fn is_current(&self, index: usize, copy: &WrappedCopy) -> bool {
+        copy.master_key.is_empty() || copy.master_key == self.inner.regions[index].kms.master_key()
+    }
+
     /// What `record` lacks: for each version (by index) that should get new copies, the
-    /// configured regions (by index) to wrap it in: those without a copy, or every region for
-    /// a legacy record, whose copies all need wrapping again. Nothing for a deleted id.
+    /// configured regions (by index) to wrap it in: those without a copy, those whose copy is
+    /// under a master key the region no longer wraps with (rewrapped: the new copy replaces
+    /// the old one in the same compare-and-set), or every region for a legacy record, whose
+    /// copies all need wrapping again. Nothing for a deleted id.
     fn gaps(&self, record: &Record) -> Vec<(usize, Vec<usize>)> {
         if matches!(record.state.at(self.now()), KeyState::Deleted { .. }) {
             return Vec::new();
@@ -146,7 +157,10 @@ impl KeyService {
                 let regions: Vec<usize> = (0..self.inner.regions.len())
                     .filter(|i| {
                         record.wrapped_without_context
-                            || !version.copies.contains_key(self.inner.regions[*i].name())
+                            || version
+                                .copies
+                                .get(self.inner.regions[*i].name())
+                                .is_none_or(|copy| !self.is_current(*i, copy))
                     })
                     .collect();
                 (!regions.is_empty()).then_some((v, regions))
@@ -399,6 +413,11 @@ impl KeyService {
                 // without context.
                 record.wrapped_without_context = false;
             } else {
+                let rewrapped = copies
+                    .keys()
+                    .filter(|name| version.copies.contains_key(*name))
+                    .count();
+                metrics::counter!(telemetry::REWRAPS).increment(rewrapped as u64);
                 names.extend(copies.keys().cloned());
                 version.copies.extend(copies);
             }

@@ -1,0 +1,113 @@
+//! A region's master key changes (its `key_ids` entry): reads go on from the regions whose
+//! copies are current, and repair wraps every version's old copy again under the new key,
+//! replacing it only in the compare-and-set that stores the new one.
+
+mod support;
+
+use std::sync::Arc;
+
+use rkms_core::{
+    EncryptionContext, KeyId, KeyService, Kms, LocalKeyring, MemoryStore, Record, Store,
+};
+use support::{FaultyKms, Mode, Regions};
+
+fn id(s: &str) -> KeyId {
+    KeyId::parse(s).unwrap()
+}
+
+fn service(store: Arc<MemoryStore>, regions: &[Arc<FaultyKms>]) -> KeyService {
+    regions
+        .iter()
+        .fold(KeyService::builder(store), |b, kms| {
+            b.region(Arc::clone(kms) as Arc<dyn Kms>)
+        })
+        .options(Regions::options())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_changed_master_key_is_read_around_and_every_copy_is_rewrapped_under_it() {
+    let ring = LocalKeyring::generate(&["k1", "k2", "k3", "k2-new"]).unwrap();
+    let region = |name: &str, key: &str| FaultyKms::new(ring.region(name, key).unwrap());
+    let store = Arc::new(MemoryStore::new());
+    let before = service(
+        store.clone(),
+        &[region("r1", "k1"), region("r2", "k2"), region("r3", "k3")],
+    );
+    let ids: Vec<KeyId> = (0..5).map(|i| id(&format!("k{i}"))).collect();
+    let mut keys = Vec::new();
+    for key_id in &ids {
+        let first = before.get_or_create(key_id).await.unwrap().key;
+        before.rotate(key_id).await.unwrap();
+        let second = before.get_or_create(key_id).await.unwrap().key;
+        keys.push((first, second));
+    }
+
+    // r2 now wraps under k2-new; r1 is down, so a read must come from r3, not the stale r2.
+    let (r1, r2, r3) = (
+        region("r1", "k1"),
+        region("r2", "k2-new"),
+        region("r3", "k3"),
+    );
+    r1.set(Mode::Failing);
+    let after = service(store.clone(), &[r1.clone(), r2.clone(), r3.clone()]);
+    for (key_id, (first, second)) in ids.iter().zip(&keys) {
+        assert_eq!(&after.get_version(key_id, 1).await.unwrap().key, first);
+        assert_eq!(&after.get_version(key_id, 2).await.unwrap().key, second);
+    }
+    assert_eq!(
+        r2.calls(),
+        0,
+        "a copy under the old key is asked last, not before a current one"
+    );
+
+    r1.set(Mode::Healthy);
+    let sweep = after.repair_sweep().await.unwrap();
+    assert_eq!(sweep.repaired, ids.len(), "{sweep:?}");
+    let new_r2 = ring.region("r2", "k2-new").unwrap();
+    for (key_id, (first, second)) in ids.iter().zip(&keys) {
+        let record = Record::decode(&store.get(key_id).await.unwrap().unwrap().bytes).unwrap();
+        for (version, key) in record.versions.iter().zip([first, second]) {
+            let copy = &version.copies["r2"];
+            assert_eq!(copy.master_key, "k2-new");
+            let context = EncryptionContext::for_version(key_id, version.number);
+            assert_eq!(
+                &new_r2.decrypt(&copy.ciphertext, &context).await.unwrap(),
+                key
+            );
+            assert_eq!(version.copies["r1"].master_key, "k1", "current copies stay");
+        }
+    }
+    assert_eq!(
+        after.repair_sweep().await.unwrap().repaired,
+        0,
+        "nothing is left to rewrap"
+    );
+}
+
+#[tokio::test]
+async fn an_old_copy_stays_until_its_new_one_can_be_made() {
+    let ring = LocalKeyring::generate(&["k1", "k2", "k2-new"]).unwrap();
+    let region = |name: &str, key: &str| FaultyKms::new(ring.region(name, key).unwrap());
+    let store = Arc::new(MemoryStore::new());
+    let before = service(store.clone(), &[region("r1", "k1"), region("r2", "k2")]);
+    let key = before.get_or_create(&id("a")).await.unwrap().key;
+
+    let r2 = region("r2", "k2-new");
+    r2.set(Mode::Failing);
+    let after = service(store.clone(), &[region("r1", "k1"), r2.clone()]);
+    after.repair(&id("a")).await.unwrap();
+    let record = Record::decode(&store.get(&id("a")).await.unwrap().unwrap().bytes).unwrap();
+    assert_eq!(
+        record.current().copies["r2"].master_key,
+        "k2",
+        "the old copy is kept while the region cannot wrap"
+    );
+
+    r2.set(Mode::Healthy);
+    after.repair(&id("a")).await.unwrap();
+    let record = Record::decode(&store.get(&id("a")).await.unwrap().unwrap().bytes).unwrap();
+    assert_eq!(record.current().copies["r2"].master_key, "k2-new");
+    assert_eq!(after.get_or_create(&id("a")).await.unwrap().key, key);
+}
