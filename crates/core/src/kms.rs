@@ -92,4 +92,32 @@ pub trait Kms: Send + Sync + fmt::Debug {
         ciphertext: &[u8],
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError>;
+
+    /// Master keys this region wrapped under before its current one and may still decrypt
+    /// under, as configured, so that copies made before a key change stay readable until
+    /// repair wraps them again. None by default.
+    fn previous_master_keys(&self) -> &[String] {
+        &[]
+    }
+
+    /// Unwraps `ciphertext` made under `master_key`, which must be this region's current key
+    /// or one of [`Kms::previous_master_keys`]. Any other name is refused without a call: the
+    /// name comes from a stored record, and whoever writes the store must not choose the key
+    /// a copy is decrypted under.
+    async fn decrypt_under(
+        &self,
+        master_key: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        if master_key == self.master_key() {
+            return self.decrypt(ciphertext, context).await;
+        }
+        Err(KmsError::Refused {
+            region: self.region().to_owned(),
+            message: format!(
+                "master key {master_key:?} is neither this region's nor a configured previous one"
+            ),
+        })
+    }
 }

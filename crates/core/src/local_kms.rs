@@ -186,7 +186,29 @@ impl LocalKeyring {
             region: region.to_owned(),
             key_name: key_name.to_owned(),
             cipher: Arc::clone(cipher),
+            previous: Vec::new(),
+            previous_names: Vec::new(),
         })
+    }
+
+    /// A region that wraps under `key_name` and may still decrypt under each of `previous`,
+    /// the keys it wrapped under before (see [`Kms::previous_master_keys`]).
+    pub fn region_with_previous(
+        &self,
+        region: &str,
+        key_name: &str,
+        previous: &[&str],
+    ) -> Result<LocalKms, KeyringError> {
+        let mut kms = self.region(region, key_name)?;
+        for name in previous {
+            let cipher = self
+                .keys
+                .get(*name)
+                .ok_or_else(|| KeyringError::MissingKey((*name).to_owned()))?;
+            kms.previous.push(((*name).to_owned(), Arc::clone(cipher)));
+            kms.previous_names.push((*name).to_owned());
+        }
+        Ok(kms)
     }
 }
 
@@ -243,12 +265,25 @@ fn create_keyring_file(path: &Path, key_names: &[&str]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// What a copy's AES-GCM seal authenticates beside the key: the master key's name and the
+/// encryption context.
+fn associated_data(key_name: &str, context: &EncryptionContext) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(key_name.len() + 64);
+    aad.extend_from_slice(&(key_name.len() as u64).to_be_bytes());
+    aad.extend_from_slice(key_name.as_bytes());
+    aad.extend_from_slice(&context.canonical_bytes());
+    aad
+}
+
 /// One software KMS region: a named AES-256-GCM master key from a [`LocalKeyring`].
 #[derive(Clone)]
 pub struct LocalKms {
     region: String,
     key_name: String,
     cipher: Arc<Aes256Gcm>,
+    /// Keys it wrapped under before, by name, for decrypting only.
+    previous: Vec<(String, Arc<Aes256Gcm>)>,
+    previous_names: Vec<String>,
 }
 
 impl fmt::Debug for LocalKms {
@@ -269,11 +304,7 @@ impl LocalKms {
     }
 
     fn associated_data(&self, context: &EncryptionContext) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(self.key_name.len() + 64);
-        aad.extend_from_slice(&(self.key_name.len() as u64).to_be_bytes());
-        aad.extend_from_slice(self.key_name.as_bytes());
-        aad.extend_from_slice(&context.canonical_bytes());
-        aad
+        associated_data(&self.key_name, context)
     }
 
     fn wrap(&self, plaintext: &[u8], context: &EncryptionContext) -> Result<Vec<u8>, KmsError> {
@@ -337,6 +368,42 @@ impl Kms for LocalKms {
         ciphertext: &[u8],
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
+        self.unwrap(&self.key_name, &self.cipher, ciphertext, context)
+    }
+
+    fn previous_master_keys(&self) -> &[String] {
+        &self.previous_names
+    }
+
+    async fn decrypt_under(
+        &self,
+        master_key: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        if master_key == self.key_name {
+            return self.decrypt(ciphertext, context).await;
+        }
+        let (name, cipher) = self
+            .previous
+            .iter()
+            .find(|(name, _)| name == master_key)
+            .ok_or_else(|| {
+                self.refused("the master key is neither this region's nor a previous one")
+            })?;
+        self.unwrap(name, cipher, ciphertext, context)
+    }
+}
+
+impl LocalKms {
+    /// Opens a copy sealed under the key `key_name`; a copy naming another key is refused.
+    fn unwrap(
+        &self,
+        key_name: &str,
+        cipher: &Aes256Gcm,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
         let (&format, rest) = ciphertext
             .split_first()
             .ok_or_else(|| self.refused("empty ciphertext"))?;
@@ -351,13 +418,12 @@ impl Kms for LocalKms {
             return Err(self.refused("truncated ciphertext"));
         }
         let (name, rest) = rest.split_at(name_len);
-        if name != self.key_name.as_bytes() {
+        if name != key_name.as_bytes() {
             return Err(self.refused("ciphertext was wrapped under a different master key"));
         }
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let aad = self.associated_data(context);
-        let plaintext = self
-            .cipher
+        let aad = associated_data(key_name, context);
+        let plaintext = cipher
             .decrypt(
                 Nonce::from_slice(nonce),
                 Payload {

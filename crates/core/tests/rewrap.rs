@@ -21,7 +21,7 @@ fn service(store: Arc<MemoryStore>, regions: &[Arc<FaultyKms>]) -> KeyService {
         .fold(KeyService::builder(store), |b, kms| {
             b.region(Arc::clone(kms) as Arc<dyn Kms>)
         })
-        .options(Regions::options())
+        .options(Regions::options().fit_to(regions.len()))
         .build()
         .unwrap()
 }
@@ -110,4 +110,88 @@ async fn an_old_copy_stays_until_its_new_one_can_be_made() {
     let record = Record::decode(&store.get(&id("a")).await.unwrap().unwrap().bytes).unwrap();
     assert_eq!(record.current().copies["r2"].master_key, "k2-new");
     assert_eq!(after.get_or_create(&id("a")).await.unwrap().key, key);
+}
+
+#[tokio::test]
+async fn copies_under_previous_keys_are_read_and_rewrapped_when_every_region_changed_key() {
+    let ring = LocalKeyring::generate(&["k1", "k2", "k1-new", "k2-new"]).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let before = service(
+        store.clone(),
+        &[
+            FaultyKms::new(ring.region("r1", "k1").unwrap()),
+            FaultyKms::new(ring.region("r2", "k2").unwrap()),
+        ],
+    );
+    let first = before.get_or_create(&id("a")).await.unwrap().key;
+    before.rotate(&id("a")).await.unwrap();
+    let second = before.get_or_create(&id("a")).await.unwrap().key;
+
+    // Every region has a new key: without the previous ones nothing can be read, and no
+    // other key is handed out either.
+    let new_only = service(
+        store.clone(),
+        &[
+            FaultyKms::new(ring.region("r1", "k1-new").unwrap()),
+            FaultyKms::new(ring.region("r2", "k2-new").unwrap()),
+        ],
+    );
+    assert!(new_only.get_version(&id("a"), 1).await.is_err());
+
+    let changing = service(
+        store.clone(),
+        &[
+            FaultyKms::new(ring.region_with_previous("r1", "k1-new", &["k1"]).unwrap()),
+            FaultyKms::new(ring.region_with_previous("r2", "k2-new", &["k2"]).unwrap()),
+        ],
+    );
+    assert_eq!(changing.get_version(&id("a"), 1).await.unwrap().key, first);
+    assert_eq!(changing.get_version(&id("a"), 2).await.unwrap().key, second);
+    changing.repair_sweep().await.unwrap();
+
+    assert_eq!(new_only.get_version(&id("a"), 1).await.unwrap().key, first);
+    assert_eq!(new_only.get_or_create(&id("a")).await.unwrap().key, second);
+    let record = Record::decode(&store.get(&id("a")).await.unwrap().unwrap().bytes).unwrap();
+    for version in &record.versions {
+        assert_eq!(version.copies["r1"].master_key, "k1-new");
+        assert_eq!(version.copies["r2"].master_key, "k2-new");
+    }
+}
+
+#[tokio::test]
+async fn a_copy_naming_a_key_the_region_was_not_given_is_refused_unopened() {
+    let ring = LocalKeyring::generate(&["k1", "planted"]).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let honest = service(
+        store.clone(),
+        &[FaultyKms::new(ring.region("r1", "k1").unwrap())],
+    );
+    honest.get_or_create(&id("a")).await.unwrap();
+
+    // Whoever writes the store replaces the copy by one of a key they know, wrapped under
+    // another key the KMS holds, and names that key in the record.
+    let known = rkms_core::DataKey::new(vec![7; 32]);
+    let planted = ring.region("r1", "planted").unwrap();
+    let context = EncryptionContext::for_id(&id("a"));
+    let stored = store.get(&id("a")).await.unwrap().unwrap();
+    let mut record = Record::decode(&stored.bytes).unwrap();
+    record.versions[0].copies.insert(
+        "r1".into(),
+        rkms_core::WrappedCopy {
+            master_key: "planted".into(),
+            ciphertext: planted.encrypt(&known, &context).await.unwrap(),
+        },
+    );
+    store
+        .compare_and_swap(&id("a"), stored.version, record.encode())
+        .await
+        .unwrap();
+    let refused = honest.get_or_create(&id("a")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(rkms_core::ServiceError::IntegrityFailure { .. })
+        ),
+        "{refused:?}"
+    );
 }

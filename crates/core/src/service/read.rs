@@ -46,7 +46,15 @@ impl KeyService {
         let failures = match self
             .first_success(id, candidates, "decrypt", |index| {
                 let copy = &version.copies[regions[index].name()];
-                regions[index].kms.decrypt(&copy.ciphertext, context)
+                let kms = &regions[index].kms;
+                // A copy names the key it was wrapped under; the region decrypts under it
+                // only if it is its current key or a configured previous one.
+                let master_key = if copy.master_key.is_empty() {
+                    kms.master_key()
+                } else {
+                    &copy.master_key
+                };
+                kms.decrypt_under(master_key, &copy.ciphertext, context)
             })
             .await
         {

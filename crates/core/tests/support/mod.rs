@@ -122,6 +122,20 @@ impl Kms for FaultyKms {
         self.enter(context, false).await?;
         self.inner.decrypt(ciphertext, context).await
     }
+    fn previous_master_keys(&self) -> &[String] {
+        self.inner.previous_master_keys()
+    }
+    async fn decrypt_under(
+        &self,
+        master_key: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.enter(context, false).await?;
+        self.inner
+            .decrypt_under(master_key, ciphertext, context)
+            .await
+    }
 }
 
 /// Three regions over one keyring, shared by every service in a test (as servers share a KMS).
