@@ -9,6 +9,9 @@ pub struct AwsKmsConfig {
     pub region: String,
     /// The master key: key id, key ARN or `alias/...`.
     pub key_id: String,
+    /// Master keys the region wrapped under before `key_id`, which it may still decrypt
+    /// under until every copy is wrapped again (`Kms::previous_master_keys`).
+    pub previous_key_ids: Vec<String>,
     /// An endpoint URL to use instead of the region's public one.
     pub endpoint: Option<String>,
     /// Longest wait to establish a connection (default 1 s).
@@ -25,6 +28,7 @@ impl AwsKmsConfig {
         Self {
             region: region.into(),
             key_id: key_id.into(),
+            previous_key_ids: Vec::new(),
             endpoint: None,
             connect_timeout: Duration::from_secs(1),
             operation_timeout: Duration::from_secs(2),

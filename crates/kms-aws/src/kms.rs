@@ -20,6 +20,7 @@ pub struct AwsKms {
     client: Client,
     region: String,
     key_id: String,
+    previous_key_ids: Vec<String>,
 }
 
 impl fmt::Debug for AwsKms {
@@ -51,6 +52,7 @@ impl AwsKms {
             client: Client::new(&sdk_config),
             region: config.region.clone(),
             key_id: config.key_id.clone(),
+            previous_key_ids: config.previous_key_ids.clone(),
         }
     }
 
@@ -149,10 +151,43 @@ impl Kms for AwsKms {
         ciphertext: &[u8],
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
+        self.decrypt_named(&self.key_id, ciphertext, context).await
+    }
+
+    fn previous_master_keys(&self) -> &[String] {
+        &self.previous_key_ids
+    }
+
+    async fn decrypt_under(
+        &self,
+        master_key: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        if master_key != self.key_id && !self.previous_key_ids.iter().any(|k| k == master_key) {
+            return Err(KmsError::Refused {
+                region: self.region.clone(),
+                message: format!(
+                    "master key {master_key:?} is neither this region's nor a configured previous one"
+                ),
+            });
+        }
+        self.decrypt_named(master_key, ciphertext, context).await
+    }
+}
+
+impl AwsKms {
+    /// Decrypt naming `key_id`, so that a copy wrapped under any other key is refused.
+    async fn decrypt_named(
+        &self,
+        key_id: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
         let output = self
             .client
             .decrypt()
-            .key_id(&self.key_id)
+            .key_id(key_id)
             .ciphertext_blob(Blob::new(ciphertext))
             .set_encryption_context(Self::context(context))
             .send()

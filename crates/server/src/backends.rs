@@ -138,8 +138,10 @@ pub async fn open_regions(
             regions
                 .iter()
                 .map(|r| {
+                    let previous: Vec<&str> =
+                        r.previous_key_ids.iter().map(String::as_str).collect();
                     let kms = keyring
-                        .region(&r.name, &r.key_id)
+                        .region_with_previous(&r.name, &r.key_id, &previous)
                         .map_err(|e| e.to_string())?;
                     Ok(Arc::new(kms) as Arc<dyn Kms>)
                 })
@@ -155,6 +157,7 @@ pub async fn open_regions(
             for region in regions {
                 let mut config = rkms_kms_aws::AwsKmsConfig::new(&region.name, &region.key_id);
                 config.endpoint = region.endpoint.clone();
+                config.previous_key_ids = region.previous_key_ids.clone();
                 config.connect_timeout = *connect_timeout;
                 config.operation_timeout = *operation_timeout;
                 config.max_attempts = *max_attempts;

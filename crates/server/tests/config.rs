@@ -1184,3 +1184,30 @@ fn the_lifecycle_section_sets_the_window_and_warns_of_a_short_one() {
     }
     assert!(refusal(&format!("{local}[lifecycle]\nwindow = 3\n")).contains("window"));
 }
+
+#[test]
+fn previous_key_ids_name_keys_a_region_may_still_decrypt_under() {
+    let base = "[kms]\nregions = [\"us-east-1\", \"us-west-1\"]\n\
+                key_ids = { us-east-1 = \"alias/new\", us-west-1 = \"alias/west\" }\n";
+    let settings = parse(&format!(
+        "{base}previous_key_ids = {{ us-east-1 = [\"alias/old\", \"arn:aws:kms:us-east-1:1:key/x\"] }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        settings.regions[0].previous_key_ids,
+        ["alias/old", "arn:aws:kms:us-east-1:1:key/x"]
+    );
+    assert!(settings.regions[1].previous_key_ids.is_empty());
+    for (previous, expected) in [
+        ("{ eu-west-1 = [\"alias/old\"] }", "not in kms.regions"),
+        ("{ us-east-1 = [\"alias/new\"] }", "not its current key"),
+        ("{ us-east-1 = [\"alias/a\", \"alias/a\"] }", "distinct"),
+        ("{ us-east-1 = [\"\"] }", "not empty"),
+    ] {
+        let message = refusal(&format!("{base}previous_key_ids = {previous}\n"));
+        assert!(
+            message.contains("kms.previous_key_ids") && message.contains(expected),
+            "{previous}: {message}"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! The `[kms]` section: provider, regions and their master keys.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,10 @@ pub(super) struct KmsSection {
     pub(super) regions: Vec<String>,
     #[serde(default)]
     key_ids: BTreeMap<String, String>,
+    /// Per region, master keys it wrapped under before its `key_ids` entry and may still
+    /// decrypt under, until repair has wrapped every copy again.
+    #[serde(default)]
+    previous_key_ids: BTreeMap<String, Vec<String>>,
     pub(super) data_key_size_in_bytes: Option<usize>,
     keyring_path: Option<PathBuf>,
     pub(super) timeout_ms: Option<u64>,
@@ -60,6 +64,8 @@ pub struct RegionSettings {
     pub name: String,
     /// Its master key (key id, ARN, alias, or a keyring name for the local provider).
     pub key_id: String,
+    /// Master keys it wrapped under before `key_id`, for decrypting old copies only.
+    pub previous_key_ids: Vec<String>,
     /// An endpoint URL instead of the region's default (AWS provider only).
     pub endpoint: Option<String>,
 }
@@ -136,7 +142,7 @@ pub(super) fn resolve_regions(kms: &KmsSection) -> Result<Vec<RegionSettings>, C
             ));
         }
     }
-    Ok(kms
+    let settings: Vec<RegionSettings> = kms
         .regions
         .iter()
         .map(|r| RegionSettings {
@@ -146,9 +152,35 @@ pub(super) fn resolve_regions(kms: &KmsSection) -> Result<Vec<RegionSettings>, C
                 .get(r)
                 .cloned()
                 .unwrap_or_else(|| default_local_key(r)),
+            previous_key_ids: kms.previous_key_ids.get(r).cloned().unwrap_or_default(),
             endpoint: kms.endpoints.get(r).cloned(),
         })
-        .collect())
+        .collect();
+    if let Some(region) = kms
+        .previous_key_ids
+        .keys()
+        .find(|k| !seen.contains(k.as_str()))
+    {
+        return Err(invalid(
+            "kms.previous_key_ids",
+            format!("{region:?} has previous key ids but is not in kms.regions"),
+        ));
+    }
+    for region in &settings {
+        let mut names = HashSet::new();
+        for previous in &region.previous_key_ids {
+            if previous.is_empty() || *previous == region.key_id || !names.insert(previous) {
+                return Err(invalid(
+                    "kms.previous_key_ids",
+                    format!(
+                        "the previous keys of {:?} must be distinct, not empty, and not its current key",
+                        region.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(settings)
 }
 
 /// Reads the provider and refuses keys that belong to the other one.

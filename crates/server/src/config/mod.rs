@@ -281,6 +281,7 @@ impl Settings {
                 .map(|r| RegionSettings {
                     name: (*r).into(),
                     key_id: default_local_key(r),
+                    previous_key_ids: Vec::new(),
                     endpoint: None,
                 })
                 .collect(),
