@@ -348,3 +348,121 @@ async fn a_cached_key_is_served_stale_within_the_grace_while_every_region_is_dow
         "the stale release is audited as stale:\n{audit}"
     );
 }
+
+/// Creates a new master key in emulated `region` (at `endpoint`) under `alias`.
+async fn create_master_key(region: &str, endpoint: &str, alias: &str) {
+    let mut config = rkms_kms_aws::AwsKmsConfig::new(region, alias);
+    config.endpoint = Some(endpoint.to_owned());
+    let kms = rkms_kms_aws::AwsKms::connect(&config).await;
+    let created = kms.client().create_key().send().await.unwrap();
+    let key_id = created.key_metadata().unwrap().key_id().to_owned();
+    kms.client()
+        .create_alias()
+        .alias_name(alias)
+        .target_key_id(key_id)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_whose_key_changes_has_every_copy_rewrapped_while_the_old_key_still_exists() {
+    let deployment = Deployment::new().await;
+    let client = reqwest::Client::new();
+    let server = deployment.server();
+    let ids: Vec<String> = (0..6).map(|i| format!("rewrap-{i}")).collect();
+    let mut keys = Vec::new();
+    for id in &ids {
+        keys.push(key(&client, &server, id).await);
+    }
+    let rotated = client
+        .post(format!("{}/api/v1/key/rotate?id=rewrap-0", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
+    let rotated_key = key(&client, &server, "rewrap-0").await;
+    assert!(server.stop().success());
+
+    // Region 1's key changes; the old one stays, named as previous.
+    let regions = emulated_regions();
+    let (region, endpoint) = &regions[0];
+    let new_alias = format!("alias/rkms-new-{}", std::process::id());
+    create_master_key(region, endpoint, &new_alias).await;
+    let path = deployment.dir.path().join("rkms.toml");
+    let old_alias = format!("alias/rkms-{region}");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let changed = config
+        .replacen(
+            &format!("{region} = \"{old_alias}\""),
+            &format!("{region} = \"{new_alias}\""),
+            1,
+        )
+        .replacen(
+            "timeout_ms = ",
+            &format!("previous_key_ids = {{ {region} = [\"{old_alias}\"] }}\ntimeout_ms = "),
+            1,
+        )
+        .replacen(
+            "interval_seconds = 1\n",
+            "interval_seconds = 1\nfirst_sweep_after_seconds = 1\n",
+            1,
+        );
+    assert_ne!(changed, config);
+    std::fs::write(&path, &changed).unwrap();
+
+    let server = deployment.server();
+    let started = Instant::now();
+    loop {
+        for (id, expected) in ids.iter().zip(&keys).skip(1) {
+            assert_eq!(
+                &key(&client, &server, id).await,
+                expected,
+                "{id} while rewrapping"
+            );
+        }
+        let records = deployment.records().await;
+        let stale: Vec<(String, u32)> = records
+            .iter()
+            .flat_map(|r| {
+                r.versions
+                    .iter()
+                    .filter(|v| v.copies[region.as_str()].master_key != new_alias)
+                    .map(|v| (r.id.clone(), v.number))
+            })
+            .collect();
+        if stale.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "copies still under the old key: {stale:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(server.stop().success());
+
+    // The old key is no longer needed: without it every key still reads.
+    let without_previous = changed.replacen(
+        &format!("previous_key_ids = {{ {region} = [\"{old_alias}\"] }}\n"),
+        "",
+        1,
+    );
+    std::fs::write(&path, without_previous).unwrap();
+    deployment.proxies[1].set(ProxyMode::Refuse).await;
+    deployment.proxies[2].set(ProxyMode::Refuse).await;
+    let server = deployment.server();
+    for (id, expected) in ids.iter().zip(&keys).skip(1) {
+        assert_eq!(
+            &key(&client, &server, id).await,
+            expected,
+            "{id} from region 1 alone"
+        );
+    }
+    assert_eq!(key(&client, &server, "rewrap-0").await, rotated_key);
+    let (status, old) = get_json(&client, &server.key_url("id=rewrap-0&version=1")).await;
+    assert_eq!(
+        (status, old["key"].as_str().unwrap()),
+        (200, keys[0].as_str())
+    );
+}
