@@ -195,3 +195,65 @@ async fn a_copy_naming_a_key_the_region_was_not_given_is_refused_unopened() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_removed_regions_copies_are_dropped_only_where_a_quorum_remains() {
+    let ring = LocalKeyring::generate(&["k1", "k2", "k3"]).unwrap();
+    let (r1, r2, r3) = (
+        FaultyKms::new(ring.region("r1", "k1").unwrap()),
+        FaultyKms::new(ring.region("r2", "k2").unwrap()),
+        FaultyKms::new(ring.region("r3", "k3").unwrap()),
+    );
+    let store = Arc::new(MemoryStore::new());
+    let all = service(store.clone(), &[r1.clone(), r2.clone(), r3.clone()]);
+    let full = all.get_or_create(&id("full")).await.unwrap().key;
+    all.rotate(&id("full")).await.unwrap();
+    // Made while r2 was down: copies in r1 and r3 only.
+    r2.set(Mode::Failing);
+    let partial = all.get_or_create(&id("partial")).await.unwrap().key;
+    r2.set(Mode::Healthy);
+
+    // r3 leaves the configuration; r2 is down when the sweep runs.
+    let kept = service(store.clone(), &[r1.clone(), r2.clone()]);
+    r2.set(Mode::Failing);
+    kept.repair_sweep().await.unwrap();
+    let record = |name: &'static str| {
+        let store = store.clone();
+        async move { Record::decode(&store.get(&id(name)).await.unwrap().unwrap().bytes).unwrap() }
+    };
+    for version in &record("full").await.versions {
+        assert_eq!(
+            version.copies.keys().collect::<Vec<_>>(),
+            ["r1", "r2"],
+            "two current copies remain: r3's goes"
+        );
+    }
+    assert!(
+        record("partial").await.current().copies.contains_key("r3"),
+        "only r1 holds a copy in a configured region: r3's stays"
+    );
+    assert_eq!(kept.get_version(&id("full"), 1).await.unwrap().key, full);
+
+    // r2 answers again: the record gains its copy, and only then loses r3's (the sweep
+    // leaves the id to its backoff after the failed try; its repair runs now).
+    r2.set(Mode::Healthy);
+    kept.repair(&id("partial")).await.unwrap();
+    let now = record("partial").await;
+    assert_eq!(
+        now.current().copies.keys().collect::<Vec<_>>(),
+        ["r1", "r2"]
+    );
+    assert_eq!(
+        kept.get_or_create(&id("partial")).await.unwrap().key,
+        partial
+    );
+
+    // Added back by mistake: nothing it still held was lost, and repair wraps the rest.
+    let again = service(store.clone(), &[r1, r2, r3]);
+    again.repair_sweep().await.unwrap();
+    assert_eq!(
+        again.get_or_create(&id("partial")).await.unwrap().key,
+        partial
+    );
+    assert_eq!(record("partial").await.current().copies.len(), 3);
+}

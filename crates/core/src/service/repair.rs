@@ -52,10 +52,13 @@ const SWEEP_PAGE: usize = 100;
 pub enum RepairOutcome {
     /// Every configured region already has a copy.
     Complete,
-    /// Copies were added; `still_missing` lists regions that did not answer.
+    /// Copies were added (or wrapped again, or dropped); `still_missing` lists regions that
+    /// did not answer.
     Repaired {
-        /// Regions whose copies were added.
+        /// Regions whose copies were added or wrapped again.
         added: Vec<String>,
+        /// Regions no longer configured whose copies were dropped.
+        dropped: Vec<String>,
         /// Regions still without a copy.
         still_missing: Vec<String>,
     },
@@ -168,6 +171,43 @@ impl KeyService {
             .collect()
     }
 
+    /// For each version (by index), the regions no longer configured whose copies it may
+    /// drop: only once the version holds at least `min_regions` current copies in configured
+    /// regions, so that dropping never leaves it with fewer than a quorum it can be read from.
+    /// A region removed by mistake and added back loses only what was dropped. Nothing for a
+    /// legacy record (upgraded as a whole) or a deleted id.
+    fn droppable(&self, record: &Record) -> Vec<(usize, Vec<String>)> {
+        if record.wrapped_without_context
+            || matches!(record.state.at(self.now()), KeyState::Deleted { .. })
+        {
+            return Vec::new();
+        }
+        let regions = &self.inner.regions;
+        record
+            .versions
+            .iter()
+            .enumerate()
+            .filter_map(|(v, version)| {
+                let current = (0..regions.len())
+                    .filter(|i| {
+                        version
+                            .copies
+                            .get(regions[*i].name())
+                            .is_some_and(|copy| self.is_current(*i, copy))
+                    })
+                    .count();
+                let unconfigured: Vec<String> = version
+                    .copies
+                    .keys()
+                    .filter(|name| !regions.iter().any(|r| r.name() == name.as_str()))
+                    .cloned()
+                    .collect();
+                (current >= self.inner.options.min_regions && !unconfigured.is_empty())
+                    .then_some((v, unconfigured))
+            })
+            .collect()
+    }
+
     /// Configured regions, by index, that some version of `record` should get a copy in.
     fn regions_to_wrap(&self, record: &Record) -> Vec<usize> {
         let mut regions: Vec<usize> = self
@@ -180,10 +220,10 @@ impl KeyService {
         regions
     }
 
-    /// True when a configured region lacks a copy of some version, or the record is a legacy
-    /// one to upgrade.
+    /// True when a configured region lacks a current copy of some version, the record holds
+    /// copies it may drop, or it is a legacy one to upgrade.
     pub(super) fn needs_repair(&self, record: &Record) -> bool {
-        !self.gaps(record).is_empty()
+        !self.gaps(record).is_empty() || !self.droppable(record).is_empty()
     }
 
     /// True when at least one of `regions` may be called now: its breaker is closed, or ready
@@ -237,7 +277,9 @@ impl KeyService {
     /// has an open breaker: the repairer retries it later. So reads of many incomplete records
     /// cannot pile up repairs waiting for the KMS budget.
     pub(super) fn spawn_repair(&self, id: &KeyId, record: &Record) {
-        if !self.mark_pending(id) || !self.any_callable(&self.regions_to_wrap(record)) {
+        // A record that only has copies to drop needs no region.
+        let targets = self.regions_to_wrap(record);
+        if !self.mark_pending(id) || (!targets.is_empty() && !self.any_callable(&targets)) {
             return;
         }
         if !self.claim(id, Some(self.inner.options.repair.concurrency)) {
@@ -304,7 +346,7 @@ impl KeyService {
             let record = super::decode(id, &stored)?;
             let gaps = self.gaps(&record);
             still_missing = self.names(&self.regions_to_wrap(&record));
-            if gaps.is_empty() {
+            if gaps.is_empty() && self.droppable(&record).is_empty() {
                 return Ok(RepairOutcome::Complete);
             }
             let mut added = Vec::new();
@@ -422,11 +464,21 @@ impl KeyService {
                 version.copies.extend(copies);
             }
         }
-        if names.is_empty() {
+        let mut dropped: Vec<String> = Vec::new();
+        for (v, regions) in self.droppable(&record) {
+            for name in regions {
+                record.versions[v].copies.remove(&name);
+                dropped.push(name);
+            }
+        }
+        if names.is_empty() && dropped.is_empty() {
             return None;
         }
+        metrics::counter!(telemetry::COPIES_DROPPED).increment(dropped.len() as u64);
         names.sort_unstable();
         names.dedup();
+        dropped.sort_unstable();
+        dropped.dedup();
         let configured: Vec<String> = self
             .inner
             .regions
@@ -449,6 +501,7 @@ impl KeyService {
         } else {
             RepairOutcome::Repaired {
                 added: names,
+                dropped,
                 still_missing,
             }
         };
