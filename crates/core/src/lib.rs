@@ -154,8 +154,9 @@ pub use record::{
 pub use redact::redact_url_password;
 pub use secret::DataKey;
 pub use service::{
-    BuildError, Clock, HedgeOptions, IssuedKey, KeyInfo, KeyListing, KeyService, KeyServiceBuilder,
-    KmsAction, LifecycleOptions, ListedKey, RegionStatus, RepairOptions, RepairOutcome,
-    RepairSweep, ServiceError, ServiceOptions, VersionInfo, MAX_DATA_KEY_LEN,
+    BuildError, Clock, CopiesReport, HedgeOptions, IssuedKey, KeyInfo, KeyListing, KeyService,
+    KeyServiceBuilder, KmsAction, LifecycleOptions, ListedKey, RegionCopies, RegionStatus,
+    RepairOptions, RepairOutcome, RepairSweep, ServiceError, ServiceOptions, VersionInfo,
+    MAX_DATA_KEY_LEN,
 };
 pub use store::{within_limit, PutOutcome, Store, StoreError, Stored, Version};

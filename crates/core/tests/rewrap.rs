@@ -257,3 +257,46 @@ async fn a_removed_regions_copies_are_dropped_only_where_a_quorum_remains() {
     );
     assert_eq!(record("partial").await.current().copies.len(), 3);
 }
+
+#[tokio::test]
+async fn the_copies_report_shows_how_far_a_change_has_got() {
+    let ring = LocalKeyring::generate(&["k1", "k2", "k3", "k2-new"]).unwrap();
+    let region = |name: &str, key: &str| FaultyKms::new(ring.region(name, key).unwrap());
+    let store = Arc::new(MemoryStore::new());
+    let before = service(
+        store.clone(),
+        &[region("r1", "k1"), region("r2", "k2"), region("r3", "k3")],
+    );
+    for i in 0..4 {
+        before.get_or_create(&id(&format!("k{i}"))).await.unwrap();
+    }
+    // r2 changes key, r3 leaves, r4 joins; r4 is down.
+    let r4 = FaultyKms::new(ring.region("r4", "k1").unwrap());
+    r4.set(Mode::Failing);
+    let after = service(
+        store.clone(),
+        &[region("r1", "k1"), region("r2", "k2-new"), r4.clone()],
+    );
+    let report = after.copies_report().await.unwrap();
+    assert_eq!(report.records, 4);
+    let counts: Vec<(&str, usize, usize, usize)> = report
+        .regions
+        .iter()
+        .map(|r| (r.region.as_str(), r.current, r.old_key, r.missing))
+        .collect();
+    assert_eq!(counts, [("r1", 4, 0, 0), ("r2", 0, 4, 0), ("r4", 0, 0, 4)]);
+    assert_eq!(report.unconfigured.get("r3"), Some(&4));
+    assert_eq!(report.below_quorum, 4, "r1 alone is current: below two");
+
+    r4.set(Mode::Healthy);
+    after.repair_sweep().await.unwrap();
+    let report = after.copies_report().await.unwrap();
+    let counts: Vec<(usize, usize, usize)> = report
+        .regions
+        .iter()
+        .map(|r| (r.current, r.old_key, r.missing))
+        .collect();
+    assert_eq!(counts, [(4, 0, 0), (4, 0, 0), (4, 0, 0)]);
+    assert!(report.unconfigured.is_empty(), "{:?}", report.unconfigured);
+    assert_eq!(report.below_quorum, 0);
+}

@@ -65,12 +65,25 @@ enum Command {
         #[command(subcommand)]
         action: LegacyAction,
     },
+    /// The configured regions' share of the store.
+    Regions {
+        #[command(subcommand)]
+        action: RegionsAction,
+    },
     /// Key lifecycle operations on the configured store, as principal `local-admin`,
     /// audited like the HTTP API. Prints the HTTP API's JSON answer as the last line.
     Key {
         #[command(subcommand)]
         action: KeyAction,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RegionsAction {
+    /// Walks the store and prints, per configured region, the records with a copy under its
+    /// current key, under an old key, and without one; copies of regions no longer
+    /// configured; and the records below `min_regions`. Exit 1 while any record is below.
+    Status,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -175,7 +188,7 @@ async fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Audit { action }) => return audit_command(action),
         Some(Command::Token { action }) => return token_command(action),
-        Some(Command::Legacy { .. } | Command::Key { .. }) | None => {}
+        Some(Command::Legacy { .. } | Command::Key { .. } | Command::Regions { .. }) | None => {}
     }
     let mut settings = match &cli.config {
         Some(path) => match Settings::from_file(path, &cli.data_dir) {
@@ -197,6 +210,13 @@ async fn main() -> ExitCode {
     {
         init_logging(&settings);
         return legacy_upgrade(settings, *dry_run, *kms_calls_per_second).await;
+    }
+    if let Some(Command::Regions {
+        action: RegionsAction::Status,
+    }) = &cli.command
+    {
+        init_logging(&settings);
+        return regions_status(&settings).await;
     }
     if let Some(Command::Key { action }) = &cli.command {
         init_logging(&settings);
@@ -422,6 +442,50 @@ async fn key_command(settings: &Settings, action: &KeyAction) -> ExitCode {
             eprintln!("rkms-server: {status}: {body}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `rkms-server regions status`: see [`rkms_core::KeyService::copies_report`].
+async fn regions_status(settings: &Settings) -> ExitCode {
+    let report = match open_service(settings).await {
+        Ok((_, service)) => service.copies_report().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("rkms-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "records: {} (deleted {}, unreadable {})",
+        report.records, report.deleted, report.unreadable
+    );
+    println!(
+        "{:<24} {:>10} {:>10} {:>10}",
+        "region", "current", "old key", "missing"
+    );
+    for region in &report.regions {
+        println!(
+            "{:<24} {:>10} {:>10} {:>10}",
+            region.region, region.current, region.old_key, region.missing
+        );
+    }
+    for (region, copies) in &report.unconfigured {
+        println!("copies of {region}, no longer configured: {copies}");
+    }
+    println!(
+        "below quorum (fewer than {} current copies): {}",
+        settings.service.min_regions, report.below_quorum
+    );
+    for id in &report.below_quorum_ids {
+        println!("  {id}");
+    }
+    if report.below_quorum > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -466,3 +466,82 @@ async fn the_largest_accepted_sizes_still_serve() {
         .status();
     assert_eq!(status, 200);
 }
+
+/// Runs `rkms-server regions status` on `config`; returns whether it succeeded and its output.
+fn regions_status(config: &std::path::Path, data_dir: &std::path::Path) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        .args(["regions", "status", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn regions_status_counts_each_regions_copies_and_fails_below_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    let local = |regions: &str, extra: &str| {
+        format!("[kms]\nprovider = \"local\"\nregions = [{regions}]\n{extra}{ANONYMOUS_PRINCIPAL}")
+    };
+    std::fs::write(&config, local("\"local-1\", \"local-2\", \"local-3\"", "")).unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let server = Server::start(&args);
+    let client = reqwest::Client::new();
+    for id in ["a", "b", "c"] {
+        key(&client, &server, id).await;
+    }
+    let (ok, out) = regions_status(&config, dir.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("records: 3"), "{out}");
+    let row = |out: &str, region: &str| {
+        out.lines()
+            .find(|l| l.starts_with(region))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(row(&out, "local-1").as_deref(), Some("3 0 0"), "{out}");
+
+    // A fourth region joins: every record lacks its copy, and the quorum still holds.
+    std::fs::write(
+        &config,
+        local(
+            "\"local-1\", \"local-2\", \"local-3\", \"local-4\"",
+            "key_ids = { local-1 = \"rkms-local-1\", local-2 = \"rkms-local-2\", local-3 = \"rkms-local-3\", local-4 = \"rkms-local-1\" }\n",
+        ),
+    )
+    .unwrap();
+    let (ok, out) = regions_status(&config, dir.path());
+    assert!(ok, "{out}");
+    assert_eq!(row(&out, "local-4").as_deref(), Some("0 0 3"), "{out}");
+
+    // Only one region with copies is left configured: below the quorum of two.
+    std::fs::write(
+        &config,
+        local(
+            "\"local-1\", \"local-4\"",
+            "key_ids = { local-1 = \"rkms-local-1\", local-4 = \"rkms-local-1\" }\n",
+        ),
+    )
+    .unwrap();
+    let (ok, out) = regions_status(&config, dir.path());
+    assert!(!ok, "below quorum must fail: {out}");
+    assert!(
+        out.contains("below quorum (fewer than 2 current copies): 3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("copies of local-2, no longer configured: 3"),
+        "{out}"
+    );
+}

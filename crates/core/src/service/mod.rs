@@ -5,7 +5,7 @@
 //! until one succeeds; `read.rs` unwraps a record with a hedged decrypt; `create.rs` makes a
 //! new record with a quorum of copies; `lifecycle.rs` rotates, schedules, restores and
 //! completes deletions, describes and lists ids; `repair.rs` adds the copies a record still
-//! lacks.
+//! lacks (and rewraps, and drops a removed region's); `report.rs` counts how far that has got.
 
 mod calls;
 mod create;
@@ -15,6 +15,7 @@ mod options;
 mod pending;
 mod read;
 mod repair;
+mod report;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
@@ -34,6 +35,7 @@ use crate::{DataKey, KeyId};
 pub use lifecycle::{KeyInfo, KeyListing, ListedKey, VersionInfo};
 pub use options::{Clock, HedgeOptions, LifecycleOptions, RepairOptions, ServiceOptions};
 pub use repair::{RepairOutcome, RepairSweep};
+pub use report::{CopiesReport, RegionCopies};
 
 /// Largest data key a service hands out, in bytes (AWS KMS's `NumberOfBytes` limit).
 pub const MAX_DATA_KEY_LEN: usize = 1024;
