@@ -16,12 +16,24 @@ fn id(s: &str) -> KeyId {
 }
 
 fn service(store: Arc<MemoryStore>, regions: &[Arc<FaultyKms>]) -> KeyService {
+    service_removing(store, regions, &[])
+}
+
+/// A service whose configuration names `removed` as regions taken out.
+fn service_removing(
+    store: Arc<MemoryStore>,
+    regions: &[Arc<FaultyKms>],
+    removed: &[&str],
+) -> KeyService {
     regions
         .iter()
         .fold(KeyService::builder(store), |b, kms| {
             b.region(Arc::clone(kms) as Arc<dyn Kms>)
         })
-        .options(Regions::options().fit_to(regions.len()))
+        .options(rkms_core::ServiceOptions {
+            removed_regions: removed.iter().map(|r| (*r).to_owned()).collect(),
+            ..Regions::options().fit_to(regions.len())
+        })
         .build()
         .unwrap()
 }
@@ -44,10 +56,11 @@ async fn a_changed_master_key_is_read_around_and_every_copy_is_rewrapped_under_i
         keys.push((first, second));
     }
 
-    // r2 now wraps under k2-new; r1 is down, so a read must come from r3, not the stale r2.
+    // r2 now wraps under k2-new, k2 named as previous; r1 is down, so a read must come from
+    // r3, not from r2's copy under the old key.
     let (r1, r2, r3) = (
         region("r1", "k1"),
-        region("r2", "k2-new"),
+        FaultyKms::new(ring.region_with_previous("r2", "k2-new", &["k2"]).unwrap()),
         region("r3", "k3"),
     );
     r1.set(Mode::Failing);
@@ -94,7 +107,7 @@ async fn an_old_copy_stays_until_its_new_one_can_be_made() {
     let before = service(store.clone(), &[region("r1", "k1"), region("r2", "k2")]);
     let key = before.get_or_create(&id("a")).await.unwrap().key;
 
-    let r2 = region("r2", "k2-new");
+    let r2 = FaultyKms::new(ring.region_with_previous("r2", "k2-new", &["k2"]).unwrap());
     r2.set(Mode::Failing);
     let after = service(store.clone(), &[region("r1", "k1"), r2.clone()]);
     after.repair(&id("a")).await.unwrap();
@@ -213,8 +226,21 @@ async fn a_removed_regions_copies_are_dropped_only_where_a_quorum_remains() {
     let partial = all.get_or_create(&id("partial")).await.unwrap().key;
     r2.set(Mode::Healthy);
 
-    // r3 leaves the configuration; r2 is down when the sweep runs.
-    let kept = service(store.clone(), &[r1.clone(), r2.clone()]);
+    // A server that merely lacks r3 (during a rolling change) leaves its copies alone.
+    r2.set(Mode::Failing);
+    let unaware = service(store.clone(), &[r1.clone(), r2.clone()]);
+    unaware.repair_sweep().await.unwrap();
+    assert!(
+        Record::decode(&store.get(&id("full")).await.unwrap().unwrap().bytes)
+            .unwrap()
+            .current()
+            .copies
+            .contains_key("r3"),
+        "only a region named as removed loses its copies"
+    );
+
+    // r3 is taken out; r2 is down when the sweep runs.
+    let kept = service_removing(store.clone(), &[r1.clone(), r2.clone()], &["r3"]);
     r2.set(Mode::Failing);
     kept.repair_sweep().await.unwrap();
     let record = |name: &'static str| {
@@ -273,9 +299,14 @@ async fn the_copies_report_shows_how_far_a_change_has_got() {
     // r2 changes key, r3 leaves, r4 joins; r4 is down.
     let r4 = FaultyKms::new(ring.region("r4", "k1").unwrap());
     r4.set(Mode::Failing);
-    let after = service(
+    let after = service_removing(
         store.clone(),
-        &[region("r1", "k1"), region("r2", "k2-new"), r4.clone()],
+        &[
+            region("r1", "k1"),
+            FaultyKms::new(ring.region_with_previous("r2", "k2-new", &["k2"]).unwrap()),
+            r4.clone(),
+        ],
+        &["r3"],
     );
     let report = after.copies_report().await.unwrap();
     assert_eq!(report.records, 4);

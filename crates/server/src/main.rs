@@ -463,13 +463,13 @@ async fn regions_status(settings: &Settings) -> ExitCode {
         report.records, report.deleted, report.unreadable
     );
     println!(
-        "{:<24} {:>10} {:>10} {:>10}",
-        "region", "current", "old key", "missing"
+        "{:<24} {:>10} {:>10} {:>10} {:>10}",
+        "region", "current", "old key", "other key", "missing"
     );
     for region in &report.regions {
         println!(
-            "{:<24} {:>10} {:>10} {:>10}",
-            region.region, region.current, region.old_key, region.missing
+            "{:<24} {:>10} {:>10} {:>10} {:>10}",
+            region.region, region.current, region.old_key, region.other_key, region.missing
         );
     }
     for (region, copies) in &report.unconfigured {

@@ -224,6 +224,9 @@ pub enum BuildError {
     /// Two regions share a name.
     #[error("KMS region {0:?} is configured twice")]
     DuplicateRegion(String),
+    /// A region is both configured and named in `removed_regions`.
+    #[error("KMS region {0:?} is configured and also named as removed")]
+    RemovedRegionConfigured(String),
     /// The data key length is out of range.
     #[error("data key length {0} is out of range 1..={MAX_DATA_KEY_LEN}")]
     DataKeyLength(usize),
@@ -275,6 +278,14 @@ impl KeyServiceBuilder {
             }
         }
         self.options.validate(self.regions.len())?;
+        if let Some(kms) = self.regions.iter().find(|kms| {
+            self.options
+                .removed_regions
+                .iter()
+                .any(|r| r == kms.region())
+        }) {
+            return Err(BuildError::RemovedRegionConfigured(kms.region().to_owned()));
+        }
         let options = self.options;
         let regions = self
             .regions

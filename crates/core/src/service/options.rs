@@ -172,6 +172,11 @@ pub struct ServiceOptions {
     pub lifecycle: LifecycleOptions,
     /// The wall clock.
     pub clock: Clock,
+    /// Regions taken out of the configuration whose copies repair drops, where a version keeps
+    /// `min_regions` current copies in configured regions. Copies of a region neither
+    /// configured nor named here are left alone: during a rolling change another server may
+    /// still have it configured, and the two would undo each other's work.
+    pub removed_regions: Vec<String>,
 }
 
 impl Default for ServiceOptions {
@@ -189,6 +194,7 @@ impl Default for ServiceOptions {
             repair: RepairOptions::default(),
             lifecycle: LifecycleOptions::default(),
             clock: Clock::system(),
+            removed_regions: Vec::new(),
         }
     }
 }

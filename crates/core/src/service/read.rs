@@ -5,6 +5,7 @@
 //! ([`ServiceError::IntegrityFailure`]); when any region could not be asked or did not answer,
 //! the outcome may differ later, so it is [`ServiceError::RegionsUnavailable`].
 
+use super::repair::CopyKey;
 use super::{KeyService, KmsAction, ServiceError};
 use crate::kms::KmsError;
 use crate::record::{KeyVersion, Record};
@@ -28,14 +29,15 @@ impl KeyService {
         };
         let context = &context;
         let regions = &self.inner.regions;
-        // Copies under a master key their region no longer wraps with (its `key_ids` changed)
-        // go last: the region refuses them. Repair wraps them again.
-        let (mut candidates, stale): (Vec<usize>, Vec<usize>) = self
+        // Copies under one of a region's previous keys go last: repair wraps them again.
+        let (mut candidates, previous): (Vec<usize>, Vec<usize>) = self
             .ordered_regions()
             .into_iter()
             .filter(|i| version.copies.contains_key(regions[*i].name()))
-            .partition(|i| self.is_current(*i, &version.copies[regions[*i].name()]));
-        candidates.extend(stale);
+            .partition(|i| {
+                self.copy_key(*i, &version.copies[regions[*i].name()]) != CopyKey::Previous
+            });
+        candidates.extend(previous);
         if candidates.is_empty() {
             return Err(ServiceError::NoCopyForConfiguredRegions {
                 id: id.clone(),
@@ -47,12 +49,11 @@ impl KeyService {
             .first_success(id, candidates, "decrypt", |index| {
                 let copy = &version.copies[regions[index].name()];
                 let kms = &regions[index].kms;
-                // A copy names the key it was wrapped under; the region decrypts under it
-                // only if it is its current key or a configured previous one.
-                let master_key = if copy.master_key.is_empty() {
-                    kms.master_key()
-                } else {
-                    &copy.master_key
+                // Under a previous key when the copy names one; otherwise naming the current
+                // key, whatever the copy says: never a key the record chose.
+                let master_key = match self.copy_key(index, copy) {
+                    CopyKey::Previous => &copy.master_key,
+                    CopyKey::Current | CopyKey::Other => kms.master_key(),
                 };
                 kms.decrypt_under(master_key, &copy.ciphertext, context)
             })

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use super::{KeyService, ServiceError};
 use crate::health::Permit;
+use crate::kms::KmsError;
 use crate::record::{KeyState, Record, WrappedCopy};
 use crate::store::StoreError;
 use crate::telemetry;
@@ -105,6 +106,20 @@ pub struct RepairSweep {
     pub deleted: usize,
 }
 
+/// How a copy's recorded master key stands with its region's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CopyKey {
+    /// The key the region wraps with now.
+    Current,
+    /// A key named in the region's previous keys: read under it, and wrapped again.
+    Previous,
+    /// Neither: another spelling of the current key (an alias for its ARN), another server's
+    /// configuration during a rolling change, a legacy copy, or a label written by hand. Read
+    /// naming the current key, as before key changes existed, and never rewrapped, so that
+    /// servers whose configurations differ do not undo each other's work.
+    Other,
+}
+
 /// Paces repair's KMS calls: each call waits for its own slot, one every `1 / rate`.
 #[derive(Debug)]
 pub(super) struct Budget {
@@ -136,18 +151,33 @@ impl Budget {
 }
 
 impl KeyService {
-    /// True when `copy`, held for region `index`, is wrapped under the master key the region
-    /// wraps with now. A copy of the original Go RKMS names no master key and counts as
-    /// current (its record is upgraded as a whole).
+    /// How `copy`, held for region `index`, stands with the region's configured keys.
+    pub(super) fn copy_key(&self, index: usize, copy: &WrappedCopy) -> CopyKey {
+        let kms = &self.inner.regions[index].kms;
+        if copy.master_key == kms.master_key() {
+            CopyKey::Current
+        } else if kms
+            .previous_master_keys()
+            .iter()
+            .any(|k| *k == copy.master_key)
+        {
+            CopyKey::Previous
+        } else {
+            CopyKey::Other
+        }
+    }
+
+    /// True when `copy` names the master key region `index` wraps with now, or names none (a
+    /// copy of the original Go RKMS, whose record is upgraded as a whole).
     pub(super) fn is_current(&self, index: usize, copy: &WrappedCopy) -> bool {
-        copy.master_key.is_empty() || copy.master_key == self.inner.regions[index].kms.master_key()
+        copy.master_key.is_empty() || self.copy_key(index, copy) == CopyKey::Current
     }
 
     /// What `record` lacks: for each version (by index) that should get new copies, the
     /// configured regions (by index) to wrap it in: those without a copy, those whose copy is
-    /// under a master key the region no longer wraps with (rewrapped: the new copy replaces
-    /// the old one in the same compare-and-set), or every region for a legacy record, whose
-    /// copies all need wrapping again. Nothing for a deleted id.
+    /// under one of the region's previous keys (rewrapped: the new copy replaces the old one
+    /// in the same compare-and-set), or every region for a legacy record, whose copies all
+    /// need wrapping again. Nothing for a deleted id.
     fn gaps(&self, record: &Record) -> Vec<(usize, Vec<usize>)> {
         if matches!(record.state.at(self.now()), KeyState::Deleted { .. }) {
             return Vec::new();
@@ -163,7 +193,7 @@ impl KeyService {
                             || version
                                 .copies
                                 .get(self.inner.regions[*i].name())
-                                .is_none_or(|copy| !self.is_current(*i, copy))
+                                .is_none_or(|copy| self.copy_key(*i, copy) == CopyKey::Previous)
                     })
                     .collect();
                 (!regions.is_empty()).then_some((v, regions))
@@ -171,7 +201,7 @@ impl KeyService {
             .collect()
     }
 
-    /// For each version (by index), the regions no longer configured whose copies it may
+    /// For each version (by index), the removed regions (`removed_regions`) whose copies it may
     /// drop: only once the version holds at least `min_regions` current copies in configured
     /// regions, so that dropping never leaves it with fewer than a quorum it can be read from.
     /// A region removed by mistake and added back loses only what was dropped. Nothing for a
@@ -199,7 +229,7 @@ impl KeyService {
                 let unconfigured: Vec<String> = version
                     .copies
                     .keys()
-                    .filter(|name| !regions.iter().any(|r| r.name() == name.as_str()))
+                    .filter(|name| self.inner.options.removed_regions.contains(name))
                     .cloned()
                     .collect();
                 (current >= self.inner.options.min_regions && !unconfigured.is_empty())
@@ -405,7 +435,10 @@ impl KeyService {
             .collect()
     }
 
-    /// Wraps `key` in each region it holds a permit for, each call in its budget slot.
+    /// Wraps `key` in each region it holds a permit for, each call in its budget slot, and
+    /// keeps a new copy only once the region has decrypted it back to `key`: a master key the
+    /// region may wrap under but not decrypt under (a key policy without Decrypt, another
+    /// account's key) would otherwise replace a readable copy by a dead one.
     async fn wrap_paced(
         &self,
         key: &DataKey,
@@ -419,6 +452,26 @@ impl KeyService {
                 .kms_call(index, permit, "encrypt", region.kms.encrypt(key, context))
                 .await
                 .ok()?;
+            self.inner.repair_budget.take().await;
+            let checked = tokio::time::timeout(
+                self.inner.options.kms_timeout,
+                region.kms.decrypt(&ciphertext, context),
+            )
+            .await;
+            match checked {
+                Ok(Ok(back)) if back == *key => {}
+                Ok(Ok(_)) | Ok(Err(KmsError::Refused { .. })) => {
+                    tracing::error!(
+                        region = region.name(),
+                        master_key = region.kms.master_key(),
+                        "a copy the region just wrapped does not decrypt back: its master key may \
+                         wrap but not decrypt (check the key policy); the copy is not stored"
+                    );
+                    return None;
+                }
+                // Unavailable: try again in a later round.
+                _ => return None,
+            }
             Some((
                 region.name().to_owned(),
                 WrappedCopy {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::repair::CopyKey;
 use super::{KeyService, ServiceError};
 use crate::record::{KeyState, Record};
 use crate::{KeyId, ListCursor};
@@ -22,8 +23,12 @@ pub struct RegionCopies {
     pub region: String,
     /// Records whose every version holds a copy under the region's current master key.
     pub current: usize,
-    /// Records with a copy under another master key (to be wrapped again).
+    /// Records with a copy under one of the region's previous keys (to be wrapped again).
     pub old_key: usize,
+    /// Records with a copy under a key name this configuration does not know (another
+    /// spelling of a key, another server's configuration): read naming the current key, never
+    /// rewrapped.
+    pub other_key: usize,
     /// Records with a version lacking a copy in the region (to be added).
     pub missing: usize,
 }
@@ -98,17 +103,22 @@ impl KeyService {
                 .iter()
                 .map(|v| v.copies.get(regions[index].name()))
                 .collect();
-            if copies.iter().any(Option::is_none) {
-                counts.missing += 1;
-            } else if copies
-                .iter()
-                .flatten()
-                .any(|copy| !self.is_current(index, copy))
-            {
-                counts.old_key += 1;
-            } else {
-                counts.current += 1;
-            }
+            // A record may count in several columns: one version may lack a copy while another
+            // holds one under an old key.
+            let present: Vec<_> = copies.iter().flatten().collect();
+            let missing = present.len() < copies.len();
+            counts.missing += usize::from(missing);
+            counts.old_key += usize::from(
+                present
+                    .iter()
+                    .any(|c| self.copy_key(index, c) == CopyKey::Previous),
+            );
+            counts.other_key +=
+                usize::from(present.iter().any(|c| {
+                    !self.is_current(index, c) && self.copy_key(index, c) == CopyKey::Other
+                }));
+            counts.current +=
+                usize::from(!missing && present.iter().all(|c| self.is_current(index, c)));
         }
         let mut below = false;
         for version in &record.versions {

@@ -22,6 +22,9 @@ pub(super) struct KmsSection {
     /// decrypt under, until repair has wrapped every copy again.
     #[serde(default)]
     previous_key_ids: BTreeMap<String, Vec<String>>,
+    /// Regions taken out of `regions` whose copies repair drops (where a quorum remains).
+    #[serde(default)]
+    pub(super) removed_regions: Vec<String>,
     pub(super) data_key_size_in_bytes: Option<usize>,
     keyring_path: Option<PathBuf>,
     pub(super) timeout_ms: Option<u64>,

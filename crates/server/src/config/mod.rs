@@ -401,6 +401,19 @@ impl Settings {
             service.request_deadline,
         )?;
         service.straggler_wait = availability::straggler_wait(kms.straggler_wait_ms, kms_timeout)?;
+        if let Some(region) = kms
+            .removed_regions
+            .iter()
+            .find(|r| r.is_empty() || kms.regions.contains(r))
+        {
+            return Err(invalid(
+                "kms.removed_regions",
+                format!(
+                    "{region:?} is still in kms.regions (or empty): name only regions taken out"
+                ),
+            ));
+        }
+        service.removed_regions = kms.removed_regions.clone();
         availability::apply(
             &mut service,
             regions.len(),
