@@ -331,3 +331,86 @@ async fn the_copies_report_shows_how_far_a_change_has_got() {
     assert!(report.unconfigured.is_empty(), "{:?}", report.unconfigured);
     assert_eq!(report.below_quorum, 0);
 }
+
+/// A region whose new key may wrap but not unwrap (a key policy without Decrypt), while its
+/// previous key still decrypts.
+#[derive(Debug)]
+struct WrapOnly(rkms_core::LocalKms);
+
+#[async_trait::async_trait]
+impl Kms for WrapOnly {
+    fn region(&self) -> &str {
+        self.0.region()
+    }
+    fn master_key(&self) -> &str {
+        self.0.master_key()
+    }
+    async fn generate_data_key(
+        &self,
+        len: usize,
+        context: &EncryptionContext,
+    ) -> Result<rkms_core::GeneratedKey, rkms_core::KmsError> {
+        self.0.generate_data_key(len, context).await
+    }
+    async fn encrypt(
+        &self,
+        key: &rkms_core::DataKey,
+        context: &EncryptionContext,
+    ) -> Result<Vec<u8>, rkms_core::KmsError> {
+        self.0.encrypt(key, context).await
+    }
+    async fn decrypt(
+        &self,
+        _: &[u8],
+        _: &EncryptionContext,
+    ) -> Result<rkms_core::DataKey, rkms_core::KmsError> {
+        Err(rkms_core::KmsError::Refused {
+            region: self.region().into(),
+            message: "AccessDeniedException: not authorized to kms:Decrypt".into(),
+        })
+    }
+    fn previous_master_keys(&self) -> &[String] {
+        self.0.previous_master_keys()
+    }
+    async fn decrypt_under(
+        &self,
+        master_key: &str,
+        ciphertext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<rkms_core::DataKey, rkms_core::KmsError> {
+        if master_key == self.master_key() {
+            return self.decrypt(ciphertext, context).await;
+        }
+        self.0.decrypt_under(master_key, ciphertext, context).await
+    }
+}
+
+#[tokio::test]
+async fn a_new_key_that_cannot_decrypt_never_replaces_a_readable_copy() {
+    let ring = LocalKeyring::generate(&["k1", "k2", "k2-new"]).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let before = service(
+        store.clone(),
+        &[
+            FaultyKms::new(ring.region("r1", "k1").unwrap()),
+            FaultyKms::new(ring.region("r2", "k2").unwrap()),
+        ],
+    );
+    let key = before.get_or_create(&id("a")).await.unwrap().key;
+    let after = KeyService::builder(store.clone())
+        .region(Arc::new(ring.region("r1", "k1").unwrap()))
+        .region(Arc::new(WrapOnly(
+            ring.region_with_previous("r2", "k2-new", &["k2"]).unwrap(),
+        )))
+        .options(Regions::options())
+        .build()
+        .unwrap();
+    after.repair(&id("a")).await.unwrap();
+    let record = Record::decode(&store.get(&id("a")).await.unwrap().unwrap().bytes).unwrap();
+    assert_eq!(
+        record.current().copies["r2"].master_key,
+        "k2",
+        "the readable copy stays"
+    );
+    assert_eq!(after.get_or_create(&id("a")).await.unwrap().key, key);
+}
