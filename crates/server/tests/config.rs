@@ -1211,3 +1211,15 @@ fn previous_key_ids_name_keys_a_region_may_still_decrypt_under() {
         );
     }
 }
+
+#[test]
+fn removed_regions_name_only_regions_taken_out() {
+    let base = "[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\n";
+    let settings = parse(&format!("{base}removed_regions = [\"c\"]\n")).unwrap();
+    assert_eq!(settings.service.removed_regions, ["c"]);
+    let message = refusal(&format!("{base}removed_regions = [\"b\"]\n"));
+    assert!(
+        message.contains("kms.removed_regions") && message.contains("still in kms.regions"),
+        "{message}"
+    );
+}

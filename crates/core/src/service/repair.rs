@@ -156,11 +156,7 @@ impl KeyService {
         let kms = &self.inner.regions[index].kms;
         if copy.master_key == kms.master_key() {
             CopyKey::Current
-        } else if kms
-            .previous_master_keys()
-            .iter()
-            .any(|k| *k == copy.master_key)
-        {
+        } else if kms.previous_master_keys().contains(&copy.master_key) {
             CopyKey::Previous
         } else {
             CopyKey::Other
