@@ -510,7 +510,7 @@ async fn regions_status_counts_each_regions_copies_and_fails_below_quorum() {
             .find(|l| l.starts_with(region))
             .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
     };
-    assert_eq!(row(&out, "local-1").as_deref(), Some("3 0 0"), "{out}");
+    assert_eq!(row(&out, "local-1").as_deref(), Some("3 0 0 0"), "{out}");
 
     // A fourth region joins: every record lacks its copy, and the quorum still holds.
     std::fs::write(
@@ -523,7 +523,7 @@ async fn regions_status_counts_each_regions_copies_and_fails_below_quorum() {
     .unwrap();
     let (ok, out) = regions_status(&config, dir.path());
     assert!(ok, "{out}");
-    assert_eq!(row(&out, "local-4").as_deref(), Some("0 0 3"), "{out}");
+    assert_eq!(row(&out, "local-4").as_deref(), Some("0 0 0 3"), "{out}");
 
     // Only one region with copies is left configured: below the quorum of two.
     std::fs::write(
