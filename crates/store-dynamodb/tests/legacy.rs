@@ -99,50 +99,68 @@ async fn the_originals_items_are_served_and_upgraded_only_by_compare_and_swap() 
         .unwrap();
 }
 
-#[tokio::test]
-async fn an_originals_item_survives_a_rotation_which_retires_the_originals_copies() {
-    let mut config = DynamoDbConfig::new(unique_name("rkms_legacy_life_"), "us-east-1");
-    config.endpoint = Some(endpoint());
-    config.create_table = true;
-    let store = DynamoDbStore::open(&config).await.unwrap();
-    let ring = LocalKeyring::generate(&["k1", "k2"]).unwrap();
-    let regions: Vec<Arc<dyn Kms>> = vec![
-        Arc::new(ring.region("us-east-1", "k1").unwrap()),
-        Arc::new(ring.region("us-west-1", "k2").unwrap()),
-    ];
-    let key = DataKey::new(vec![9; 32]);
-    let mut keys = HashMap::new();
-    for kms in &regions {
-        let ciphertext = kms
-            .encrypt(&key, &EncryptionContext::empty())
+/// A fresh table holding one item of the original Go RKMS, `orders`, whose `keys` wrap `key`
+/// with no encryption context in two regions, and a service over both regions.
+struct OriginalItem {
+    config: DynamoDbConfig,
+    client: aws_sdk_dynamodb::Client,
+    service: KeyService,
+}
+
+impl OriginalItem {
+    async fn new(table_prefix: &str, key: &DataKey) -> Self {
+        let mut config = DynamoDbConfig::new(unique_name(table_prefix), "us-east-1");
+        config.endpoint = Some(endpoint());
+        config.create_table = true;
+        let store = DynamoDbStore::open(&config).await.unwrap();
+        let ring = LocalKeyring::generate(&["k1", "k2"]).unwrap();
+        let regions: Vec<Arc<dyn Kms>> = vec![
+            Arc::new(ring.region("us-east-1", "k1").unwrap()),
+            Arc::new(ring.region("us-west-1", "k2").unwrap()),
+        ];
+        let mut keys = HashMap::new();
+        for kms in &regions {
+            let ciphertext = kms.encrypt(key, &EncryptionContext::empty()).await.unwrap();
+            keys.insert(
+                kms.region().to_owned(),
+                AttributeValue::S(base64::engine::general_purpose::STANDARD.encode(ciphertext)),
+            );
+        }
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(endpoint())
+            .load()
+            .await;
+        let client = aws_sdk_dynamodb::Client::new(&sdk);
+        client
+            .put_item()
+            .table_name(&config.table_name)
+            .item("id", AttributeValue::S("orders".into()))
+            .item("keys", AttributeValue::M(keys))
+            .send()
             .await
             .unwrap();
-        keys.insert(
-            kms.region().to_owned(),
-            AttributeValue::S(base64::engine::general_purpose::STANDARD.encode(ciphertext)),
-        );
+        let service = regions
+            .into_iter()
+            .fold(KeyService::builder(Arc::new(store)), |b, k| b.region(k))
+            .build()
+            .unwrap();
+        Self {
+            config,
+            client,
+            service,
+        }
     }
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint())
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
-    client
-        .put_item()
-        .table_name(&config.table_name)
-        .item("id", AttributeValue::S("orders".into()))
-        .item("keys", AttributeValue::M(keys))
-        .send()
-        .await
-        .unwrap();
-    let service = regions
-        .into_iter()
-        .fold(KeyService::builder(Arc::new(store.clone())), |b, k| {
-            b.region(k)
-        })
-        .build()
-        .unwrap();
+}
+
+#[tokio::test]
+async fn an_originals_item_survives_a_rotation_which_retires_the_originals_copies() {
+    let key = DataKey::new(vec![9; 32]);
+    let OriginalItem {
+        config,
+        client,
+        service,
+    } = OriginalItem::new("rkms_legacy_life_", &key).await;
     let id = KeyId::parse("orders").unwrap();
     let has_originals_keys = || async {
         client
@@ -191,48 +209,12 @@ async fn an_originals_item_survives_a_rotation_which_retires_the_originals_copie
 
 #[tokio::test]
 async fn deleting_an_unrotated_originals_item_removes_the_originals_copies() {
-    let mut config = DynamoDbConfig::new(unique_name("rkms_legacy_del_"), "us-east-1");
-    config.endpoint = Some(endpoint());
-    config.create_table = true;
-    let store = DynamoDbStore::open(&config).await.unwrap();
-    let ring = LocalKeyring::generate(&["k1", "k2"]).unwrap();
-    let regions: Vec<Arc<dyn Kms>> = vec![
-        Arc::new(ring.region("us-east-1", "k1").unwrap()),
-        Arc::new(ring.region("us-west-1", "k2").unwrap()),
-    ];
     let key = DataKey::new(vec![3; 32]);
-    let mut keys = HashMap::new();
-    for kms in &regions {
-        let ciphertext = kms
-            .encrypt(&key, &EncryptionContext::empty())
-            .await
-            .unwrap();
-        keys.insert(
-            kms.region().to_owned(),
-            AttributeValue::S(base64::engine::general_purpose::STANDARD.encode(ciphertext)),
-        );
-    }
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint())
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
-    client
-        .put_item()
-        .table_name(&config.table_name)
-        .item("id", AttributeValue::S("orders".into()))
-        .item("keys", AttributeValue::M(keys))
-        .send()
-        .await
-        .unwrap();
-    let service = regions
-        .into_iter()
-        .fold(KeyService::builder(Arc::new(store.clone())), |b, k| {
-            b.region(k)
-        })
-        .build()
-        .unwrap();
+    let OriginalItem {
+        config,
+        client,
+        service,
+    } = OriginalItem::new("rkms_legacy_del_", &key).await;
     let id = KeyId::parse("orders").unwrap();
     service.schedule_deletion(&id).await.unwrap();
     let item = client

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use super::{KeyService, ServiceError};
 use crate::health::Permit;
 use crate::kms::KmsError;
-use crate::record::{KeyState, Record, WrappedCopy};
+use crate::record::{KeyState, KeyVersion, Record, WrappedCopy};
 use crate::store::StoreError;
 use crate::telemetry;
 use crate::{DataKey, EncryptionContext, KeyId, ListCursor};
@@ -197,6 +197,20 @@ impl KeyService {
             .collect()
     }
 
+    /// How many configured regions hold a copy of `version` under their current key: what
+    /// the quorum counts.
+    pub(super) fn current_copies(&self, version: &KeyVersion) -> usize {
+        let regions = &self.inner.regions;
+        (0..regions.len())
+            .filter(|i| {
+                version
+                    .copies
+                    .get(regions[*i].name())
+                    .is_some_and(|copy| self.is_current(*i, copy))
+            })
+            .count()
+    }
+
     /// For each version (by index), the removed regions (`removed_regions`) whose copies it may
     /// drop: only once the version holds at least `min_regions` current copies in configured
     /// regions, so that dropping never leaves it with fewer than a quorum it can be read from.
@@ -208,20 +222,12 @@ impl KeyService {
         {
             return Vec::new();
         }
-        let regions = &self.inner.regions;
         record
             .versions
             .iter()
             .enumerate()
             .filter_map(|(v, version)| {
-                let current = (0..regions.len())
-                    .filter(|i| {
-                        version
-                            .copies
-                            .get(regions[*i].name())
-                            .is_some_and(|copy| self.is_current(*i, copy))
-                    })
-                    .count();
+                let current = self.current_copies(version);
                 let unconfigured: Vec<String> = version
                     .copies
                     .keys()

@@ -122,15 +122,7 @@ impl KeyService {
         }
         let mut below = false;
         for version in &record.versions {
-            let current = (0..regions.len())
-                .filter(|i| {
-                    version
-                        .copies
-                        .get(regions[*i].name())
-                        .is_some_and(|copy| self.is_current(*i, copy))
-                })
-                .count();
-            below |= current < self.inner.options.min_regions;
+            below |= self.current_copies(version) < self.inner.options.min_regions;
             for name in version.copies.keys() {
                 if !regions.iter().any(|r| r.name() == name.as_str()) {
                     *report.unconfigured.entry(name.clone()).or_default() += 1;
