@@ -13,7 +13,7 @@
 //! for its outcome rather than each sending a call to a region that may hang.
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -76,6 +76,9 @@ struct State {
     failed_probes: u64,
     /// Times the breaker closed again after it had opened: the region came back.
     recoveries: u64,
+    /// When the breaker last opened from closed, until a call succeeds again: how long the
+    /// region has been failing, as operators read it in `/readyz`.
+    unhealthy_since: Option<SystemTime>,
 }
 
 /// Weight of the newest sample in the latency average.
@@ -111,6 +114,7 @@ impl RegionHealth {
                 latency: None,
                 failed_probes: 0,
                 recoveries: 0,
+                unhealthy_since: None,
             }),
             options,
             probe_ended: Notify::new(),
@@ -213,6 +217,12 @@ impl RegionHealth {
         self.lock().latency
     }
 
+    /// Since when the region has failed: set when its breaker opens, cleared by the next
+    /// successful call.
+    pub(crate) fn unhealthy_since(&self) -> Option<SystemTime> {
+        self.lock().unhealthy_since
+    }
+
     /// How many times the region came back after its breaker had opened.
     pub(crate) fn recoveries(&self) -> u64 {
         self.lock().recoveries
@@ -224,6 +234,7 @@ impl RegionHealth {
             state.recoveries += 1;
         }
         state.breaker = Breaker::Closed { failures: 0 };
+        state.unhealthy_since = None;
         state.latency = Some(match state.latency {
             None => latency,
             Some(average) => {
@@ -250,7 +261,10 @@ impl RegionHealth {
                 };
                 false
             }
-            Breaker::Closed { .. } => true,
+            Breaker::Closed { .. } => {
+                state.unhealthy_since.get_or_insert_with(SystemTime::now);
+                true
+            }
             // Late failures of calls admitted before the breaker opened change nothing; a
             // failed probe opens it again.
             Breaker::Open { .. } | Breaker::HalfOpen { .. } => probe,

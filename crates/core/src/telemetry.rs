@@ -39,6 +39,9 @@ pub const LIFECYCLE_CHANGES: &str = "rkms_lifecycle_changes_total";
 /// Copies wrapped again under their region's current master key (its `key_ids` changed),
 /// each replacing a copy under the old key.
 pub const REWRAPS: &str = "rkms_rewraps_total";
+/// Copies added to records by repair, by `region`: a region missed by a quorum create, or a
+/// region added to the configuration.
+pub const COPIES_ADDED: &str = "rkms_copies_added_total";
 /// Copies dropped from records because their region is no longer configured (only where
 /// `min_regions` current copies remain in configured regions).
 pub const COPIES_DROPPED: &str = "rkms_copies_dropped_total";

@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rkms_core::{Kms, LocalKeyring, Store};
+use rkms_core::{KeyService, Kms, LocalKeyring, Store};
 use tracing::warn;
 
 #[cfg(feature = "dynamodb")]
 use crate::config::LegacyRecords;
-use crate::config::{KmsSettings, RegionSettings, StoreSettings};
+use crate::config::{KmsSettings, RegionSettings, Settings, StoreSettings};
 
 /// Opens the configured store. A store whose cargo feature is off is refused by name.
 pub async fn open_store(settings: &StoreSettings) -> Result<Arc<dyn Store>, String> {
@@ -168,6 +168,32 @@ pub async fn open_regions(
         #[cfg(not(feature = "aws"))]
         KmsSettings::Aws { .. } => Err(not_compiled_in("KMS provider", "aws")),
     }
+}
+
+/// Opens the configured regions over `store` and builds the protocol over them, as the
+/// successor of `previous` when a reload replaces it (see
+/// [`rkms_core::KeyServiceBuilder::succeeding`]).
+pub async fn build_service(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    previous: Option<&KeyService>,
+) -> Result<KeyService, String> {
+    let regions = open_regions(&settings.kms, &settings.regions, store.as_ref()).await?;
+    if regions.len() < 2 {
+        warn!("only one KMS region is configured: keys are unavailable whenever it is");
+    }
+    let builder = regions
+        .into_iter()
+        .fold(KeyService::builder(Arc::clone(store)), |builder, kms| {
+            builder.region(kms)
+        })
+        .options(settings.service.clone());
+    match previous {
+        Some(previous) => builder.succeeding(previous),
+        None => builder,
+    }
+    .build()
+    .map_err(|e| format!("invalid service settings: {e}"))
 }
 
 /// Refuses to let a missing keyring be created while the store holds records: they were

@@ -1,7 +1,10 @@
 //! Limits on what one request or connection may use, and the check that answers an oversized
 //! request with a JSON error before anything reads it.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -38,6 +41,29 @@ pub struct Limits {
     pub max_connections_per_address: usize,
 }
 
+/// The limits in force, replaced by a configuration reload: a connection takes them when it
+/// is accepted and keeps them to its end; the size checks read them per request.
+#[derive(Debug, Clone)]
+pub struct LiveLimits(Arc<ArcSwap<Limits>>);
+
+impl LiveLimits {
+    /// The limits in force now.
+    pub fn current(&self) -> Arc<Limits> {
+        self.0.load_full()
+    }
+
+    /// Puts `limits` in force for connections accepted and requests read from now on.
+    pub fn replace(&self, limits: Limits) {
+        self.0.store(Arc::new(limits));
+    }
+}
+
+impl From<Limits> for LiveLimits {
+    fn from(limits: Limits) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(limits)))
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         let max_connections = 1024;
@@ -71,10 +97,11 @@ impl Limits {
 
 /// Refuses a request over the size limits.
 pub async fn enforce(
-    State(limits): State<Limits>,
+    State(limits): State<LiveLimits>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let limits = limits.current();
     let uri_len = request
         .uri()
         .path_and_query()

@@ -10,15 +10,17 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use rkms_core::{KeyId, KeyService, Store};
 use rkms_server::audit::{self, AuditLog};
 use rkms_server::auth::{self, Authenticator, Principal, TokenHash};
-use rkms_server::backends::{open_regions, open_store};
+use rkms_server::backends::{build_service, open_store};
 use rkms_server::config::{
     ConfigError, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
 };
 use rkms_server::error::ApiError;
 use rkms_server::legacy;
-use rkms_server::limits::Limits;
+use rkms_server::limits::{Limits, LiveLimits};
+use rkms_server::live::LiveService;
 use rkms_server::operations::{Caller, KeyOperations};
 use rkms_server::render;
+use rkms_server::reload::Reloader;
 use rkms_server::routes::{app, health_app, AppState};
 use rkms_server::serve::{fit_open_file_limit, serve};
 use rkms_server::tls::TlsConfig;
@@ -257,7 +259,10 @@ async fn main() -> ExitCode {
         }
     }
     init_logging(&settings);
-    let reload = cli.config.clone().map(|path| (path, cli.data_dir.clone()));
+    let reload = ReloadSource {
+        file: cli.config.clone().map(|path| (path, cli.data_dir.clone())),
+        listen: cli.listen,
+    };
     match run(settings, reload).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -492,18 +497,7 @@ async fn regions_status(settings: &Settings) -> ExitCode {
 /// Opens the configured store and regions and builds the protocol over them.
 async fn open_service(settings: &Settings) -> Result<(Arc<dyn Store>, KeyService), String> {
     let store = open_store(&settings.store).await?;
-    let regions = open_regions(&settings.kms, &settings.regions, store.as_ref()).await?;
-    if regions.len() < 2 {
-        warn!("only one KMS region is configured: keys are unavailable whenever it is");
-    }
-    let service = regions
-        .into_iter()
-        .fold(KeyService::builder(Arc::clone(&store)), |builder, kms| {
-            builder.region(kms)
-        })
-        .options(settings.service.clone())
-        .build()
-        .map_err(|e| format!("invalid service settings: {e}"))?;
+    let service = build_service(settings, &store, None).await?;
     Ok((store, service))
 }
 
@@ -631,8 +625,11 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-/// The configuration file and data directory to re-read principals from on SIGHUP.
-type ReloadSource = Option<(PathBuf, PathBuf)>;
+/// The configuration file and data directory SIGHUP re-reads, and `--listen`.
+struct ReloadSource {
+    file: Option<(PathBuf, PathBuf)>,
+    listen: Option<SocketAddr>,
+}
 
 async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     if settings.development_mode {
@@ -646,16 +643,13 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     for notice in &settings.notices {
         warn!("{notice}");
     }
-    let (_, service) = open_service(&settings).await?;
+    let (store, service) = open_service(&settings).await?;
     let metrics = PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| format!("cannot set up metrics: {e}"))?;
-    let service = Arc::new(service);
-    let repairer = tokio::spawn({
-        let service = Arc::clone(&service);
-        async move { service.run_repairer().await }
-    });
+    let service = Arc::new(LiveService::new(service));
+    let limits = LiveLimits::from(settings.limits.clone());
     let audit = open_audit(&settings)?;
     let checkpoints = tokio::spawn(Arc::clone(&audit).write_checkpoints());
     let state = AppState {
@@ -680,10 +674,18 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     // Registered before the server listens, so that no SIGHUP finds the default action (exit).
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+    let reloader = Reloader::start(
+        store,
+        Arc::clone(&state.service),
+        auth,
+        limits.clone(),
+        reload.listen,
+        settings.clone(),
+    );
     let reloader = tokio::spawn(reload_on_hangup(
         hangup,
-        reload,
-        auth,
+        reload.file,
+        reloader,
         tls.clone(),
         Arc::clone(&audit),
     ));
@@ -703,20 +705,12 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
         None => None,
         Some(at) => Some(serve_health(at, Arc::clone(&state.service), &settings.limits).await?),
     };
-    let router = app(state, &settings.key_path, settings.limits.clone());
-    serve(
-        listener,
-        router,
-        tls,
-        settings.limits.clone(),
-        shutdown_signal(),
-    )
-    .await;
+    let router = app(state, &settings.key_path, limits.clone());
+    serve(listener, router, tls, limits, shutdown_signal()).await;
     if let Some((stop, served)) = health {
         let _ = stop.send(());
         let _ = served.await;
     }
-    repairer.abort();
     reloader.abort();
     failure_reports.abort();
     checkpoints.abort();
@@ -738,7 +732,7 @@ const HEALTH_CONNECTIONS: usize = 64;
 /// probe plain HTTP by default), until the returned sender fires.
 async fn serve_health(
     at: std::net::SocketAddr,
-    service: Arc<rkms_core::KeyService>,
+    service: Arc<LiveService>,
     limits: &Limits,
 ) -> Result<
     (
@@ -788,12 +782,13 @@ fn open_audit(settings: &Settings) -> Result<Arc<AuditLog>, String> {
 }
 
 /// On SIGHUP (as `systemctl reload` and logrotate send): reopens the audit log at its path,
-/// re-reads the principals from the configuration file, keeping those in force if the file
-/// is refused, and the TLS files. Other settings change on restart.
+/// re-reads the configuration file and puts it in force as one unit (see
+/// [`rkms_server::reload`]), keeping everything as it was if the file is refused, and reloads
+/// the TLS files.
 async fn reload_on_hangup(
     mut hangup: tokio::signal::unix::Signal,
-    source: ReloadSource,
-    auth: Arc<Authenticator>,
+    source: Option<(PathBuf, PathBuf)>,
+    mut reloader: Reloader,
     tls: Option<Arc<TlsConfig>>,
     audit: Arc<AuditLog>,
 ) {
@@ -807,21 +802,37 @@ async fn reload_on_hangup(
         }
         match &source {
             None => info!("SIGHUP: the development default has no configuration file to re-read"),
-            Some((path, data_dir)) => match reread(path, data_dir) {
-                Ok(settings) => {
-                    auth.replace(&settings.principals);
-                    let names: Vec<&str> = settings
-                        .principals
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect();
-                    info!(principals = ?names, "SIGHUP: principals reloaded");
+            Some((path, data_dir)) => {
+                let read = reread(path, data_dir).map_err(|e| e.to_string());
+                let summary = match read {
+                    Ok(settings) => {
+                        let regions: Vec<String> =
+                            settings.regions.iter().map(ToString::to_string).collect();
+                        let principals: Vec<String> =
+                            settings.principals.iter().map(|p| p.name.clone()).collect();
+                        reloader
+                            .apply(settings)
+                            .await
+                            .map(|done| (done, regions, principals))
+                    }
+                    Err(e) => Err(e),
+                };
+                match summary {
+                    Ok((done, regions, principals)) => {
+                        done.notices.iter().for_each(|notice| warn!("SIGHUP: {notice}"));
+                        info!(
+                            ?regions,
+                            ?principals,
+                            regions_changed = done.regions_changed,
+                            "SIGHUP: configuration reloaded"
+                        );
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "SIGHUP: the configuration file is refused; nothing changed"
+                    ),
                 }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "SIGHUP: the configuration file is refused; the principals in force stay"
-                ),
-            },
+            }
         }
         if let Some(tls) = &tls {
             tls.reload_and_log(true);

@@ -1,11 +1,13 @@
 //! `/healthz` and `/readyz`. Anyone who reaches the port may call them, so they are rate
 //! limited per client address and answer from memory: readiness is checked in the background
-//! once a second, and the answer says only up or down, nothing that moves with key traffic.
+//! once a second. The answer says up or down per region, since when a region has been
+//! failing, and the repairer's backlog (how many ids this server knows to lack copies),
+//! nothing about any key.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -17,7 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::address_limit::AddressLimit;
-use crate::error::ApiError;
+use crate::error::{rfc3339, ApiError};
+use crate::live::LiveService;
 use crate::serve::Peer;
 use crate::telemetry::REJECTIONS;
 
@@ -34,8 +37,11 @@ const PROBE_BURST: NonZeroU32 = NonZeroU32::new(40).expect("non-zero");
 struct Readiness {
     checked: Instant,
     store_up: bool,
-    /// Each region's name, and whether its circuit breaker lets calls through.
-    regions: Vec<(String, bool)>,
+    /// Each region's name, whether its circuit breaker lets calls through, and since when
+    /// (seconds since the Unix epoch) it has been failing.
+    regions: Vec<(String, bool, Option<u64>)>,
+    /// Ids the repairer knows to lack copies.
+    repair_backlog: usize,
 }
 
 /// The probes' shared state: the latest readiness and the per-address limit. The background
@@ -59,11 +65,12 @@ impl Drop for AbortOnDrop {
 }
 
 impl Probes {
-    /// Starts checking `service`'s readiness in the background. Needs a Tokio runtime.
-    pub fn start(service: Arc<KeyService>) -> Self {
+    /// Starts checking the readiness of the service in force in the background. Needs a
+    /// Tokio runtime.
+    pub fn start(service: Arc<LiveService>) -> Self {
         let (publish, latest) = watch::channel(None);
         let limit = Arc::new(AddressLimit::new(PROBES_PER_SECOND, PROBE_BURST));
-        let store_timeout = service.options().store_timeout;
+        let store_timeout = service.current().options().store_timeout;
         let checker = tokio::spawn({
             let limit = Arc::clone(&limit);
             async move {
@@ -71,7 +78,7 @@ impl Probes {
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticks.tick().await;
-                    publish.send_replace(Some(check(&service).await));
+                    publish.send_replace(Some(check(&service.current()).await));
                     limit.forget_idle();
                 }
             }
@@ -96,12 +103,19 @@ async fn check(service: &KeyService) -> Readiness {
     let regions = service
         .region_status()
         .into_iter()
-        .map(|r| (r.name, r.breaker != BreakerState::Open))
+        .map(|r| {
+            let since = r.unhealthy_since.map(|at| {
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            });
+            (r.name, r.breaker != BreakerState::Open, since)
+        })
         .collect();
     Readiness {
         checked: Instant::now(),
         store_up,
         regions,
+        repair_backlog: service.repair_backlog(),
     }
 }
 
@@ -149,7 +163,7 @@ pub async fn readyz(State(probes): State<Probes>) -> Result<Json<serde_json::Val
             "the key store is not reachable".into(),
         ));
     }
-    if !readiness.regions.iter().any(|(_, up)| *up) {
+    if !readiness.regions.iter().any(|(_, up, _)| *up) {
         return Err(ApiError::Unavailable(
             "every KMS region's circuit breaker is open after repeated failures".into(),
         ));
@@ -158,9 +172,18 @@ pub async fn readyz(State(probes): State<Probes>) -> Result<Json<serde_json::Val
     let regions: Vec<serde_json::Value> = readiness
         .regions
         .iter()
-        .map(|(name, up)| json!({ "name": name, "state": up_or_down(*up) }))
+        .map(|(name, up, since)| {
+            json!({
+                "name": name,
+                "state": up_or_down(*up),
+                "unhealthy_since": since.map(rfc3339),
+            })
+        })
         .collect();
-    Ok(Json(
-        json!({ "status": "ready", "store": "up", "regions": regions }),
-    ))
+    Ok(Json(json!({
+        "status": "ready",
+        "store": "up",
+        "regions": regions,
+        "repair": { "backlog": readiness.repair_backlog },
+    })))
 }

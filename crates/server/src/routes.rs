@@ -15,7 +15,7 @@ use axum::{Extension, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rkms_core::{IssuedKey, KeyId, KeyService, ID_PUNCTUATION, MAX_ID_LEN};
+use rkms_core::{IssuedKey, KeyId, ID_PUNCTUATION, MAX_ID_LEN};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -24,7 +24,8 @@ use zeroize::Zeroizing;
 use crate::audit::AuditLog;
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::error::ApiError;
-use crate::limits::{self, Limits};
+use crate::limits::{self, LiveLimits};
+use crate::live::LiveService;
 use crate::operations::{Caller, KeyOperations, MAX_LIST_LIMIT};
 use crate::probes::{self, Probes};
 use crate::render::{info_body, list_body, rotated_body, state_body};
@@ -43,8 +44,8 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The protocol.
-    pub service: Arc<KeyService>,
+    /// The protocol, as the configuration in force sets it up.
+    pub service: Arc<LiveService>,
     /// Renders the process's metrics for `/metrics`; `None` serves no metrics.
     pub metrics: Option<PrometheusHandle>,
     /// Where every key operation is recorded; `None` records nothing (tests of the API alone).
@@ -57,7 +58,7 @@ impl AppState {
     /// The key operations over this state's service and audit log.
     fn operations(&self) -> KeyOperations {
         KeyOperations {
-            service: Arc::clone(&self.service),
+            service: self.service.current(),
             audit: self.audit.clone(),
         }
     }
@@ -72,7 +73,8 @@ impl AppState {
 /// Reads answer GET only (see [`get_only`]); the key route also takes DELETE, and rotate and
 /// restore take POST. No route takes a body (`limits::refuse_body`); a method a route does not
 /// take is refused first, with the methods it does.
-pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
+pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Router {
+    let limits = limits.into();
     let protected = Router::new()
         .route(
             key_path,
@@ -101,7 +103,8 @@ pub fn app(state: AppState, key_path: &str, limits: Limits) -> Router {
 
 /// `/healthz` and `/readyz` alone, for `[server] health_port`: a listener of their own, which
 /// no key client can fill. Starts its own background readiness check.
-pub fn health_app(service: Arc<KeyService>, limits: Limits) -> Router {
+pub fn health_app(service: Arc<LiveService>, limits: impl Into<LiveLimits>) -> Router {
+    let limits = limits.into();
     probe_routes(service)
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
@@ -109,7 +112,7 @@ pub fn health_app(service: Arc<KeyService>, limits: Limits) -> Router {
 }
 
 /// The probes, limited per client address, over a background readiness check of `service`.
-fn probe_routes<S>(service: Arc<KeyService>) -> Router<S>
+fn probe_routes<S>(service: Arc<LiveService>) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {

@@ -33,7 +33,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, info, warn};
 
 use crate::error::ApiError;
-use crate::limits::{Limits, HEALTH_PATH, READY_PATH};
+use crate::limits::{Limits, LiveLimits, HEALTH_PATH, READY_PATH};
 use crate::telemetry::REJECTIONS;
 use crate::tls::{ClientCertificate, TlsConfig};
 
@@ -69,20 +69,29 @@ pub struct Peer {
 }
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` resolves, then
-/// lets open requests finish for up to 30 s.
+/// lets open requests finish for up to 30 s. Limits replaced while serving (a reload) apply
+/// from the next accepted connection on; open connections keep theirs.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<TlsConfig>>,
-    limits: Limits,
+    limits: impl Into<LiveLimits>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let live = limits.into();
+    let mut in_force = live.current();
     let (stop, stopping) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(in_force.max_connections));
     let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
-    let addresses = PerAddress::new(limits.max_connections_per_address);
+    let addresses = PerAddress::new(in_force.max_connections_per_address);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let now = live.current();
+        if !Arc::ptr_eq(&now, &in_force) {
+            resize(&slots, in_force.max_connections, now.max_connections);
+            addresses.set_cap(now.max_connections_per_address);
+            in_force = now;
+        }
         // A slot first, then the connection: past both pools, clients wait in the listen
         // queue. The semaphores are never closed, so `else` is never taken.
         let slot = tokio::select! {
@@ -120,7 +129,7 @@ pub async fn serve(
         };
         let connection = Connection {
             app: app.clone(),
-            limits: limits.clone(),
+            limits: Limits::clone(&in_force),
             probes_only: slot.probes_only,
             stopping: stopping.clone(),
             opened: Instant::now(),
@@ -139,6 +148,22 @@ pub async fn serve(
         .is_err()
     {
         warn!("requests still open {SHUTDOWN_GRACE:?} after the shutdown signal are cut off");
+    }
+}
+
+/// Changes the number of connection slots from `was` to `now`. Fewer slots are taken out as
+/// open connections close, by a task that holds them for good.
+fn resize(slots: &Arc<Semaphore>, was: usize, now: usize) {
+    if now > was {
+        slots.add_permits(now - was);
+    } else if was > now {
+        let fewer = u32::try_from(was - now).unwrap_or(u32::MAX);
+        let slots = Arc::clone(slots);
+        tokio::spawn(async move {
+            if let Ok(taken) = slots.acquire_many_owned(fewer).await {
+                taken.forget();
+            }
+        });
     }
 }
 

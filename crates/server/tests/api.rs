@@ -19,6 +19,7 @@ use rkms_server::auth::{
     Authenticator, IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash,
 };
 use rkms_server::limits::Limits;
+use rkms_server::live::LiveService;
 use rkms_server::routes::{app, AppState};
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -119,7 +120,7 @@ fn router_for(
 ) -> Router {
     app(
         AppState {
-            service: Arc::new(service(store, healthy)),
+            service: Arc::new(LiveService::new(service(store, healthy))),
             metrics: None,
             audit: audit.map(|path| {
                 Arc::new(
@@ -407,6 +408,97 @@ async fn health_and_readiness() {
         .unwrap()
         .iter()
         .all(|r| r["state"] == "up"));
+}
+
+/// `/readyz` once `ready` says it is what the test waits for (it changes at the next
+/// background check, once a second).
+async fn readiness_until(router: &Router, ready: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..50 {
+        let (status, _, body) = call(router, "GET", "/readyz").await;
+        if status == StatusCode::OK && ready(&body) {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never showed what was waited for");
+}
+
+#[tokio::test]
+async fn readiness_says_since_when_a_region_fails_and_the_repair_backlog() {
+    let store = Arc::new(MemoryStore::new());
+    let ring = LocalKeyring::generate(&["k2"]).unwrap();
+    let service = KeyService::builder(store)
+        .region(Arc::new(DownRegion("r1")))
+        .region(Arc::new(ring.region("r2", "k2").unwrap()))
+        .options(rkms_core::ServiceOptions {
+            min_regions: 1,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let live = Arc::new(LiveService::new(service));
+    let router = app(
+        AppState {
+            service: live.clone(),
+            metrics: None,
+            audit: None,
+            auth: Arc::new(Authenticator::new(&[anyone()])),
+        },
+        "/api/v1/key",
+        Limits::default(),
+    );
+    let before = std::time::SystemTime::now();
+    for n in 0..4 {
+        let (status, _, _) = call(&router, "GET", &format!("/api/v1/key?id=k{n}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(live.current().repair_backlog(), 4);
+    // Each id was made with r2's copy alone; the repairer knows they lack r1's.
+    let body = readiness_until(&router, |body| body["repair"]["backlog"] == 4).await;
+    assert_eq!(body["regions"][0]["state"], "down");
+    let since = body["regions"][0]["unhealthy_since"].as_str().expect("a time");
+    let since = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let before = time::OffsetDateTime::from(before).replace_nanosecond(0).unwrap();
+    assert!(since >= before, "{since} is before the failures started at {before}");
+    assert_eq!(body["regions"][1]["state"], "up");
+    assert_eq!(body["regions"][1]["unhealthy_since"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_replaced_service_serves_the_next_requests_and_keeps_the_cache() {
+    let store = Arc::new(MemoryStore::new());
+    let live = Arc::new(LiveService::new(service(store.clone(), true)));
+    let router = app(
+        AppState {
+            service: Arc::clone(&live),
+            metrics: None,
+            audit: None,
+            auth: Arc::new(Authenticator::new(&[anyone()])),
+        },
+        "/api/v1/key",
+        Limits::default(),
+    );
+    let (status, _, first) = call(&router, "GET", "/api/v1/key?id=kept").await;
+    assert_eq!(status, StatusCode::OK);
+    // The successor's regions are all down: only the cache the first service filled, which
+    // it shares, can answer.
+    let successor = ["r1", "r2", "r3"]
+        .into_iter()
+        .fold(KeyService::builder(store), |b, name| {
+            b.region(Arc::new(DownRegion(name)))
+        })
+        .succeeding(&live.current())
+        .build()
+        .unwrap();
+    live.replace(successor);
+    let (status, _, again) = call(&router, "GET", "/api/v1/key?id=kept").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["key"], first["key"]);
+    let (status, _, _) = call(&router, "GET", "/api/v1/key?id=new").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the successor serves new ids");
+    let body = readiness_until(&router, |body| body["regions"].as_array().unwrap().len() == 3).await;
+    assert_eq!(body["regions"][2]["name"], "r3");
 }
 
 fn audit_lines(path: &Path) -> Vec<Value> {

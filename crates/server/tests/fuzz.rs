@@ -19,6 +19,7 @@ use rkms_server::auth::{
     Authenticator, IdPattern, Operations, Policy, PrincipalSpec, Rule, TokenHash,
 };
 use rkms_server::limits::Limits;
+use rkms_server::live::LiveService;
 use rkms_server::routes::{app, AppState};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
@@ -59,7 +60,7 @@ fn router(audit: &std::path::Path) -> Router {
     };
     app(
         AppState {
-            service: Arc::new(service),
+            service: Arc::new(LiveService::new(service)),
             metrics: None,
             audit: Some(Arc::new(
                 AuditLog::open(&AuditTarget::File(audit.to_owned()), AuditSync::Os).unwrap(),

@@ -20,6 +20,7 @@ use rkms_server::auth::{
     Authenticator, IdPattern, Operations, Policy, PrincipalSpec, Rule, TokenHash,
 };
 use rkms_server::limits::Limits;
+use rkms_server::live::LiveService;
 use rkms_server::routes::{app, AppState};
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -62,7 +63,7 @@ impl Api {
         let audit = tempfile::tempdir().unwrap();
         let router = app(
             AppState {
-                service: Arc::new(service),
+                service: Arc::new(LiveService::new(service)),
                 metrics: None,
                 audit: Some(Arc::new(
                     AuditLog::open(

@@ -249,6 +249,7 @@ pub struct KeyServiceBuilder {
     store: Arc<dyn Store>,
     regions: Vec<Arc<dyn Kms>>,
     options: ServiceOptions,
+    predecessor: Option<KeyService>,
 }
 
 impl KeyServiceBuilder {
@@ -261,6 +262,17 @@ impl KeyServiceBuilder {
     /// Replaces the options.
     pub fn options(mut self, options: ServiceOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Builds the service as the successor of `previous`, over the same store, for a
+    /// configuration reloaded while serving: it keeps what `previous` learnt that the new
+    /// settings do not change. The cache is shared while `[cache]` is unchanged (no burst of
+    /// KMS calls at a reload); a region keeps its breaker and latency while its name and the
+    /// breaker settings are unchanged; the ids known to lack copies and the deletions to
+    /// complete carry over, due at once. Requests in flight finish on `previous`.
+    pub fn succeeding(mut self, previous: &KeyService) -> Self {
+        self.predecessor = Some(previous.clone());
         self
     }
 
@@ -287,22 +299,44 @@ impl KeyServiceBuilder {
             return Err(BuildError::RemovedRegionConfigured(kms.region().to_owned()));
         }
         let options = self.options;
+        let before = self.predecessor.as_ref().map(|p| &*p.inner);
         let regions = self
             .regions
             .into_iter()
-            .map(|kms| Region {
-                kms,
-                health: RegionHealth::new(options.breaker),
+            .map(|kms| {
+                let kept = before
+                    .filter(|b| b.options.breaker == options.breaker)
+                    .and_then(|b| b.regions.iter().find(|r| r.name() == kms.region()));
+                Region {
+                    health: kept.map_or_else(
+                        || Arc::new(RegionHealth::new(options.breaker)),
+                        |r| Arc::clone(&r.health),
+                    ),
+                    kms,
+                }
             })
             .collect();
+        let cache = match before {
+            Some(b) if b.options.cache == options.cache => b.cache.clone(),
+            _ => KeyCache::new(options.cache).map(Arc::new),
+        };
+        let mut pending = pending::PendingRepairs::new(options.repair.max_pending);
+        let mut deletions = std::collections::BTreeMap::new();
+        if let Some(b) = before {
+            let carried = b.pending.lock().unwrap_or_else(|e| e.into_inner()).ids();
+            for id in &carried {
+                pending.insert(id);
+            }
+            deletions.clone_from(&b.deletions.lock().unwrap_or_else(|e| e.into_inner()));
+        }
         Ok(KeyService {
             inner: Arc::new(Inner {
                 store: self.store,
                 regions,
-                cache: KeyCache::new(options.cache),
-                deletions: Mutex::default(),
+                cache,
+                deletions: Mutex::new(deletions),
                 repairing: Mutex::default(),
-                pending: Mutex::new(pending::PendingRepairs::new(options.repair.max_pending)),
+                pending: Mutex::new(pending),
                 repair_budget: repair::Budget::new(options.repair.kms_calls_per_second),
                 recoveries_seen: AtomicU64::new(0),
                 options,
@@ -315,7 +349,8 @@ impl KeyServiceBuilder {
 #[derive(Debug)]
 struct Region {
     kms: Arc<dyn Kms>,
-    health: RegionHealth,
+    /// Shared with the predecessor's region of the same name across a reload.
+    health: Arc<RegionHealth>,
 }
 
 impl Region {
@@ -328,7 +363,8 @@ impl Region {
 struct Inner {
     store: Arc<dyn Store>,
     regions: Vec<Region>,
-    cache: Option<KeyCache>,
+    /// Shared with the predecessor across a reload that leaves `[cache]` as it was.
+    cache: Option<Arc<KeyCache>>,
     /// Ids with a repair under way in this process, so that no second one starts.
     repairing: Mutex<HashSet<KeyId>>,
     /// Deletions this process scheduled, by id, with the time their window ends: the
@@ -348,10 +384,15 @@ struct Inner {
 pub struct RegionStatus {
     /// The region's name.
     pub name: String,
+    /// The master key it wraps new copies under.
+    pub master_key: String,
     /// Its circuit breaker.
     pub breaker: BreakerState,
     /// The average latency of its successful calls, once there has been one.
     pub latency: Option<Duration>,
+    /// Since when the region has been failing: set when its breaker opens, cleared by its
+    /// next successful call.
+    pub unhealthy_since: Option<std::time::SystemTime>,
 }
 
 /// Hands out data keys: reads and unwraps existing records, creates missing ones, repairs
@@ -371,6 +412,7 @@ impl KeyService {
             store,
             regions: Vec::new(),
             options: ServiceOptions::default(),
+            predecessor: None,
         }
     }
 
@@ -391,8 +433,10 @@ impl KeyService {
             .iter()
             .map(|r| RegionStatus {
                 name: r.name().to_owned(),
+                master_key: r.kms.master_key().to_owned(),
                 breaker: r.health.state(),
                 latency: r.health.latency(),
+                unhealthy_since: r.health.unhealthy_since(),
             })
             .collect()
     }

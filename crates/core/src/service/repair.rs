@@ -120,6 +120,26 @@ pub(super) enum CopyKey {
     Other,
 }
 
+/// The copies one repair writes, counted in metrics only once its compare-and-set succeeds.
+#[derive(Debug, Default)]
+struct Tally {
+    /// New copies, by region.
+    added: BTreeMap<String, u64>,
+    rewrapped: u64,
+    dropped: usize,
+}
+
+impl Tally {
+    fn record(&self) {
+        for (region, count) in &self.added {
+            metrics::counter!(telemetry::COPIES_ADDED, "region" => region.clone())
+                .increment(*count);
+        }
+        metrics::counter!(telemetry::REWRAPS).increment(self.rewrapped);
+        metrics::counter!(telemetry::COPIES_DROPPED).increment(self.dropped as u64);
+    }
+}
+
 /// Paces repair's KMS calls: each call waits for its own slot, one every `1 / rate`.
 #[derive(Debug)]
 pub(super) struct Budget {
@@ -304,6 +324,11 @@ impl KeyService {
         self.pending().ids()
     }
 
+    /// How many ids this process knows to lack copies: the repairer's backlog.
+    pub fn repair_backlog(&self) -> usize {
+        self.pending().len()
+    }
+
     /// Repairs `id` in the background, unless it backs off after a failure, a repair of it is
     /// already running here, `repair.concurrency` repairs are running, or every region it needs
     /// has an open breaker: the repairer retries it later. So reads of many incomplete records
@@ -402,7 +427,7 @@ impl KeyService {
                 let context = EncryptionContext::for_version(id, version.number);
                 added.push((v, self.wrap_paced(&key, permits, &context).await));
             }
-            let Some((update, outcome)) = self.repaired_record(record, added) else {
+            let Some((update, outcome, tally)) = self.repaired_record(record, added) else {
                 metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
                 return Ok(RepairOutcome::StillMissing(still_missing));
             };
@@ -418,6 +443,7 @@ impl KeyService {
                 Ok(_) => {
                     info!(%id, ?outcome, "repaired record");
                     metrics::counter!(telemetry::REPAIRS, "outcome" => "repaired").increment(1);
+                    tally.record();
                     return Ok(outcome);
                 }
                 Err(ServiceError::Store(StoreError::PreconditionFailed { .. })) => {
@@ -488,15 +514,16 @@ impl KeyService {
         .collect()
     }
 
-    /// The record with the copies in `added` (by version index), and what that does; `None`
-    /// when there is nothing to write (no copy was made, or too few to replace a legacy
-    /// record's copies).
+    /// The record with the copies in `added` (by version index), what that does, and the
+    /// copies it counts once written; `None` when there is nothing to write (no copy was
+    /// made, or too few to replace a legacy record's copies).
     fn repaired_record(
         &self,
         mut record: Record,
         added: Vec<(usize, BTreeMap<String, WrappedCopy>)>,
-    ) -> Option<(Record, RepairOutcome)> {
+    ) -> Option<(Record, RepairOutcome, Tally)> {
         let upgrading = record.wrapped_without_context;
+        let mut tally = Tally::default();
         let mut names: Vec<String> = Vec::new();
         for (v, copies) in added {
             let version = &mut record.versions[v];
@@ -510,11 +537,14 @@ impl KeyService {
                 // without context.
                 record.wrapped_without_context = false;
             } else {
-                let rewrapped = copies
-                    .keys()
-                    .filter(|name| version.copies.contains_key(*name))
-                    .count();
-                metrics::counter!(telemetry::REWRAPS).increment(rewrapped as u64);
+                for name in copies.keys() {
+                    let count = if version.copies.contains_key(name) {
+                        &mut tally.rewrapped
+                    } else {
+                        tally.added.entry(name.clone()).or_default()
+                    };
+                    *count += 1;
+                }
                 names.extend(copies.keys().cloned());
                 version.copies.extend(copies);
             }
@@ -529,7 +559,7 @@ impl KeyService {
         if names.is_empty() && dropped.is_empty() {
             return None;
         }
-        metrics::counter!(telemetry::COPIES_DROPPED).increment(dropped.len() as u64);
+        tally.dropped = dropped.len();
         names.sort_unstable();
         names.dedup();
         dropped.sort_unstable();
@@ -560,7 +590,7 @@ impl KeyService {
                 still_missing,
             }
         };
-        Some((record, outcome))
+        Some((record, outcome, tally))
     }
 
     /// Reads every record in the store and repairs those that lack copies, but for ids backing
@@ -647,14 +677,28 @@ impl KeyService {
     /// shutdown.
     pub async fn run_repairer(&self) {
         let options = &self.inner.options.repair;
-        let mut ticks = tokio::time::interval(options.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut next_sweep = options.sweep_interval.map(|every| {
+        let first_sweep = options.sweep_interval.map(|every| {
             let first = options
                 .first_sweep_after
                 .map_or(every, |after| after + after.mul_f64(jitter()));
-            Instant::now() + first.min(every)
+            first.min(every)
         });
+        self.repairer(first_sweep).await;
+    }
+
+    /// [`KeyService::run_repairer`] for a service that replaces another after a change of
+    /// regions or master keys: its first sweep starts at once (and later ones every
+    /// `repair.sweep_interval`, if set), so that every record gains the new copies, drops the
+    /// removed ones and is rewrapped without waiting for a read or the next scheduled sweep.
+    pub async fn run_repairer_sweeping_now(&self) {
+        self.repairer(Some(Duration::ZERO)).await;
+    }
+
+    async fn repairer(&self, first_sweep: Option<Duration>) {
+        let options = &self.inner.options.repair;
+        let mut ticks = tokio::time::interval(options.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_sweep = first_sweep.map(|after| Instant::now() + after);
         loop {
             ticks.tick().await;
             self.complete_scheduled_deletions().await;
@@ -662,11 +706,11 @@ impl KeyService {
             if left > 0 {
                 debug!(left, "records still lack copies");
             }
-            let (Some(at), Some(every)) = (next_sweep, options.sweep_interval) else {
+            let Some(at) = next_sweep else {
                 continue;
             };
             if Instant::now() >= at {
-                next_sweep = Some(Instant::now() + every);
+                next_sweep = options.sweep_interval.map(|every| Instant::now() + every);
                 match self.repair_sweep().await {
                     Ok(sweep) => info!(?sweep, "repair sweep done"),
                     Err(e) => warn!(error = %e, "repair sweep failed; it runs again next interval"),

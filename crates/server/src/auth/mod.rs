@@ -260,11 +260,21 @@ pub struct Credentials<'a> {
     pub host: Option<&'a [u8]>,
 }
 
-/// Maps credentials to principals; the principals can be replaced while serving.
+/// Maps credentials to principals; the principals, the failure budget and the allowed hosts
+/// can be replaced while serving.
 #[derive(Debug)]
 pub struct Authenticator {
-    tables: RwLock<Arc<Tables>>,
-    failures: Failures,
+    in_force: RwLock<Arc<InForce>>,
+}
+
+/// What an [`Authenticator`] decides by, replaced whole by a reload.
+#[derive(Debug)]
+struct InForce {
+    tables: Tables,
+    /// Kept across a reload that leaves the budget as it was, so that reloading does not
+    /// forget who has been guessing.
+    failures: Arc<Failures>,
+    budget: Option<NonZeroU32>,
     hosts: AllowedHosts,
 }
 
@@ -274,32 +284,79 @@ impl Authenticator {
     /// reported but not limited; anonymous requests must name a loopback host.
     pub fn new(specs: &[PrincipalSpec]) -> Self {
         Self {
-            tables: RwLock::new(Arc::new(Tables::new(specs))),
-            failures: Failures::new(None),
-            hosts: AllowedHosts::default(),
+            in_force: RwLock::new(Arc::new(InForce {
+                tables: Tables::new(specs),
+                failures: Arc::new(Failures::new(None)),
+                budget: None,
+                hosts: AllowedHosts::default(),
+            })),
         }
+    }
+
+    fn in_force(&self) -> Arc<InForce> {
+        Arc::clone(&self.in_force.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Changes what is in force, given what was; see [`Authenticator::reconfigure`].
+    fn change(&self, next: impl FnOnce(&InForce) -> InForce) {
+        let mut in_force = self.in_force.write().unwrap_or_else(|e| e.into_inner());
+        *in_force = Arc::new(next(&in_force));
     }
 
     /// Refuses a client address's requests, before reading their credentials, once it has
     /// failed to authenticate `per_minute` times in a minute (`None`: never).
     #[must_use]
-    pub fn failure_budget(mut self, per_minute: Option<NonZeroU32>) -> Self {
-        self.failures = Failures::new(per_minute);
+    pub fn failure_budget(self, per_minute: Option<NonZeroU32>) -> Self {
+        self.change(|was| InForce {
+            tables: was.tables.clone(),
+            failures: Arc::new(Failures::new(per_minute)),
+            budget: per_minute,
+            hosts: was.hosts.clone(),
+        });
         self
     }
 
     /// The hosts anonymous requests may be addressed to besides loopback.
     #[must_use]
-    pub fn allowed_hosts(mut self, hosts: AllowedHosts) -> Self {
-        self.hosts = hosts;
+    pub fn allowed_hosts(self, hosts: AllowedHosts) -> Self {
+        self.change(|was| InForce {
+            tables: was.tables.clone(),
+            failures: Arc::clone(&was.failures),
+            budget: was.budget,
+            hosts,
+        });
         self
     }
 
     /// Puts `specs` in force for every later request (rate limits start afresh); requests
     /// already authenticated keep their principal.
     pub fn replace(&self, specs: &[PrincipalSpec]) {
-        let tables = Arc::new(Tables::new(specs));
-        *self.tables.write().unwrap_or_else(|e| e.into_inner()) = tables;
+        self.change(|was| InForce {
+            tables: Tables::new(specs),
+            failures: Arc::clone(&was.failures),
+            budget: was.budget,
+            hosts: was.hosts.clone(),
+        });
+    }
+
+    /// Puts a reloaded configuration in force: `specs`, the failure budget (the failures
+    /// counted so far are kept while it is unchanged) and the allowed hosts.
+    pub fn reconfigure(
+        &self,
+        specs: &[PrincipalSpec],
+        per_minute: Option<NonZeroU32>,
+        hosts: AllowedHosts,
+    ) {
+        self.change(|was| InForce {
+            tables: Tables::new(specs),
+            failures: if was.budget == per_minute {
+                Arc::clone(&was.failures)
+            } else {
+                Arc::new(Failures::new(per_minute))
+            },
+            budget: per_minute,
+            hosts,
+        });
     }
 
     /// Who is calling. A client address past its failure budget is refused first. Then a
@@ -309,22 +366,22 @@ impl Authenticator {
     pub fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Arc<Principal>, AuthError> {
         let now = Instant::now();
         let client = Client::of(credentials.client);
-        if let Err(refused) = self.failures.check(client, now) {
+        let in_force = self.in_force();
+        if let Err(refused) = in_force.failures.check(client, now) {
             if let Some(report) = &refused.report {
                 log_failures(report);
             }
             return Err(AuthError::TooManyFailures(refused.wait));
         }
-        let tables = Arc::clone(&self.tables.read().unwrap_or_else(|e| e.into_inner()));
-        let found = tables.authenticate(credentials.authorization, credentials.certificate);
+        let found = in_force.tables.authenticate(credentials.authorization, credentials.certificate);
         let anonymous = credentials.authorization.is_none() && credentials.certificate.is_none();
         match found {
-            Ok(_) if anonymous && !self.hosts.allows(credentials.host) => {
+            Ok(_) if anonymous && !in_force.hosts.allows(credentials.host) => {
                 Err(AuthError::HostNotAllowed)
             }
             Ok(principal) => Ok(principal),
             Err(error) => {
-                if let Some(report) = self.failures.fail(client, error.detail(), now) {
+                if let Some(report) = in_force.failures.fail(client, error.detail(), now) {
                     log_failures(&report);
                 }
                 Err(error)
@@ -338,7 +395,8 @@ impl Authenticator {
         let mut ticks = tokio::time::interval(REPORT_INTERVAL / 6);
         loop {
             ticks.tick().await;
-            self.failures
+            self.in_force()
+                .failures
                 .sweep(Instant::now())
                 .iter()
                 .for_each(log_failures);
@@ -357,7 +415,7 @@ fn log_failures(report: &Report) {
 }
 
 /// The principals in force and their lookup tables.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Tables {
     principals: Vec<Arc<Principal>>,
     tokens: Vec<(TokenHash, usize)>,

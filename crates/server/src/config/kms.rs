@@ -42,7 +42,7 @@ pub(super) struct KmsSection {
 }
 
 /// Which KMS provider serves the regions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KmsSettings {
     /// Software master keys in a keyring file.
     Local {

@@ -42,7 +42,7 @@ impl fmt::Debug for ConnectionUrl {
 }
 
 /// Which store to open, with its settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSettings {
     /// One SQLite file.
     Sqlite {

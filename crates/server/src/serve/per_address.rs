@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::address_limit::client_of;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Open connections by client address, none kept at zero.
@@ -12,8 +13,8 @@ type OpenByAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
 /// The cap and the count it holds against.
 pub(super) struct PerAddress {
-    /// 0: no cap.
-    cap: usize,
+    /// 0: no cap. Changed by a configuration reload.
+    cap: AtomicUsize,
     open: OpenByAddress,
 }
 
@@ -25,20 +26,26 @@ pub(super) struct Counted {
 impl PerAddress {
     pub(super) fn new(cap: usize) -> Self {
         Self {
-            cap,
+            cap: AtomicUsize::new(cap),
             open: Arc::default(),
         }
     }
 
+    /// Applies `cap` to connections admitted from now on; open ones stay.
+    pub(super) fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
     /// Counts a connection from `ip`, or `None` if its address already holds the cap.
     pub(super) fn admit(&self, ip: IpAddr) -> Option<Counted> {
-        if self.cap == 0 {
+        let cap = self.cap.load(Ordering::Relaxed);
+        if cap == 0 {
             return Some(Counted { counted: None });
         }
         let client = client_of(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(client).or_default();
-        if *count >= self.cap {
+        if *count >= cap {
             return None;
         }
         *count += 1;

@@ -1,0 +1,190 @@
+//! Reloading the configuration while serving (SIGHUP).
+//!
+//! The file is read and checked as one unit: `[kms]` (regions, key ids, endpoints, timeouts,
+//! hedge, breaker), `[cache]`, `[limits]`, `[repair]`, `[lifecycle]`, `[[principals]]` and the
+//! allowed hosts. The regions are opened and a whole new [`KeyService`] is built before
+//! anything changes, so a file that is refused at any step changes nothing. Then everything
+//! is put in force together; requests in flight finish on what they started with.
+//!
+//! The listen addresses, the API version, `[server.tls]` file paths, `[store]`, `[audit]`
+//! and `[logger]` are restart-only: each holds something opened once (a socket, the router,
+//! a connection pool, a file, the log subscriber). A reload that changes one keeps it as it
+//! is and says so; the TLS files' contents and the audit file itself are reopened by SIGHUP
+//! apart from this.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rkms_core::{KeyService, Store};
+use tokio::task::JoinHandle;
+
+use crate::auth::Authenticator;
+use crate::backends::build_service;
+use crate::config::{Settings, StoreSettings};
+use crate::limits::LiveLimits;
+use crate::live::LiveService;
+use crate::serve::fit_open_file_limit;
+
+/// What a reload put in force.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// True when the regions or their master keys changed: the repairer sweeps at once.
+    pub regions_changed: bool,
+    /// Things worth a line in the log: restart-only settings that changed and were kept,
+    /// and the configuration's own notices.
+    pub notices: Vec<String>,
+}
+
+/// Everything a reload replaces, and the background repairer of the service in force.
+#[derive(Debug)]
+pub struct Reloader {
+    store: Arc<dyn Store>,
+    live: Arc<LiveService>,
+    auth: Arc<Authenticator>,
+    limits: LiveLimits,
+    /// `--listen`, which overrides the file's address at every reload as at start.
+    listen_override: Option<SocketAddr>,
+    in_force: Settings,
+    repairer: JoinHandle<()>,
+}
+
+impl Reloader {
+    /// Starts the repairer of the service in force; `in_force` is the configuration it was
+    /// built from. Needs a Tokio runtime.
+    pub fn start(
+        store: Arc<dyn Store>,
+        live: Arc<LiveService>,
+        auth: Arc<Authenticator>,
+        limits: LiveLimits,
+        listen_override: Option<SocketAddr>,
+        in_force: Settings,
+    ) -> Self {
+        let service = live.current();
+        let repairer = tokio::spawn(async move { service.run_repairer().await });
+        Self {
+            store,
+            live,
+            auth,
+            limits,
+            listen_override,
+            in_force,
+            repairer,
+        }
+    }
+
+    /// Checks `next` (a configuration file read again) as one unit and puts it in force, or
+    /// refuses it with the reason and changes nothing.
+    pub async fn apply(&mut self, mut next: Settings) -> Result<Reloaded, String> {
+        if let Some(listen) = self.listen_override {
+            next.listen = listen;
+        }
+        let mut notices = self.keep_restart_only(&mut next);
+        notices.extend(next.check_exposure().map_err(|e| e.to_string())?);
+        let store_pool = match &next.store {
+            StoreSettings::Sqlite {
+                max_connections, ..
+            }
+            | StoreSettings::Postgres {
+                max_connections, ..
+            } => *max_connections,
+            _ => 0,
+        };
+        notices.extend(fit_open_file_limit(&mut next.limits, store_pool)?);
+        let previous = self.live.current();
+        let service = build_service(&next, &self.store, Some(&previous)).await?;
+        // Settings say what changed for AWS; the local keyring's current keys (`keyring
+        // rotate`) show only in the opened regions.
+        let regions_changed = next.regions != self.in_force.regions
+            || next.kms != self.in_force.kms
+            || region_keys(&previous) != region_keys(&service)
+            || previous.options().removed_regions != service.options().removed_regions;
+        notices.append(&mut next.notices);
+
+        self.auth.reconfigure(
+            &next.principals,
+            next.failed_auth_per_minute,
+            next.allowed_hosts.clone(),
+        );
+        self.limits.replace(next.limits.clone());
+        self.live.replace(service);
+        self.repairer.abort();
+        let service = self.live.current();
+        self.repairer = tokio::spawn(async move {
+            if regions_changed {
+                service.run_repairer_sweeping_now().await;
+            } else {
+                service.run_repairer().await;
+            }
+        });
+        self.in_force = next;
+        Ok(Reloaded {
+            regions_changed,
+            notices,
+        })
+    }
+
+    /// Sets each restart-only setting of `next` back to the one in force, with a notice for
+    /// each that differed.
+    fn keep_restart_only(&self, next: &mut Settings) -> Vec<String> {
+        let was = &self.in_force;
+        let mut notices = Vec::new();
+        let mut keep = |name: &str, changed: bool| {
+            if changed {
+                notices.push(format!(
+                    "{name} changed in the configuration file; it is restart-only and stays as \
+                     it was until the server restarts"
+                ));
+            }
+        };
+        keep(
+            "[server] host and port",
+            next.listen != was.listen || next.health_listen != was.health_listen,
+        );
+        keep("[server] api_version", next.key_path != was.key_path);
+        keep("[server.tls] file paths", next.tls != was.tls);
+        keep(
+            "[server] allow_insecure_http",
+            next.allow_insecure_http != was.allow_insecure_http,
+        );
+        keep("[store]", next.store != was.store);
+        keep(
+            "[audit]",
+            next.audit != was.audit
+                || next.audit_sync != was.audit_sync
+                || next.audit_signing_key != was.audit_signing_key
+                || next.audit_checkpoints != was.audit_checkpoints,
+        );
+        keep(
+            "[logger]",
+            next.log_level != was.log_level || next.log_format != was.log_format,
+        );
+        next.listen = was.listen;
+        next.health_listen = was.health_listen;
+        next.key_path.clone_from(&was.key_path);
+        next.tls.clone_from(&was.tls);
+        next.allow_insecure_http = was.allow_insecure_http;
+        next.store.clone_from(&was.store);
+        next.audit.clone_from(&was.audit);
+        next.audit_sync = was.audit_sync;
+        next.audit_signing_key.clone_from(&was.audit_signing_key);
+        next.audit_checkpoints = was.audit_checkpoints;
+        next.log_level.clone_from(&was.log_level);
+        next.log_format = was.log_format;
+        notices
+    }
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        self.repairer.abort();
+    }
+}
+
+/// Each region's name and the master key it wraps under.
+fn region_keys(service: &KeyService) -> Vec<(String, String)> {
+    service
+        .region_status()
+        .into_iter()
+        .map(|r| (r.name, r.master_key))
+        .collect()
+}
