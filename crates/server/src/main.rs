@@ -19,8 +19,8 @@ use rkms_server::legacy;
 use rkms_server::limits::{Limits, LiveLimits};
 use rkms_server::live::LiveService;
 use rkms_server::operations::{Caller, KeyOperations};
-use rkms_server::render;
 use rkms_server::reload::Reloader;
+use rkms_server::render;
 use rkms_server::routes::{app, health_app, AppState};
 use rkms_server::serve::{fit_open_file_limit, serve};
 use rkms_server::tls::TlsConfig;
@@ -819,7 +819,9 @@ async fn reload_on_hangup(
                 };
                 match summary {
                     Ok((done, regions, principals)) => {
-                        done.notices.iter().for_each(|notice| warn!("SIGHUP: {notice}"));
+                        done.notices
+                            .iter()
+                            .for_each(|notice| warn!("SIGHUP: {notice}"));
                         info!(
                             ?regions,
                             ?principals,

@@ -456,11 +456,18 @@ async fn readiness_says_since_when_a_region_fails_and_the_repair_backlog() {
     // Each id was made with r2's copy alone; the repairer knows they lack r1's.
     let body = readiness_until(&router, |body| body["repair"]["backlog"] == 4).await;
     assert_eq!(body["regions"][0]["state"], "down");
-    let since = body["regions"][0]["unhealthy_since"].as_str().expect("a time");
-    let since = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+    let since = body["regions"][0]["unhealthy_since"]
+        .as_str()
+        .expect("a time");
+    let since =
+        time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339).unwrap();
+    let before = time::OffsetDateTime::from(before)
+        .replace_nanosecond(0)
         .unwrap();
-    let before = time::OffsetDateTime::from(before).replace_nanosecond(0).unwrap();
-    assert!(since >= before, "{since} is before the failures started at {before}");
+    assert!(
+        since >= before,
+        "{since} is before the failures started at {before}"
+    );
     assert_eq!(body["regions"][1]["state"], "up");
     assert_eq!(body["regions"][1]["unhealthy_since"], Value::Null);
 }
@@ -496,8 +503,15 @@ async fn a_replaced_service_serves_the_next_requests_and_keeps_the_cache() {
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["key"], first["key"]);
     let (status, _, _) = call(&router, "GET", "/api/v1/key?id=new").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the successor serves new ids");
-    let body = readiness_until(&router, |body| body["regions"].as_array().unwrap().len() == 3).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the successor serves new ids"
+    );
+    let body = readiness_until(&router, |body| {
+        body["regions"].as_array().unwrap().len() == 3
+    })
+    .await;
     assert_eq!(body["regions"][2]["name"], "r3");
 }
 

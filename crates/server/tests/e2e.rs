@@ -4,7 +4,9 @@ mod support;
 
 use base64::Engine as _;
 use support::lifecycle::{assert_key_commands, assert_lifecycle, LIFECYCLE_SECTIONS};
-use support::{assert_servers_converge, get_json, key, Server, ANONYMOUS_PRINCIPAL};
+use support::{
+    assert_servers_converge, get_json, key, regions_status, Server, ANONYMOUS_PRINCIPAL,
+};
 
 #[tokio::test]
 async fn same_id_same_key_and_different_ids_different_keys() {
@@ -465,22 +467,6 @@ async fn the_largest_accepted_sizes_still_serve() {
         .unwrap()
         .status();
     assert_eq!(status, 200);
-}
-
-/// Runs `rkms-server regions status` on `config`; returns whether it succeeded and its output.
-fn regions_status(config: &std::path::Path, data_dir: &std::path::Path) -> (bool, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
-        .args(["regions", "status", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -466,3 +466,225 @@ async fn a_region_whose_key_changes_has_every_copy_rewrapped_while_the_old_key_s
         (200, keys[0].as_str())
     );
 }
+
+/// Edits the deployment's configuration file as TOML.
+fn edit_config(deployment: &Deployment, edit: impl FnOnce(&mut toml::Table)) {
+    let path = deployment.dir.path().join("rkms.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    edit(&mut config);
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+}
+
+/// `[kms]` of a configuration.
+fn kms_section(config: &mut toml::Table) -> &mut toml::Table {
+    config["kms"].as_table_mut().unwrap()
+}
+
+/// Adds `region` with master key `key_id` at `endpoint` to a configuration.
+fn add_region(config: &mut toml::Table, region: &str, key_id: &str, endpoint: &str) {
+    let kms = kms_section(config);
+    kms["regions"].as_array_mut().unwrap().push(region.into());
+    kms["key_ids"]
+        .as_table_mut()
+        .unwrap()
+        .insert(region.into(), key_id.into());
+    kms["endpoints"]
+        .as_table_mut()
+        .unwrap()
+        .insert(region.into(), endpoint.into());
+}
+
+/// Takes `region` out of a configuration and names it in `removed_regions`.
+fn remove_region(config: &mut toml::Table, region: &str) {
+    let kms = kms_section(config);
+    kms["regions"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r.as_str() != Some(region));
+    kms["key_ids"].as_table_mut().unwrap().remove(region);
+    kms["endpoints"].as_table_mut().unwrap().remove(region);
+    kms.insert("removed_regions".into(), vec![region].into());
+}
+
+/// The ids and version numbers of stored versions without a copy of `region`.
+fn without_copy(records: &[Record], region: &str) -> Vec<(String, u32)> {
+    records
+        .iter()
+        .flat_map(|r| {
+            r.versions
+                .iter()
+                .filter(|v| !v.copies.contains_key(region))
+                .map(|v| (r.id.clone(), v.number))
+        })
+        .collect()
+}
+
+/// Reads every id in `ids` again and again until `stop` is set, and returns the requests
+/// that did not get their key: keys must be served throughout a reload.
+fn keep_reading(
+    server: &Server,
+    ids: Vec<(String, String)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    let (client, url) = (reqwest::Client::new(), server.key_url(""));
+    tokio::spawn(async move {
+        let (mut served, mut failures) = (0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for (id, expected) in &ids {
+                let (status, body) = get_json(&client, &format!("{url}id={id}")).await;
+                if status != 200 || body["key"] != expected.as_str() {
+                    failures.push(format!("{id}: {status} {body}"));
+                }
+                served += 1;
+            }
+        }
+        (served, failures)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_added_and_removed_by_sighup_while_serving_and_a_refused_file_changes_nothing() {
+    let deployment = Deployment::new().await;
+    let client = reqwest::Client::new();
+    let server = deployment.server();
+    let regions = emulated_regions();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let id = format!("reload-{i}");
+        let key = key(&client, &server, &id).await;
+        ids.push((id, key));
+    }
+    let rotated = client
+        .post(format!("{}/api/v1/key/rotate?id=reload-0", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
+    ids[0].1 = key(&client, &server, "reload-0").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = keep_reading(&server, ids.clone(), std::sync::Arc::clone(&stop));
+
+    // A fourth region (moto serves any region; this one lives in the first emulator, behind
+    // a proxy of its own) joins by SIGHUP: every version of every record gains its copy.
+    let fourth = "eu-west-1";
+    let alias = format!("alias/rkms-fourth-{}", std::process::id());
+    create_master_key(fourth, &regions[0].1, &alias).await;
+    let fourth_proxy = region_proxy(&regions[0].1).await;
+    edit_config(&deployment, |config| {
+        add_region(
+            config,
+            fourth,
+            &alias,
+            &format!("http://{}", fourth_proxy.addr()),
+        );
+    });
+    let outcome = server.reload();
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let started = Instant::now();
+    loop {
+        let lacking = without_copy(&deployment.records().await, fourth);
+        if lacking.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "versions still without a {fourth} copy: {lacking:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let versions: usize = deployment
+        .records()
+        .await
+        .iter()
+        .map(|r| r.versions.len())
+        .sum();
+    let added = server
+        .metric_total(
+            &client,
+            "rkms_copies_added_total",
+            &format!("region=\"{fourth}\""),
+        )
+        .await;
+    assert_eq!(added, versions as f64);
+    let (status, ready) = get_json(&client, &format!("{}/readyz", server.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["regions"].as_array().unwrap().len(), 4, "{ready}");
+
+    // A file that fails its checks changes nothing: the four regions stay.
+    let path = deployment.dir.path().join("rkms.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    edit_config(&deployment, |config| {
+        kms_section(config).insert("min_regions".into(), 9.into());
+    });
+    let outcome = server.reload();
+    assert!(outcome.contains("refused"), "{outcome}");
+    assert!(outcome.contains("min_regions"), "{outcome}");
+    std::fs::write(&path, &good).unwrap();
+
+    // A new id while the fourth region refuses: its copy is missing there.
+    fourth_proxy.set(ProxyMode::Refuse).await;
+    let thin = key(&client, &server, "reload-thin").await;
+
+    // The third region leaves, with a quorum of three: its copies are dropped where the
+    // three configured regions hold current copies, and kept on the thin record, which
+    // `regions status` reports below quorum until the fourth region is back.
+    let third = regions[2].0.clone();
+    edit_config(&deployment, |config| {
+        remove_region(config, &third);
+        kms_section(config).insert("min_regions".into(), 3.into());
+    });
+    let outcome = server.reload();
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let started = Instant::now();
+    loop {
+        let records = deployment.records().await;
+        let holding: Vec<&str> = records
+            .iter()
+            .filter(|r| r.versions.iter().any(|v| v.copies.contains_key(&third)))
+            .map(|r| r.id.as_str())
+            .collect();
+        if holding == ["reload-thin"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "records holding a {third} copy: {holding:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let config_path = deployment.dir.path().join("rkms.toml");
+    let (ok, out) = support::regions_status(&config_path, deployment.dir.path());
+    assert!(!ok, "a record below quorum fails the status: {out}");
+    assert!(
+        out.contains("below quorum (fewer than 3 current copies): 1"),
+        "{out}"
+    );
+    assert!(out.contains("reload-thin"), "{out}");
+    assert_eq!(key(&client, &server, "reload-thin").await, thin);
+
+    fourth_proxy.set(ProxyMode::Pass).await;
+    let started = Instant::now();
+    loop {
+        let records = deployment.records().await;
+        if without_copy(&records, fourth).is_empty()
+            && without_copy(&records, &third).len()
+                == records.iter().map(|r| r.versions.len()).sum::<usize>()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the thin record did not gain its {fourth} copy and drop its {third} one"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, out) = support::regions_status(&config_path, deployment.dir.path());
+    assert!(ok, "{out}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failures) = reader.await.unwrap();
+    assert!(served > 0);
+    assert_eq!(failures, Vec::<String>::new(), "keys served throughout");
+    assert_eq!(key(&client, &server, "reload-thin").await, thin);
+    assert!(server.stop().success());
+}

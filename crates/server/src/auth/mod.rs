@@ -373,7 +373,9 @@ impl Authenticator {
             }
             return Err(AuthError::TooManyFailures(refused.wait));
         }
-        let found = in_force.tables.authenticate(credentials.authorization, credentials.certificate);
+        let found = in_force
+            .tables
+            .authenticate(credentials.authorization, credentials.certificate);
         let anonymous = credentials.authorization.is_none() && credentials.certificate.is_none();
         match found {
             Ok(_) if anonymous && !in_force.hosts.allows(credentials.host) => {

@@ -167,6 +167,40 @@ impl Server {
         assert!(sent.success(), "kill -{signal} failed");
     }
 
+    /// Sends SIGHUP and waits for the server to say how the configuration reload went;
+    /// returns that log line (it contains `configuration reloaded` or `refused`).
+    pub(crate) fn reload(&self) -> String {
+        let outcome = |line: &String| {
+            line.contains("SIGHUP: configuration reloaded")
+                || line.contains("SIGHUP: the configuration file is refused")
+        };
+        let before = self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| outcome(l))
+            .count();
+        self.signal("HUP");
+        for _ in 0..500 {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| outcome(l))
+                .nth(before)
+            {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "rkms-server did not finish a reload within 10 s of SIGHUP; its log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub(crate) fn stop(mut self) -> ExitStatus {
         self.signal("TERM");
@@ -196,6 +230,22 @@ pub(crate) fn ulimit_command(limit: &str) -> Command {
         .arg(format!("ulimit {limit} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_rkms-server"));
     command
+}
+
+/// Runs `rkms-server regions status` on `config`; returns whether it succeeded and its output.
+pub(crate) fn regions_status(config: &Path, data_dir: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        .args(["regions", "status", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 /// GETs `url` and returns the status and the JSON body.
