@@ -129,6 +129,7 @@ mod cache;
 mod context;
 mod health;
 mod id;
+mod keyring_rotation;
 mod kms;
 mod list;
 mod local_kms;

@@ -20,12 +20,15 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize as _, Zeroizing};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::kms::{GeneratedKey, Kms, KmsError};
 use crate::{DataKey, EncryptionContext};
 
+/// The keyring format written while no region was rotated, readable by every build.
 const KEYRING_FORMAT: u32 = 1;
+/// The format of a keyring with rotated regions (`regions`), which older builds refuse.
+pub(crate) const ROTATED_KEYRING_FORMAT: u32 = 2;
 const CIPHERTEXT_FORMAT: u8 = 1;
 const NONCE_LEN: usize = 12;
 const MASTER_KEY_LEN: usize = 32;
@@ -68,22 +71,49 @@ pub enum KeyringError {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeyringFile {
-    format: u32,
+pub(crate) struct KeyringFile {
+    pub(crate) format: u32,
     /// Master key name -> base64 key bytes.
-    keys: BTreeMap<String, String>,
+    pub(crate) keys: BTreeMap<String, String>,
+    /// Format 2: the regions `rotate` gave a new master key, by region name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) regions: BTreeMap<String, RegionKeys>,
 }
 
-/// A set of named software master keys.
+impl Drop for KeyringFile {
+    fn drop(&mut self) {
+        self.keys.values_mut().for_each(Zeroize::zeroize);
+    }
+}
+
+/// A rotated region's master keys: once a region is rotated, the keyring, not `key_ids`,
+/// names its current key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegionKeys {
+    /// The key new copies are wrapped under.
+    pub(crate) current: String,
+    /// Keys it wrapped under before, oldest first: kept for decrypting until retired.
+    #[serde(default)]
+    pub(crate) previous: Vec<String>,
+    /// Keys removed by `retire`: a configuration may still name one as the region's
+    /// `key_ids` entry, where it started.
+    #[serde(default)]
+    pub(crate) retired: Vec<String>,
+}
+
+/// A set of named software master keys, and the current key of each rotated region.
 #[derive(Clone)]
 pub struct LocalKeyring {
     keys: BTreeMap<String, Arc<Aes256Gcm>>,
+    pub(crate) regions: BTreeMap<String, RegionKeys>,
 }
 
 impl fmt::Debug for LocalKeyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalKeyring")
             .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("regions", &self.regions)
             .finish()
     }
 }
@@ -99,7 +129,10 @@ impl LocalKeyring {
                 Arc::new(Aes256Gcm::new(&Aes256Gcm::generate_key(OsRng))),
             );
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            regions: BTreeMap::new(),
+        })
     }
 
     /// Opens the keyring at `path`, creating it with fresh keys for `key_names` if it does not
@@ -108,8 +141,8 @@ impl LocalKeyring {
     /// Creation is atomic and safe when several processes start at once: the keys are written
     /// to a private temporary file (mode 0600) and linked into place only if no keyring exists
     /// yet, so every process ends up with the same keys. An existing keyring must hold every
-    /// name in `key_names` and be private to its owner (no group or other permission bits);
-    /// it is never rewritten.
+    /// name in `key_names` (but those of keys it retired) and be private to its owner (no
+    /// group or other permission bits); opening never rewrites it.
     ///
     /// Creating is right only when nothing was wrapped under a previous keyring at `path`:
     /// a caller that stores records checks that its store is empty before calling this on a
@@ -126,8 +159,14 @@ impl LocalKeyring {
             create_keyring_file(path, key_names).map_err(io_err)?;
         }
         let keyring = Self::load(path)?;
+        let retired = |name: &str| {
+            keyring
+                .regions
+                .values()
+                .any(|r| r.retired.iter().any(|k| k == name))
+        };
         for name in key_names {
-            if !keyring.keys.contains_key(*name) {
+            if !keyring.keys.contains_key(*name) && !retired(name) {
                 return Err(KeyringError::MissingKey((*name).to_owned()));
             }
         }
@@ -139,26 +178,7 @@ impl LocalKeyring {
             path: path.to_owned(),
             message,
         };
-        let io_err = |source| KeyringError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let mode = fs::metadata(path).map_err(io_err)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(KeyringError::Exposed {
-                path: path.to_owned(),
-                mode: mode & 0o7777,
-            });
-        }
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
-        let mut file: KeyringFile = serde_json::from_str(&text)
-            .map_err(|e| malformed(format!("{:?} error at line {}", e.classify(), e.line())))?;
-        if file.format != KEYRING_FORMAT {
-            return Err(malformed(format!(
-                "format {} is not supported",
-                file.format
-            )));
-        }
+        let mut file = read_keyring_file(path)?;
         let mut keys = BTreeMap::new();
         for (name, encoded) in &mut file.keys {
             let bytes = Zeroizing::new(BASE64.decode(encoded.as_bytes()).unwrap_or_default());
@@ -173,9 +193,11 @@ impl LocalKeyring {
                 Arc::new(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes))),
             );
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            regions: std::mem::take(&mut file.regions),
+        })
     }
-
     /// A region that wraps under the master key `key_name`.
     pub fn region(&self, region: &str, key_name: &str) -> Result<LocalKms, KeyringError> {
         let cipher = self
@@ -192,27 +214,81 @@ impl LocalKeyring {
     }
 
     /// A region that wraps under `key_name` and may still decrypt under each of `previous`,
-    /// the keys it wrapped under before (see [`Kms::previous_master_keys`]).
+    /// the keys it wrapped under before (see [`Kms::previous_master_keys`]). For a region the
+    /// keyring rotated (`rkms-server keyring rotate`), the keyring's current key replaces
+    /// `key_name`, and its previous keys join `previous`.
     pub fn region_with_previous(
         &self,
         region: &str,
         key_name: &str,
         previous: &[&str],
     ) -> Result<LocalKms, KeyringError> {
-        let mut kms = self.region(region, key_name)?;
+        let (current, mut names): (&str, Vec<&str>) = match self.regions.get(region) {
+            Some(rotated) => (
+                &rotated.current,
+                rotated.previous.iter().map(String::as_str).collect(),
+            ),
+            None => (key_name, Vec::new()),
+        };
         for name in previous {
+            if *name != current && !names.contains(name) {
+                names.push(name);
+            }
+        }
+        let mut kms = self.region(region, current)?;
+        for name in names {
             let cipher = self
                 .keys
-                .get(*name)
-                .ok_or_else(|| KeyringError::MissingKey((*name).to_owned()))?;
-            kms.previous.push(((*name).to_owned(), Arc::clone(cipher)));
-            kms.previous_names.push((*name).to_owned());
+                .get(name)
+                .ok_or_else(|| KeyringError::MissingKey(name.to_owned()))?;
+            kms.previous.push((name.to_owned(), Arc::clone(cipher)));
+            kms.previous_names.push(name.to_owned());
         }
         Ok(kms)
     }
 }
 
-fn check_key_name(name: &str) -> Result<(), KeyringError> {
+/// Reads and checks a keyring file, key material still encoded (the caller zeroizes it).
+pub(crate) fn read_keyring_file(path: &Path) -> Result<KeyringFile, KeyringError> {
+    let malformed = |message: String| KeyringError::Malformed {
+        path: path.to_owned(),
+        message,
+    };
+    let io_err = |source| KeyringError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = fs::metadata(path).map_err(io_err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyringError::Exposed {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(io_err)?);
+    let file: KeyringFile = serde_json::from_str(&text)
+        .map_err(|e| malformed(format!("{:?} error at line {}", e.classify(), e.line())))?;
+    match file.format {
+        KEYRING_FORMAT if file.regions.is_empty() => {}
+        ROTATED_KEYRING_FORMAT => {}
+        KEYRING_FORMAT => return Err(malformed("format 1 has no rotated regions".into())),
+        other => return Err(malformed(format!("format {other} is not supported"))),
+    }
+    let rotated_names = file
+        .regions
+        .values()
+        .flat_map(|r| std::iter::once(&r.current).chain(&r.previous));
+    for name in rotated_names {
+        if !file.keys.contains_key(name) {
+            return Err(malformed(format!(
+                "a rotated region names master key {name:?}, which it does not hold"
+            )));
+        }
+    }
+    Ok(file)
+}
+
+pub(crate) fn check_key_name(name: &str) -> Result<(), KeyringError> {
     if name.is_empty() || name.len() > usize::from(u8::MAX) {
         return Err(KeyringError::BadKeyName(name.to_owned()));
     }
@@ -233,12 +309,13 @@ fn create_keyring_file(path: &Path, key_names: &[&str]) -> io::Result<()> {
         let key = Aes256Gcm::generate_key(OsRng);
         keys.insert((*name).to_owned(), BASE64.encode(key));
     }
-    let mut file = KeyringFile {
+    let file = KeyringFile {
         format: KEYRING_FORMAT,
         keys,
+        regions: BTreeMap::new(),
     };
     let text = Zeroizing::new(serde_json::to_string_pretty(&file).map_err(io::Error::other)?);
-    file.keys.values_mut().for_each(|k| k.zeroize());
+    drop(file);
 
     let tmp = dir.join(format!(
         ".keyring.{}.{}.tmp",

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use rkms_core::{KeyId, KeyService, Store};
+use rkms_core::{KeyId, KeyService, LocalKeyring, Store};
 use rkms_server::audit::{self, AuditLog};
 use rkms_server::auth::{self, Authenticator, Principal, TokenHash};
 use rkms_server::backends::{build_service, open_store};
 use rkms_server::config::{
-    ConfigError, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
+    ConfigError, KmsSettings, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
 };
 use rkms_server::error::ApiError;
 use rkms_server::legacy;
@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         action: RegionsAction,
     },
+    /// The local KMS provider's master keys.
+    Keyring {
+        #[command(subcommand)]
+        action: KeyringAction,
+    },
     /// Key lifecycle operations on the configured store, as principal `local-admin`,
     /// audited like the HTTP API. Prints the HTTP API's JSON answer as the last line.
     Key {
@@ -86,6 +91,24 @@ enum RegionsAction {
     /// current key, under an old key, and without one; copies of regions no longer
     /// configured; and the records below `min_regions`. Exit 1 while any record is below.
     Status,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeyringAction {
+    /// Gives REGION a new master key in the keyring. Each server wraps under it from its next
+    /// reload (SIGHUP) or start, and its repairer rewraps the region's copies; the old key
+    /// stays for decrypting until `keyring retire`.
+    Rotate {
+        /// The region, as configured.
+        region: String,
+    },
+    /// Removes REGION's previous master keys from the keyring, for good. Refused while any
+    /// record still holds a copy under one of them (`regions status`, column "old key"):
+    /// run it once every server has reloaded and the rewrap is done.
+    Retire {
+        /// The region, as configured.
+        region: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -190,7 +213,13 @@ async fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Audit { action }) => return audit_command(action),
         Some(Command::Token { action }) => return token_command(action),
-        Some(Command::Legacy { .. } | Command::Key { .. } | Command::Regions { .. }) | None => {}
+        Some(
+            Command::Legacy { .. }
+            | Command::Key { .. }
+            | Command::Regions { .. }
+            | Command::Keyring { .. },
+        )
+        | None => {}
     }
     let mut settings = match &cli.config {
         Some(path) => match Settings::from_file(path, &cli.data_dir) {
@@ -223,6 +252,19 @@ async fn main() -> ExitCode {
     if let Some(Command::Key { action }) = &cli.command {
         init_logging(&settings);
         return key_command(&settings, action).await;
+    }
+    if let Some(Command::Keyring { action }) = &cli.command {
+        init_logging(&settings);
+        return match keyring_command(&settings, action).await {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rkms-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(listen) = cli.listen {
         settings.listen = listen;
@@ -491,6 +533,63 @@ async fn regions_status(settings: &Settings) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `rkms-server keyring rotate|retire REGION`: see [`LocalKeyring::rotate`] and
+/// [`LocalKeyring::retire`]. Returns what to print.
+async fn keyring_command(settings: &Settings, action: &KeyringAction) -> Result<String, String> {
+    let KmsSettings::Local { keyring_path } = &settings.kms else {
+        return Err("keyring commands are for the local KMS provider; with AWS KMS, change the                     region's key_ids and name the old key in previous_key_ids (README,                     \"Operating regions and master keys\")"
+            .into());
+    };
+    let (KeyringAction::Rotate { region } | KeyringAction::Retire { region }) = action;
+    let configured = settings
+        .regions
+        .iter()
+        .find(|r| &r.name == region)
+        .ok_or_else(|| format!("region {region:?} is not configured"))?;
+    match action {
+        KeyringAction::Rotate { .. } => {
+            let name = LocalKeyring::rotate(keyring_path, region, &configured.key_id)
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "region {region}: new master key {name:?}. Each server wraps under it from its                  next reload (SIGHUP) or start, and rewraps the region's copies; then `keyring                  retire {region}` removes the old key"
+            ))
+        }
+        KeyringAction::Retire { .. } => {
+            let (_, service) = open_service(settings).await?;
+            let report = service.copies_report().await.map_err(|e| e.to_string())?;
+            let old = report
+                .regions
+                .iter()
+                .find(|r| &r.region == region)
+                .map_or(0, |r| r.old_key);
+            if old > 0 || report.unreadable > 0 {
+                return Err(format!(
+                    "refused: {old} records still hold a copy of region {region} under a                      previous master key, and {} records are unreadable; wait for the rewrap                      (`regions status`) after every server has reloaded",
+                    report.unreadable
+                ));
+            }
+            let keep: Vec<&str> = settings
+                .regions
+                .iter()
+                .filter(|r| &r.name != region)
+                .map(|r| r.key_id.as_str())
+                .chain(
+                    settings
+                        .regions
+                        .iter()
+                        .flat_map(|r| r.previous_key_ids.iter().map(String::as_str)),
+                )
+                .collect();
+            let retired =
+                LocalKeyring::retire(keyring_path, region, &keep).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "region {region}: retired master keys {retired:?} ({} records checked)",
+                report.records
+            ))
+        }
     }
 }
 

@@ -2,6 +2,9 @@
 
 mod support;
 
+use std::path::Path;
+use std::time::Duration;
+
 use base64::Engine as _;
 use support::lifecycle::{assert_key_commands, assert_lifecycle, LIFECYCLE_SECTIONS};
 use support::{
@@ -529,5 +532,118 @@ async fn regions_status_counts_each_regions_copies_and_fails_below_quorum() {
     assert!(
         out.contains("copies of local-2, no longer configured: 3"),
         "{out}"
+    );
+}
+
+/// Runs `rkms-server keyring ACTION REGION` on `config`; returns whether it succeeded and
+/// its standard output and error.
+fn keyring(action: &str, region: &str, config: &Path, data_dir: &Path) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        .args(["keyring", action, region, "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_local_keyring_rotation_rewraps_every_copy_after_sighup_and_retire_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kms]\nprovider = \"local\"\nregions = [\"local-1\", \"local-2\", \"local-3\"]\n\
+             [cache]\nenabled = false\n[repair]\ninterval_seconds = 1\n{ANONYMOUS_PRINCIPAL}"
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let server = Server::start(&args);
+    let client = reqwest::Client::new();
+    let mut keys = Vec::new();
+    for id in ["a", "b", "c", "d", "e"] {
+        keys.push((id, key(&client, &server, id).await));
+    }
+    let rotated = client
+        .post(format!("{}/api/v1/key/rotate?id=a", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
+    let first_of_a = keys[0].1.clone();
+    keys[0].1 = key(&client, &server, "a").await;
+
+    let (ok, out) = keyring("rotate", "local-1", &config, dir.path());
+    assert!(ok && out.contains("\"rkms-local-1-2\""), "{out}");
+    let (ok, out) = keyring("retire", "local-1", &config, dir.path());
+    assert!(
+        !ok,
+        "retire is refused while copies need the old key: {out}"
+    );
+    assert!(out.contains("refused: 5 records"), "{out}");
+
+    let outcome = server.reload();
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let row = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("local-1"))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let (_, out) = regions_status(&config, dir.path());
+        if row(&out).as_deref() == Some("5 0 0 0") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "local-1's copies are not all rewrapped: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (id, expected) in &keys {
+        assert_eq!(&key(&client, &server, id).await, expected);
+    }
+
+    let (ok, out) = keyring("retire", "local-1", &config, dir.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("[\"rkms-local-1\"]"), "{out}");
+    let keyring_text = std::fs::read_to_string(dir.path().join("keyring.json")).unwrap();
+    assert!(
+        !keyring_text.contains("\"rkms-local-1\": \""),
+        "the old key is gone"
+    );
+
+    // Without the old key, after a reload and after a restart, every version still reads.
+    let outcome = server.reload();
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    for (id, expected) in &keys {
+        assert_eq!(&key(&client, &server, id).await, expected);
+    }
+    assert!(server.stop().success());
+    let server = Server::start(&args);
+    for (id, expected) in &keys {
+        assert_eq!(&key(&client, &server, id).await, expected);
+    }
+    let (status, old) = get_json(&client, &server.key_url("id=a&version=1")).await;
+    assert_eq!(
+        (status, old["key"].as_str()),
+        (200, Some(first_of_a.as_str()))
     );
 }
