@@ -1,7 +1,9 @@
 //! The order of safety when regions and master keys change (proptest): random sequences of
 //! configuration changes (regions added and removed, a region's key changed, old keys named
 //! or not), region failures, creates, rotations, reads and repairs, over MemoryStore. After
-//! every step, every id still decrypts to its one key per version. Repairs spawned by reads
+//! every step, every id still decrypts to its one key per version. Each change builds the
+//! next service as a reload does, the successor of the one before (its cache, breakers and
+//! pending repairs carried over). Repairs spawned by reads
 //! run on in the background under the configuration they started with, as servers with
 //! different configurations do during a rolling change.
 
@@ -94,8 +96,9 @@ fn id(slot: u8) -> KeyId {
 }
 
 impl World {
-    /// A service as the current configuration builds it, its regions failing as told.
-    fn service(&self) -> KeyService {
+    /// A service as the current configuration builds it, its regions failing as told; the
+    /// successor of `previous` when given, as a reload builds it.
+    fn service(&self, previous: Option<&KeyService>) -> KeyService {
         let regions: Vec<Arc<FaultyKms>> = (0..3)
             .filter(|r| self.config.present[*r])
             .map(|r| {
@@ -117,12 +120,16 @@ impl World {
             })
             .collect();
         let count = regions.len();
-        regions
+        let builder = regions
             .into_iter()
             .fold(KeyService::builder(self.store.clone()), |b, kms| {
                 b.region(kms as Arc<dyn Kms>)
-            })
-            .options(rkms_core::ServiceOptions {
+            });
+        match previous {
+            Some(previous) => builder.succeeding(previous),
+            None => builder,
+        }
+        .options(rkms_core::ServiceOptions {
                 removed_regions: (0..3)
                     .filter(|r| !self.config.present[*r])
                     .map(|r| REGIONS[r].to_owned())
@@ -211,11 +218,17 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         },
         keys: BTreeMap::new(),
     };
+    let mut service = world.service(None);
     for op in ops {
-        let service = world.service();
         match op {
-            Op::Configure(config) => world.config = config,
-            Op::Toggle(region) => world.down[region] = !world.down[region],
+            Op::Configure(config) => {
+                world.config = config;
+                service = world.service(Some(&service));
+            }
+            Op::Toggle(region) => {
+                world.down[region] = !world.down[region];
+                service = world.service(Some(&service));
+            }
             Op::Create(slot) | Op::Get(slot) => {
                 let issued = if matches!(op, Op::Create(_)) {
                     service.get_or_create(&id(slot)).await.map(Some)

@@ -688,3 +688,78 @@ async fn regions_added_and_removed_by_sighup_while_serving_and_a_refused_file_ch
     assert_eq!(key(&client, &server, "reload-thin").await, thin);
     assert!(server.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrap_waits_for_a_blackholed_region_and_resumes_while_reads_stay_within_the_bound() {
+    let deployment = Deployment::new().await;
+    let client = reqwest::Client::new();
+    let server = deployment.server();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let id = format!("paused-{i}");
+        let key = key(&client, &server, &id).await;
+        ids.push((id, key));
+    }
+    let regions = emulated_regions();
+    let (region, endpoint) = &regions[0];
+    let old_alias = format!("alias/rkms-{region}");
+    let new_alias = format!("alias/rkms-paused-{}", std::process::id());
+    create_master_key(region, endpoint, &new_alias).await;
+
+    // The first region's key changes while that region hangs: nothing can be rewrapped there.
+    deployment.proxies[0].set(ProxyMode::Blackhole).await;
+    edit_config(&deployment, |config| {
+        let kms = kms_section(config);
+        kms["key_ids"]
+            .as_table_mut()
+            .unwrap()
+            .insert(region.clone(), new_alias.clone().into());
+        let mut previous = toml::Table::new();
+        previous.insert(region.clone(), vec![old_alias.clone()].into());
+        kms.insert("previous_key_ids".into(), previous.into());
+    });
+    let outcome = server.reload();
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let bound = Duration::from_millis(250) + Duration::from_millis(500);
+    let mut took = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for (id, expected) in &ids {
+            let at = Instant::now();
+            assert_eq!(&key(&client, &server, id).await, expected);
+            took.push(at.elapsed());
+        }
+    }
+    took.sort();
+    let p99 = took[(took.len() * 99).div_ceil(100) - 1];
+    assert!(p99 < bound, "p99 {p99:?} over {} reads, bound {bound:?}", took.len());
+    let records = deployment.records().await;
+    for record in &records {
+        let copy = &record.current().copies[region.as_str()];
+        assert_eq!(copy.master_key, old_alias, "{} moved while its region hung", record.id);
+        assert_eq!(record.current().copies.len(), 3, "{} lost a copy", record.id);
+    }
+
+    deployment.proxies[0].set(ProxyMode::Pass).await;
+    let started = Instant::now();
+    loop {
+        let waiting: Vec<String> = deployment
+            .records()
+            .await
+            .into_iter()
+            .filter(|r| r.current().copies[region.as_str()].master_key != new_alias)
+            .map(|r| r.id)
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not rewrapped after the region came back: {waiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (id, expected) in &ids {
+        assert_eq!(&key(&client, &server, id).await, expected);
+    }
+}
