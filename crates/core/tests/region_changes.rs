@@ -130,14 +130,14 @@ impl World {
             None => builder,
         }
         .options(rkms_core::ServiceOptions {
-                removed_regions: (0..3)
-                    .filter(|r| !self.config.present[*r])
-                    .map(|r| REGIONS[r].to_owned())
-                    .collect(),
-                ..Regions::options().fit_to(count)
-            })
-            .build()
-            .unwrap()
+            removed_regions: (0..3)
+                .filter(|r| !self.config.present[*r])
+                .map(|r| REGIONS[r].to_owned())
+                .collect(),
+            ..Regions::options().fit_to(count)
+        })
+        .build()
+        .unwrap()
     }
 
     /// Every region, healthy, able to decrypt under both of its keys: what the store holds

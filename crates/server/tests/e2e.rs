@@ -647,3 +647,58 @@ async fn a_local_keyring_rotation_rewraps_every_copy_after_sighup_and_retire_wai
         (200, Some(first_of_a.as_str()))
     );
 }
+
+#[tokio::test]
+async fn a_reload_puts_new_limits_in_force_and_keeps_restart_only_settings_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[kms]\nprovider = \"local\"\nregions = [\"local-1\", \"local-2\"]\n\
+                 {extra}{ANONYMOUS_PRINCIPAL}"
+            ),
+        )
+        .unwrap();
+    };
+    write("[limits]\nmax_header_bytes = 8192\n");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let client = reqwest::Client::new();
+    let kept = key(&client, &server, "kept").await;
+    let padded = || {
+        client
+            .get(format!("{}/healthz", server.base))
+            .header("x-padding", "p".repeat(3000))
+            .send()
+    };
+    assert_eq!(padded().await.unwrap().status(), 200);
+
+    write(&format!(
+        "[limits]\nmax_header_bytes = 2048\n[store]\nbackend = \"sqlite\"\npath = {:?}\n",
+        dir.path().join("elsewhere.sqlite3")
+    ));
+    let outcome = server.reload();
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    assert!(
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("[store] changed in the configuration file; it is restart-only")),
+        "the kept store is named in the log"
+    );
+    assert_eq!(padded().await.unwrap().status(), 431);
+    assert_eq!(
+        key(&client, &server, "kept").await,
+        kept,
+        "the store in force is the one opened at start"
+    );
+    assert!(!dir.path().join("elsewhere.sqlite3").exists());
+}

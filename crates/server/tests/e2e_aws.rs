@@ -732,12 +732,25 @@ async fn a_rewrap_waits_for_a_blackholed_region_and_resumes_while_reads_stay_wit
     }
     took.sort();
     let p99 = took[(took.len() * 99).div_ceil(100) - 1];
-    assert!(p99 < bound, "p99 {p99:?} over {} reads, bound {bound:?}", took.len());
+    assert!(
+        p99 < bound,
+        "p99 {p99:?} over {} reads, bound {bound:?}",
+        took.len()
+    );
     let records = deployment.records().await;
     for record in &records {
         let copy = &record.current().copies[region.as_str()];
-        assert_eq!(copy.master_key, old_alias, "{} moved while its region hung", record.id);
-        assert_eq!(record.current().copies.len(), 3, "{} lost a copy", record.id);
+        assert_eq!(
+            copy.master_key, old_alias,
+            "{} moved while its region hung",
+            record.id
+        );
+        assert_eq!(
+            record.current().copies.len(),
+            3,
+            "{} lost a copy",
+            record.id
+        );
     }
 
     deployment.proxies[0].set(ProxyMode::Pass).await;
