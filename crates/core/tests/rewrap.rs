@@ -414,3 +414,45 @@ async fn a_new_key_that_cannot_decrypt_never_replaces_a_readable_copy() {
     );
     assert_eq!(after.get_or_create(&id("a")).await.unwrap().key, key);
 }
+
+#[tokio::test]
+async fn a_version_that_fails_its_integrity_check_does_not_keep_the_others_from_repair() {
+    let ring = LocalKeyring::generate(&["k1", "k2", "k3", "k4"]).unwrap();
+    let region = |name: &str, key: &str| FaultyKms::new(ring.region(name, key).unwrap());
+    let three = [region("r1", "k1"), region("r2", "k2"), region("r3", "k3")];
+    let store = Arc::new(MemoryStore::new());
+    let before = service(store.clone(), &three);
+    before.get_or_create(&id("x")).await.unwrap();
+    before.rotate(&id("x")).await.unwrap();
+    let second = before.get_or_create(&id("x")).await.unwrap().key;
+    before.get_or_create(&id("y")).await.unwrap();
+
+    // Version 1 of x now holds y's copies: every region refuses them for x.
+    let stored = store.get(&id("x")).await.unwrap().unwrap();
+    let mut x = Record::decode(&stored.bytes).unwrap();
+    let y = Record::decode(&store.get(&id("y")).await.unwrap().unwrap().bytes).unwrap();
+    x.versions[0].copies = y.versions[0].copies.clone();
+    store
+        .compare_and_swap(&id("x"), stored.version, x.encode())
+        .await
+        .unwrap();
+
+    // A fourth region joins: version 2 gains its copy although version 1 cannot be read.
+    let four = [
+        three[0].clone(),
+        three[1].clone(),
+        three[2].clone(),
+        region("r4", "k4"),
+    ];
+    let after = service(store.clone(), &four);
+    let outcome = after.repair(&id("x")).await.unwrap();
+    assert!(
+        matches!(&outcome, rkms_core::RepairOutcome::Repaired { added, still_missing, .. }
+            if added == &["r4"] && still_missing == &["r4"]),
+        "{outcome:?}"
+    );
+    let repaired = Record::decode(&store.get(&id("x")).await.unwrap().unwrap().bytes).unwrap();
+    assert!(repaired.versions[1].copies.contains_key("r4"));
+    assert!(!repaired.versions[0].copies.contains_key("r4"));
+    assert_eq!(after.get_or_create(&id("x")).await.unwrap().key, second);
+}

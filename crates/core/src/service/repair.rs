@@ -407,6 +407,10 @@ impl KeyService {
                 return Ok(RepairOutcome::Complete);
             }
             let mut added = Vec::new();
+            // A version no region can read (its copies fail their integrity check, or every
+            // region holding one is down) keeps the others from nothing; its error is the
+            // outcome only when nothing else could be written.
+            let mut unreadable = None;
             for (v, targets) in gaps {
                 // Leave to call the regions to wrap in is taken before the key is decrypted,
                 // so that repairs racing for a half-open region's one probe decrypt nothing in
@@ -423,11 +427,21 @@ impl KeyService {
                 }
                 let version = &record.versions[v];
                 self.inner.repair_budget.take().await;
-                let (key, _) = self.decrypt_version(id, &record, version).await?;
+                let key = match self.decrypt_version(id, &record, version).await {
+                    Ok((key, _)) => key,
+                    Err(e) => {
+                        warn!(%id, version = version.number, error = %e, "cannot read this version to repair it; the others are repaired");
+                        unreadable.get_or_insert(e);
+                        continue;
+                    }
+                };
                 let context = EncryptionContext::for_version(id, version.number);
                 added.push((v, self.wrap_paced(&key, permits, &context).await));
             }
             let Some((update, outcome, tally)) = self.repaired_record(record, added) else {
+                if let Some(e) = unreadable {
+                    return Err(e);
+                }
                 metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
                 return Ok(RepairOutcome::StillMissing(still_missing));
             };
