@@ -1203,7 +1203,25 @@ fn previous_key_ids_name_keys_a_region_may_still_decrypt_under() {
         ("{ us-east-1 = [\"alias/new\"] }", "not its current key"),
         ("{ us-east-1 = [\"alias/a\", \"alias/a\"] }", "distinct"),
         ("{ us-east-1 = [\"\"] }", "not empty"),
-    ] {
+    ]
+    .map(|(p, e)| (p.to_owned(), e))
+    .into_iter()
+    .chain([
+        (
+            format!(
+                "{{ us-east-1 = [{}] }}",
+                (0..17)
+                    .map(|i| format!("\"alias/{i}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "at most 16 previous keys",
+        ),
+        (
+            format!("{{ us-east-1 = [\"{}\"] }}", "a".repeat(2049)),
+            "at most 2048 bytes",
+        ),
+    ]) {
         let message = refusal(&format!("{base}previous_key_ids = {previous}\n"));
         assert!(
             message.contains("kms.previous_key_ids") && message.contains(expected),
