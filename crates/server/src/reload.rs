@@ -78,7 +78,7 @@ impl Reloader {
         if let Some(listen) = self.listen_override {
             next.listen = listen;
         }
-        let mut notices = self.keep_restart_only(&mut next);
+        let mut notices = keep_restart_only(&self.in_force, &mut next);
         notices.extend(next.check_exposure().map_err(|e| e.to_string())?);
         let store_pool = match &next.store {
             StoreSettings::Sqlite {
@@ -122,62 +122,62 @@ impl Reloader {
             notices,
         })
     }
-
-    /// Sets each restart-only setting of `next` back to the one in force, with a notice for
-    /// each that differed.
-    fn keep_restart_only(&self, next: &mut Settings) -> Vec<String> {
-        let was = &self.in_force;
-        let mut notices = Vec::new();
-        let mut keep = |name: &str, changed: bool| {
-            if changed {
-                notices.push(format!(
-                    "{name} changed in the configuration file; it is restart-only and stays as \
-                     it was until the server restarts"
-                ));
-            }
-        };
-        keep(
-            "[server] host and port",
-            next.listen != was.listen || next.health_listen != was.health_listen,
-        );
-        keep("[server] api_version", next.key_path != was.key_path);
-        keep("[server.tls] file paths", next.tls != was.tls);
-        keep(
-            "[server] allow_insecure_http",
-            next.allow_insecure_http != was.allow_insecure_http,
-        );
-        keep("[store]", next.store != was.store);
-        keep(
-            "[audit]",
-            next.audit != was.audit
-                || next.audit_sync != was.audit_sync
-                || next.audit_signing_key != was.audit_signing_key
-                || next.audit_checkpoints != was.audit_checkpoints,
-        );
-        keep(
-            "[logger]",
-            next.log_level != was.log_level || next.log_format != was.log_format,
-        );
-        next.listen = was.listen;
-        next.health_listen = was.health_listen;
-        next.key_path.clone_from(&was.key_path);
-        next.tls.clone_from(&was.tls);
-        next.allow_insecure_http = was.allow_insecure_http;
-        next.store.clone_from(&was.store);
-        next.audit.clone_from(&was.audit);
-        next.audit_sync = was.audit_sync;
-        next.audit_signing_key.clone_from(&was.audit_signing_key);
-        next.audit_checkpoints = was.audit_checkpoints;
-        next.log_level.clone_from(&was.log_level);
-        next.log_format = was.log_format;
-        notices
-    }
 }
 
 impl Drop for Reloader {
     fn drop(&mut self) {
         self.repairer.abort();
     }
+}
+
+/// Sets each restart-only setting of `next` back to the one in force (`was`), with a notice
+/// for each that differed.
+fn keep_restart_only(was: &Settings, next: &mut Settings) -> Vec<String> {
+    let mut notices = Vec::new();
+    let mut keep = |name: &str, changed: bool| {
+        if changed {
+            notices.push(format!(
+                "{name} changed in the configuration file; it is restart-only and stays as \
+                 it was until the server restarts"
+            ));
+        }
+    };
+    keep(
+        "[server] host and port",
+        next.listen != was.listen || next.health_listen != was.health_listen,
+    );
+    keep("[server] api_version", next.key_path != was.key_path);
+    keep("[server.tls] file paths", next.tls != was.tls);
+    keep(
+        "[server] allow_insecure_http",
+        next.allow_insecure_http != was.allow_insecure_http,
+    );
+    keep("[store]", next.store != was.store);
+    keep(
+        "[audit]",
+        next.audit != was.audit
+            || next.audit_sync != was.audit_sync
+            || next.audit_signing_key != was.audit_signing_key
+            || next.audit_checkpoints != was.audit_checkpoints,
+    );
+    keep(
+        "[logger]",
+        next.log_level != was.log_level || next.log_format != was.log_format,
+    );
+    next.listen = was.listen;
+    next.health_listen = was.health_listen;
+    next.key_path.clone_from(&was.key_path);
+    next.tls.clone_from(&was.tls);
+    next.allow_insecure_http = was.allow_insecure_http;
+    next.store.clone_from(&was.store);
+    next.service.store_timeout = was.service.store_timeout;
+    next.audit.clone_from(&was.audit);
+    next.audit_sync = was.audit_sync;
+    next.audit_signing_key.clone_from(&was.audit_signing_key);
+    next.audit_checkpoints = was.audit_checkpoints;
+    next.log_level.clone_from(&was.log_level);
+    next.log_format = was.log_format;
+    notices
 }
 
 /// Each region's name and the master key it wraps under.
@@ -187,4 +187,61 @@ fn region_keys(service: &KeyService) -> Vec<(String, String)> {
         .into_iter()
         .map(|r| (r.name, r.master_key))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const PRINCIPAL: &str = "[[principals]]\nname = \"t\"\nanonymous = true\n\
+                             allow = [{ ids = [\"*\"], operations = [\"get\"] }]\n";
+
+    fn settings(extra: &str) -> Settings {
+        let text =
+            format!("[kms]\nprovider = \"local\"\nregions = [\"a\", \"b\"]\n{extra}{PRINCIPAL}");
+        Settings::from_toml(&text, Path::new("/var/lib/rkms")).unwrap()
+    }
+
+    #[test]
+    fn restart_only_settings_stay_as_they_were_and_are_named() {
+        let was = settings("[server]\nport = 8080\n");
+        let mut next = settings(
+            "[server]\nport = 9090\napi_version = \"v2\"\n\
+             [store]\nbackend = \"postgres\"\nurl = \"postgres://db/keys\"\ntimeout_ms = 9000\n\
+             [logger]\nlevel = \"debug\"\n[cache]\nttl_seconds = 7\n",
+        );
+        assert_ne!(next.service.store_timeout, was.service.store_timeout);
+        let notices = keep_restart_only(&was, &mut next);
+        for name in [
+            "[server] host and port",
+            "[server] api_version",
+            "[store]",
+            "[logger]",
+        ] {
+            assert!(
+                notices.iter().any(|n| n.starts_with(name)),
+                "{name} is named: {notices:?}"
+            );
+        }
+        assert_eq!(notices.len(), 4, "{notices:?}");
+        assert_eq!(next.listen, was.listen);
+        assert_eq!(next.key_path, was.key_path);
+        assert_eq!(next.store, was.store);
+        assert_eq!(next.service.store_timeout, was.service.store_timeout);
+        assert_eq!(next.log_level, was.log_level);
+        assert_eq!(
+            next.service.cache.ttl,
+            std::time::Duration::from_secs(7),
+            "reloadable"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_file_has_nothing_to_say() {
+        let was = settings("");
+        let mut next = settings("");
+        assert!(keep_restart_only(&was, &mut next).is_empty());
+    }
 }

@@ -83,6 +83,12 @@ impl fmt::Display for RegionSettings {
     }
 }
 
+/// Most previous master keys a region may name: each is tried in turn for a copy under it,
+/// and a rewrap leaves none in use.
+const MAX_PREVIOUS_KEYS: usize = 16;
+/// Longest key id: AWS KMS's limit for a key id, ARN or alias.
+const MAX_KEY_ID_LEN: usize = 2048;
+
 pub(super) fn default_local_key(region: &str) -> String {
     format!("rkms-{region}")
 }
@@ -170,6 +176,22 @@ pub(super) fn resolve_regions(kms: &KmsSection) -> Result<Vec<RegionSettings>, C
         ));
     }
     for region in &settings {
+        if region.previous_key_ids.len() > MAX_PREVIOUS_KEYS
+            || region
+                .previous_key_ids
+                .iter()
+                .chain([&region.key_id])
+                .any(|k| k.len() > MAX_KEY_ID_LEN)
+        {
+            return Err(invalid(
+                "kms.previous_key_ids",
+                format!(
+                    "{:?} may name at most {MAX_PREVIOUS_KEYS} previous keys, and a key id at \
+                     most {MAX_KEY_ID_LEN} bytes (a rewrap retires old keys; see README)",
+                    region.name
+                ),
+            ));
+        }
         let mut names = HashSet::new();
         for previous in &region.previous_key_ids {
             if previous.is_empty() || *previous == region.key_id || !names.insert(previous) {
