@@ -157,7 +157,7 @@ pub use secret::DataKey;
 pub use service::{
     BuildError, Clock, CopiesReport, HedgeOptions, IssuedKey, KeyInfo, KeyListing, KeyService,
     KeyServiceBuilder, KmsAction, LifecycleOptions, ListedKey, RegionCopies, RegionStatus,
-    RepairOptions, RepairOutcome, RepairSweep, ServiceError, ServiceOptions, VersionInfo,
-    MAX_DATA_KEY_LEN,
+    RepairOptions, RepairOutcome, RepairSweep, ServiceError, ServiceOptions, SweepSchedule,
+    VersionInfo, MAX_DATA_KEY_LEN,
 };
 pub use store::{within_limit, PutOutcome, Store, StoreError, Stored, Version};

@@ -173,6 +173,11 @@ impl LocalKeyring {
         Ok(keyring)
     }
 
+    /// Opens the keyring at `path`, which must exist.
+    pub fn open(path: &Path) -> Result<Self, KeyringError> {
+        Self::load(path)
+    }
+
     fn load(path: &Path) -> Result<Self, KeyringError> {
         let malformed = |message: String| KeyringError::Malformed {
             path: path.to_owned(),
@@ -274,15 +279,21 @@ pub(crate) fn read_keyring_file(path: &Path) -> Result<KeyringFile, KeyringError
         KEYRING_FORMAT => return Err(malformed("format 1 has no rotated regions".into())),
         other => return Err(malformed(format!("format {other} is not supported"))),
     }
-    let rotated_names = file
-        .regions
-        .values()
-        .flat_map(|r| std::iter::once(&r.current).chain(&r.previous));
-    for name in rotated_names {
-        if !file.keys.contains_key(name) {
+    for name in file.keys.keys() {
+        check_key_name(name)?;
+    }
+    for (region, keys) in &file.regions {
+        if keys.previous.contains(&keys.current) {
             return Err(malformed(format!(
-                "a rotated region names master key {name:?}, which it does not hold"
+                "region {region:?} names its current key as a previous one"
             )));
+        }
+        for name in std::iter::once(&keys.current).chain(&keys.previous) {
+            if !file.keys.contains_key(name) {
+                return Err(malformed(format!(
+                    "region {region:?} names master key {name:?}, which the keyring does not hold"
+                )));
+            }
         }
     }
     Ok(file)

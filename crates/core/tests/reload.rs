@@ -3,14 +3,16 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rkms_core::{
-    Clock, KeyId, KeyService, Kms, LifecycleOptions, MemoryStore, Record, RepairOptions,
-    ServiceOptions, Store,
+    Clock, KeyId, KeyService, Kms, LifecycleOptions, ListCursor, ListPage, MemoryStore, Record,
+    RepairOptions, ServiceOptions, Store, StoreError, SweepSchedule,
 };
+use support::wrapped::{StoreWrapper, Wrapped};
 use support::{Mode, Regions};
 
 fn id(s: &str) -> KeyId {
@@ -104,4 +106,86 @@ async fn a_successor_completes_the_deletions_its_predecessor_scheduled() {
         destroyed,
         "the successor completed the deletion its predecessor scheduled"
     );
+}
+
+/// A store whose listings can be held up, counting them: a sweep starts with one.
+#[derive(Debug, Default)]
+struct HeldListings {
+    inner: MemoryStore,
+    held: AtomicBool,
+    listings: AtomicUsize,
+}
+
+#[async_trait]
+impl StoreWrapper for HeldListings {
+    fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
+    async fn list(
+        &self,
+        cursor: Option<&ListCursor>,
+        limit: usize,
+    ) -> Result<ListPage, StoreError> {
+        self.listings.fetch_add(1, Ordering::SeqCst);
+        if self.held.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.list(cursor, limit).await
+    }
+}
+
+async fn wait_for_listings(store: &HeldListings, count: usize) {
+    for _ in 0..200 {
+        if store.listings.load(Ordering::SeqCst) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no sweep started");
+}
+
+#[tokio::test]
+async fn a_sweep_cut_short_by_a_reload_is_still_due_for_the_successor() {
+    let regions = Regions::new();
+    let store = Arc::new(Wrapped(HeldListings::default()));
+    store.held.store(true, Ordering::SeqCst);
+    let options = ServiceOptions {
+        repair: RepairOptions {
+            interval: Duration::from_millis(10),
+            sweep_interval: None,
+            ..RepairOptions::default()
+        },
+        ..Regions::options()
+    };
+    let schedule = Arc::new(SweepSchedule::new(&options.repair));
+    schedule.sweep_now();
+    let before = regions.service_with(store.clone(), options.clone());
+    let repairer = tokio::spawn({
+        let (before, schedule) = (before.clone(), Arc::clone(&schedule));
+        async move { before.run_repairer_with(&schedule).await }
+    });
+    wait_for_listings(&store, 1).await;
+    repairer.abort();
+
+    store.held.store(false, Ordering::SeqCst);
+    let after = regions
+        .0
+        .iter()
+        .fold(KeyService::builder(store.clone()), |b, kms| {
+            b.region(Arc::clone(kms) as Arc<dyn Kms>)
+        })
+        .options(options)
+        .succeeding(&before)
+        .build()
+        .unwrap();
+    let repairer = tokio::spawn({
+        let schedule = Arc::clone(&schedule);
+        async move { after.run_repairer_with(&schedule).await }
+    });
+    wait_for_listings(&store, 2).await;
+    // Done, and without a sweep_interval not due again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    repairer.abort();
+    assert_eq!(store.listings.load(Ordering::SeqCst), 2);
 }

@@ -558,6 +558,10 @@ async fn keyring_command(settings: &Settings, action: &KeyringAction) -> Result<
             ))
         }
         KeyringAction::Retire { .. } => {
+            // Read before the walk: only keys already previous then are checked, whatever a
+            // rotation meanwhile adds.
+            let before = LocalKeyring::open(keyring_path).map_err(|e| e.to_string())?;
+            let checked = before.previous_keys(region).to_vec();
             let (_, service) = open_service(settings).await?;
             let report = service.copies_report().await.map_err(|e| e.to_string())?;
             let old = report
@@ -575,7 +579,7 @@ async fn keyring_command(settings: &Settings, action: &KeyringAction) -> Result<
                 .regions
                 .iter()
                 .filter(|r| &r.name != region)
-                .map(|r| r.key_id.as_str())
+                .map(|r| before.rotated_key(&r.name).unwrap_or(&r.key_id))
                 .chain(
                     settings
                         .regions
@@ -583,8 +587,8 @@ async fn keyring_command(settings: &Settings, action: &KeyringAction) -> Result<
                         .flat_map(|r| r.previous_key_ids.iter().map(String::as_str)),
                 )
                 .collect();
-            let retired =
-                LocalKeyring::retire(keyring_path, region, &keep).map_err(|e| e.to_string())?;
+            let retired = LocalKeyring::retire(keyring_path, region, &checked, &keep)
+                .map_err(|e| e.to_string())?;
             Ok(format!(
                 "region {region}: retired master keys {retired:?} ({} records checked)",
                 report.records

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rkms_core::{KeyService, Store};
+use rkms_core::{KeyService, Store, SweepSchedule};
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
@@ -45,6 +45,8 @@ pub struct Reloader {
     /// `--listen`, which overrides the file's address at every reload as at start.
     listen_override: Option<SocketAddr>,
     in_force: Settings,
+    /// When the repairer sweeps next, kept across reloads.
+    sweeps: Arc<SweepSchedule>,
     repairer: JoinHandle<()>,
 }
 
@@ -60,7 +62,8 @@ impl Reloader {
         in_force: Settings,
     ) -> Self {
         let service = live.current();
-        let repairer = tokio::spawn(async move { service.run_repairer().await });
+        let sweeps = Arc::new(SweepSchedule::new(&service.options().repair));
+        let repairer = spawn_repairer(service, Arc::clone(&sweeps));
         Self {
             store,
             live,
@@ -68,6 +71,7 @@ impl Reloader {
             limits,
             listen_override,
             in_force,
+            sweeps,
             repairer,
         }
     }
@@ -95,7 +99,6 @@ impl Reloader {
         // Settings say what changed for AWS; the local keyring's current keys (`keyring
         // rotate`) show only in the opened regions.
         let regions_changed = next.regions != self.in_force.regions
-            || next.kms != self.in_force.kms
             || region_keys(&previous) != region_keys(&service)
             || previous.options().removed_regions != service.options().removed_regions;
         notices.append(&mut next.notices);
@@ -108,14 +111,10 @@ impl Reloader {
         self.limits.replace(next.limits.clone());
         self.live.replace(service);
         self.repairer.abort();
-        let service = self.live.current();
-        self.repairer = tokio::spawn(async move {
-            if regions_changed {
-                service.run_repairer_sweeping_now().await;
-            } else {
-                service.run_repairer().await;
-            }
-        });
+        if regions_changed {
+            self.sweeps.sweep_now();
+        }
+        self.repairer = spawn_repairer(self.live.current(), Arc::clone(&self.sweeps));
         self.in_force = next;
         Ok(Reloaded {
             regions_changed,
@@ -178,6 +177,11 @@ fn keep_restart_only(was: &Settings, next: &mut Settings) -> Vec<String> {
     next.log_level.clone_from(&was.log_level);
     next.log_format = was.log_format;
     notices
+}
+
+/// Runs `service`'s repairer on the shared schedule until aborted.
+fn spawn_repairer(service: Arc<KeyService>, sweeps: Arc<SweepSchedule>) -> JoinHandle<()> {
+    tokio::spawn(async move { service.run_repairer_with(&sweeps).await })
 }
 
 /// Each region's name and the master key it wraps under.

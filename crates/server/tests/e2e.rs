@@ -590,7 +590,7 @@ async fn a_local_keyring_rotation_rewraps_every_copy_after_sighup_and_retire_wai
     keys[0].1 = key(&client, &server, "a").await;
 
     let (ok, out) = keyring("rotate", "local-1", &config, dir.path());
-    assert!(ok && out.contains("\"rkms-local-1-2\""), "{out}");
+    assert!(ok && out.contains("\"rkms-local-1-2-"), "{out}");
     let (ok, out) = keyring("retire", "local-1", &config, dir.path());
     assert!(
         !ok,

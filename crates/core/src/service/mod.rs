@@ -34,7 +34,7 @@ use crate::{DataKey, KeyId};
 
 pub use lifecycle::{KeyInfo, KeyListing, ListedKey, VersionInfo};
 pub use options::{Clock, HedgeOptions, LifecycleOptions, RepairOptions, ServiceOptions};
-pub use repair::{RepairOutcome, RepairSweep};
+pub use repair::{RepairOutcome, RepairSweep, SweepSchedule};
 pub use report::{CopiesReport, RegionCopies};
 
 /// Largest data key a service hands out, in bytes (AWS KMS's `NumberOfBytes` limit).

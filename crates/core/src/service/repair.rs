@@ -34,7 +34,7 @@ use futures::stream::{self, StreamExt as _};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{KeyService, ServiceError};
+use super::{KeyService, RepairOptions, ServiceError};
 use crate::health::Permit;
 use crate::kms::KmsError;
 use crate::record::{KeyState, KeyVersion, Record, WrappedCopy};
@@ -690,29 +690,17 @@ impl KeyService {
     /// `repair.sweep_interval`, if that is set. Spawn it on the runtime and abort it at
     /// shutdown.
     pub async fn run_repairer(&self) {
-        let options = &self.inner.options.repair;
-        let first_sweep = options.sweep_interval.map(|every| {
-            let first = options
-                .first_sweep_after
-                .map_or(every, |after| after + after.mul_f64(jitter()));
-            first.min(every)
-        });
-        self.repairer(first_sweep).await;
+        self.run_repairer_with(&SweepSchedule::new(&self.inner.options.repair))
+            .await;
     }
 
-    /// [`KeyService::run_repairer`] for a service that replaces another after a change of
-    /// regions or master keys: its first sweep starts at once (and later ones every
-    /// `repair.sweep_interval`, if set), so that every record gains the new copies, drops the
-    /// removed ones and is rewrapped without waiting for a read or the next scheduled sweep.
-    pub async fn run_repairer_sweeping_now(&self) {
-        self.repairer(Some(Duration::ZERO)).await;
-    }
-
-    async fn repairer(&self, first_sweep: Option<Duration>) {
+    /// [`KeyService::run_repairer`] on a schedule shared with the repairers of the services
+    /// this one replaces or is replaced by (a reload), so that a reload neither puts a sweep
+    /// off nor loses one that is due: a sweep aborted half way is due at once again.
+    pub async fn run_repairer_with(&self, schedule: &SweepSchedule) {
         let options = &self.inner.options.repair;
         let mut ticks = tokio::time::interval(options.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut next_sweep = first_sweep.map(|after| Instant::now() + after);
         loop {
             ticks.tick().await;
             self.complete_scheduled_deletions().await;
@@ -720,17 +708,65 @@ impl KeyService {
             if left > 0 {
                 debug!(left, "records still lack copies");
             }
-            let Some(at) = next_sweep else {
+            if !schedule.due() {
                 continue;
-            };
-            if Instant::now() >= at {
-                next_sweep = options.sweep_interval.map(|every| Instant::now() + every);
-                match self.repair_sweep().await {
-                    Ok(sweep) => info!(?sweep, "repair sweep done"),
-                    Err(e) => warn!(error = %e, "repair sweep failed; it runs again next interval"),
+            }
+            match self.repair_sweep().await {
+                Ok(sweep) => {
+                    info!(?sweep, "repair sweep done");
+                    schedule.set(options.sweep_interval);
+                }
+                Err(e) => {
+                    warn!(error = %e, "repair sweep failed; it runs again in a minute");
+                    schedule.set(Some(RETRY_FAILED_SWEEP));
                 }
             }
         }
+    }
+}
+
+/// When a failed sweep is tried again.
+const RETRY_FAILED_SWEEP: Duration = Duration::from_secs(60);
+
+/// When the repairer sweeps the store next; see [`KeyService::run_repairer_with`].
+#[derive(Debug)]
+pub struct SweepSchedule {
+    next: Mutex<Option<Instant>>,
+}
+
+impl SweepSchedule {
+    /// The first sweep `first_sweep_after` (1-2x, differing between processes) from now, or
+    /// one `sweep_interval` from now; none without a `sweep_interval`.
+    pub fn new(options: &RepairOptions) -> Self {
+        let first = options.sweep_interval.map(|every| {
+            let first = options
+                .first_sweep_after
+                .map_or(every, |after| after + after.mul_f64(jitter()));
+            first.min(every)
+        });
+        let schedule = Self {
+            next: Mutex::new(None),
+        };
+        schedule.set(first);
+        schedule
+    }
+
+    /// Makes a sweep due at once: the regions or their keys changed, and every record may
+    /// need copies added, rewrapped or dropped.
+    pub fn sweep_now(&self) {
+        *self.lock() = Some(Instant::now());
+    }
+
+    fn set(&self, after: Option<Duration>) {
+        *self.lock() = after.map(|after| Instant::now() + after);
+    }
+
+    fn due(&self) -> bool {
+        self.lock().is_some_and(|at| Instant::now() >= at)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.next.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
