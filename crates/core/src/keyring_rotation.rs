@@ -259,7 +259,7 @@ mod tests {
         let retired = LocalKeyring::open_or_create(&path, &["k1", "k2"]).unwrap();
         let r1 = retired.region_with_previous("r1", "k1", &[]).unwrap();
         assert_eq!(r1.master_key(), third);
-        assert_eq!(r1.previous_master_keys(), [second.clone()]);
+        assert_eq!(r1.previous_master_keys(), std::slice::from_ref(&second));
         let everything = retired.previous_keys("r1").to_vec();
         assert_eq!(
             LocalKeyring::retire(&path, "r1", &everything, &[second.as_str()]).unwrap(),
