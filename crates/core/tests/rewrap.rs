@@ -456,3 +456,43 @@ async fn a_version_that_fails_its_integrity_check_does_not_keep_the_others_from_
     assert!(!repaired.versions[0].copies.contains_key("r4"));
     assert_eq!(after.get_or_create(&id("x")).await.unwrap().key, second);
 }
+
+#[tokio::test]
+async fn a_version_no_region_can_read_keeps_its_removed_regions_copy() {
+    let ring = LocalKeyring::generate(&["k1", "k2", "k3", "k4"]).unwrap();
+    let region = |name: &str, key: &str| FaultyKms::new(ring.region(name, key).unwrap());
+    let (r1, r2, r3) = (region("r1", "k1"), region("r2", "k2"), region("r3", "k3"));
+    let store = Arc::new(MemoryStore::new());
+    let before = service(store.clone(), &[r1.clone(), r2.clone(), r3]);
+    let first = before.get_or_create(&id("x")).await.unwrap().key;
+    before.rotate(&id("x")).await.unwrap();
+    before.get_or_create(&id("y")).await.unwrap();
+
+    // Version 1's copies in r1 and r2 are y's: only r3's copy of it is good.
+    let stored = store.get(&id("x")).await.unwrap().unwrap();
+    let mut x = Record::decode(&stored.bytes).unwrap();
+    let y = Record::decode(&store.get(&id("y")).await.unwrap().unwrap().bytes).unwrap();
+    for name in ["r1", "r2"] {
+        x.versions[0]
+            .copies
+            .insert(name.into(), y.versions[0].copies[name].clone());
+    }
+    store
+        .compare_and_swap(&id("x"), stored.version, x.encode())
+        .await
+        .unwrap();
+
+    // r3 leaves, r4 joins: version 2 gains r4's copy and drops r3's; version 1 keeps r3's.
+    let after = service_removing(store.clone(), &[r1, r2, region("r4", "k4")], &["r3"]);
+    after.repair(&id("x")).await.unwrap();
+    let repaired = Record::decode(&store.get(&id("x")).await.unwrap().unwrap().bytes).unwrap();
+    assert!(repaired.versions[1].copies.contains_key("r4"));
+    assert!(!repaired.versions[1].copies.contains_key("r3"));
+    assert!(
+        repaired.versions[0].copies.contains_key("r3"),
+        "the one good copy of version 1 is kept"
+    );
+    let r3_back = region("r3", "k3");
+    let reader = service(store.clone(), &[r3_back]);
+    assert_eq!(reader.get_version(&id("x"), 1).await.unwrap().key, first);
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -44,23 +45,37 @@ pub struct Limits {
 /// The limits in force, replaced by a configuration reload: a connection takes them when it
 /// is accepted and keeps them to its end; the size checks read them per request.
 #[derive(Debug, Clone)]
-pub struct LiveLimits(Arc<ArcSwap<Limits>>);
+pub struct LiveLimits {
+    in_force: Arc<ArcSwap<Limits>>,
+    /// Wakes the accept loop when the limits change, so that more connection slots are
+    /// opened at once even while every slot is taken.
+    changed: Arc<Notify>,
+}
 
 impl LiveLimits {
     /// The limits in force now.
     pub fn current(&self) -> Arc<Limits> {
-        self.0.load_full()
+        self.in_force.load_full()
     }
 
     /// Puts `limits` in force for connections accepted and requests read from now on.
     pub fn replace(&self, limits: Limits) {
-        self.0.store(Arc::new(limits));
+        self.in_force.store(Arc::new(limits));
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves at the next [`LiveLimits::replace`].
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 }
 
 impl From<Limits> for LiveLimits {
     fn from(limits: Limits) -> Self {
-        Self(Arc::new(ArcSwap::from_pointee(limits)))
+        Self {
+            in_force: Arc::new(ArcSwap::from_pointee(limits)),
+            changed: Arc::new(Notify::new()),
+        }
     }
 }
 

@@ -85,13 +85,16 @@ pub async fn serve(
     let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
     let addresses = PerAddress::new(in_force.max_connections_per_address);
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let follow = |in_force: &mut Arc<Limits>| {
         let now = live.current();
-        if !Arc::ptr_eq(&now, &in_force) {
+        if !Arc::ptr_eq(&now, in_force) {
             resize(&slots, in_force.max_connections, now.max_connections);
             addresses.set_cap(now.max_connections_per_address);
-            in_force = now;
+            *in_force = now;
         }
+    };
+    loop {
+        follow(&mut in_force);
         // A slot first, then the connection: past both pools, clients wait in the listen
         // queue. The semaphores are never closed, so `else` is never taken.
         let slot = tokio::select! {
@@ -99,6 +102,7 @@ pub async fn serve(
             () = &mut shutdown => break,
             Ok(permit) = Arc::clone(&slots).acquire_owned() => Slot::full(permit),
             Ok(permit) = Arc::clone(&reserve).acquire_owned() => Slot::probe(permit),
+            () = live.changed() => continue,
             else => break,
         };
         let (stream, remote) = tokio::select! {
@@ -113,6 +117,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Limits replaced while this loop waited apply to this connection already.
+        follow(&mut in_force);
         let Some(counted) = addresses.admit(remote.ip()) else {
             // Closed unanswered: an answer would cost the handshake and file the cap saves.
             metrics::counter!(REJECTIONS, "reason" => "connections_per_address").increment(1);

@@ -702,3 +702,46 @@ async fn a_reload_puts_new_limits_in_force_and_keeps_restart_only_settings_as_th
     );
     assert!(!dir.path().join("elsewhere.sqlite3").exists());
 }
+
+#[tokio::test]
+async fn more_connection_slots_from_a_reload_serve_at_once_while_every_slot_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    let write = |slots: usize| {
+        std::fs::write(
+            &config,
+            format!(
+                "[kms]\nprovider = \"local\"\nregions = [\"local-1\", \"local-2\"]\n\
+                 [limits]\nmax_connections = {slots}\nmax_connections_per_address = 0\n\
+                 {ANONYMOUS_PRINCIPAL}"
+            ),
+        )
+        .unwrap();
+    };
+    write(2);
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    // Two silent connections hold both slots.
+    let _held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let (status, _) = get_json(&fresh(), &server.key_url("id=slots")).await;
+    assert_eq!(status, 503, "every slot is taken");
+
+    write(4);
+    let outcome = server.reload();
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let (status, body) = get_json(&fresh(), &server.key_url("id=slots")).await;
+    assert_eq!(status, 200, "{body}");
+}

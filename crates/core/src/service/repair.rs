@@ -408,9 +408,10 @@ impl KeyService {
             }
             let mut added = Vec::new();
             // A version no region can read (its copies fail their integrity check, or every
-            // region holding one is down) keeps the others from nothing; its error is the
-            // outcome only when nothing else could be written.
-            let mut unreadable = None;
+            // region holding one is down) keeps the others from nothing, and loses no copy
+            // (a removed region's may be the one good copy); its error is the outcome only
+            // when nothing else could be written.
+            let (mut unreadable, mut unread_error) = (Vec::new(), None);
             for (v, targets) in gaps {
                 // Leave to call the regions to wrap in is taken before the key is decrypted,
                 // so that repairs racing for a half-open region's one probe decrypt nothing in
@@ -431,15 +432,17 @@ impl KeyService {
                     Ok((key, _)) => key,
                     Err(e) => {
                         warn!(%id, version = version.number, error = %e, "cannot read this version to repair it; the others are repaired");
-                        unreadable.get_or_insert(e);
+                        unreadable.push(v);
+                        unread_error.get_or_insert(e);
                         continue;
                     }
                 };
                 let context = EncryptionContext::for_version(id, version.number);
                 added.push((v, self.wrap_paced(&key, permits, &context).await));
             }
-            let Some((update, outcome, tally)) = self.repaired_record(record, added) else {
-                if let Some(e) = unreadable {
+            let Some((update, outcome, tally)) = self.repaired_record(record, added, &unreadable)
+            else {
+                if let Some(e) = unread_error {
                     return Err(e);
                 }
                 metrics::counter!(telemetry::REPAIRS, "outcome" => "pending").increment(1);
@@ -530,11 +533,13 @@ impl KeyService {
 
     /// The record with the copies in `added` (by version index), what that does, and the
     /// copies it counts once written; `None` when there is nothing to write (no copy was
-    /// made, or too few to replace a legacy record's copies).
+    /// made, or too few to replace a legacy record's copies). The `unreadable` versions (by
+    /// index) drop no copy.
     fn repaired_record(
         &self,
         mut record: Record,
         added: Vec<(usize, BTreeMap<String, WrappedCopy>)>,
+        unreadable: &[usize],
     ) -> Option<(Record, RepairOutcome, Tally)> {
         let upgrading = record.wrapped_without_context;
         let mut tally = Tally::default();
@@ -565,6 +570,9 @@ impl KeyService {
         }
         let mut dropped: Vec<String> = Vec::new();
         for (v, regions) in self.droppable(&record) {
+            if unreadable.contains(&v) {
+                continue;
+            }
             for name in regions {
                 record.versions[v].copies.remove(&name);
                 dropped.push(name);
