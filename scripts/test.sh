@@ -35,5 +35,8 @@ cargo test --workspace --doc --all-features --locked
 # A server built without optional backends refuses them by feature name.
 cargo test -p rkms-server --no-default-features --lib --locked
 
+step "envelope test vectors (Python's cryptography, independent of the Rust crate)"
+python3 scripts/envelope_vectors.py --check
+
 step "embedding example"
 cargo run --quiet --locked -p rkms-core --example embed

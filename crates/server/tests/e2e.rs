@@ -374,9 +374,10 @@ async fn readiness_probes_read_nothing_reveal_no_latency_and_are_rate_limited() 
         for region in body["regions"].as_array().unwrap() {
             assert_eq!(
                 region.as_object().unwrap().keys().collect::<Vec<_>>(),
-                ["name", "state"],
-                "only a name and up or down: {body}"
+                ["name", "state", "unhealthy_since"],
+                "a name, up or down, and since when down; no latency: {body}"
             );
+            assert_eq!(region["unhealthy_since"], serde_json::Value::Null, "{body}");
             assert_eq!(region["state"], "up", "{body}");
         }
     }
