@@ -1,0 +1,22 @@
+//! `rkms-client`: an async client for RKMS's HTTP API, for any tokio application.
+//!
+//! - **Failover:** give it several server URLs. A request goes to the server that answered
+//!   last; a server that cannot be reached, or answers 503, 502, 504 or 429, is passed over
+//!   for the next, with jittered exponential backoff between rounds (`Retry-After` is
+//!   honoured). Any other 4xx is the answer, never retried.
+//! - **Only safe retries:** a rotation is sent again only when it cannot have reached a
+//!   server (the connection was never made) or the server refused it before acting (503,
+//!   429); every other operation is idempotent.
+//! - **Credentials:** a bearer token, a client certificate, or both; TLS by rustls, with
+//!   extra trusted roots for a private CA.
+//! - **Cache** (optional): keys kept in memory for a TTL, zeroized when they leave it.
+//! - **Typed:** every operation returns a typed answer, and every API error its
+//!   `error_type` as an [`ErrorKind`].
+
+mod client;
+mod error;
+mod model;
+
+pub use client::{Client, ClientBuilder};
+pub use error::{Error, ErrorKind};
+pub use model::{Key, KeyInfo, KeyListing, KeyState, ListedKey, VersionInfo};
