@@ -3,8 +3,7 @@
 
 use std::io::Read;
 
-use aes_gcm::aead::rand_core::RngCore as _;
-use aes_gcm::aead::OsRng;
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 
 use crate::EnvelopeError;
 
@@ -58,8 +57,13 @@ impl Header {
     pub fn new(id: &str, version: u32) -> Result<Self, EnvelopeError> {
         let mut salt = [0; SALT_LEN];
         let mut nonce_prefix = [0; NONCE_PREFIX_LEN];
-        OsRng.fill_bytes(&mut salt);
-        OsRng.fill_bytes(&mut nonce_prefix);
+        let random = SystemRandom::new();
+        random
+            .fill(&mut salt)
+            .and_then(|()| random.fill(&mut nonce_prefix))
+            .map_err(|_| {
+                EnvelopeError::Io(std::io::Error::other("the system's random source failed"))
+            })?;
         Self::from_parts(id, version, DEFAULT_CHUNK_SIZE, salt, nonce_prefix)
     }
 

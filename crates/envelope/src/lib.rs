@@ -9,6 +9,8 @@
 //! data key and the header's random salt (HKDF-SHA256). Truncation (the new last chunk was
 //! not sealed as last), appended or reordered chunks, a header moved to another body, and
 //! any changed bit are all refused. `docs/envelope-format.md` gives the format byte by byte.
+//! The cryptography is aws-lc-rs's (AES-GCM with AES-NI and carry-less multiplication, and
+//! HKDF); the STREAM nonces are built here, as the format specifies.
 
 mod header;
 mod stream;

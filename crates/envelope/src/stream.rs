@@ -3,13 +3,11 @@
 
 use std::io::{Read, Write};
 
-use aead::stream::{NewStream as _, StreamBE32, StreamPrimitive as _};
-use aes_gcm::{Aes256Gcm, Key, KeyInit as _};
-use hkdf::Hkdf;
-use sha2::Sha256;
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::hkdf;
 use zeroize::{Zeroize as _, Zeroizing};
 
-use crate::header::{Header, ParsedHeader};
+use crate::header::{Header, ParsedHeader, NONCE_PREFIX_LEN};
 use crate::EnvelopeError;
 
 /// AES-GCM's tag, after every chunk.
@@ -17,19 +15,64 @@ const TAG_LEN: usize = 16;
 /// HKDF's `info` for the chunk key.
 const CHUNK_KEY_INFO: &[u8] = b"rkms envelope v1 chunk key";
 
-/// The STREAM cipher of one envelope: its chunk key is HKDF-SHA256 of the data key with the
-/// header's salt, so no two envelopes share a key (and so no nonce is ever reused), whatever
-/// their nonce prefixes.
-fn chunk_cipher(data_key: &[u8], header: &Header) -> Result<StreamBE32<Aes256Gcm>, EnvelopeError> {
-    if data_key.len() != 32 {
-        return Err(EnvelopeError::KeyLength(data_key.len()));
+/// One envelope's chunk cipher: AES-256-GCM under a chunk key that is HKDF-SHA256 of the
+/// data key with the header's salt, so no two envelopes share a key (and so no nonce is ever
+/// reused), whatever their nonce prefixes; and the STREAM nonces (Rogaway's STREAM with a
+/// 32-bit big-endian counter, as RustCrypto's `aead::stream::StreamBE32`).
+struct ChunkCipher {
+    key: LessSafeKey,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
+}
+
+impl ChunkCipher {
+    fn new(data_key: &[u8], header: &Header) -> Result<Self, EnvelopeError> {
+        if data_key.len() != 32 {
+            return Err(EnvelopeError::KeyLength(data_key.len()));
+        }
+        let mut chunk_key = Zeroizing::new([0; 32]);
+        hkdf::Salt::new(hkdf::HKDF_SHA256, &header.salt)
+            .extract(data_key)
+            .expand(&[CHUNK_KEY_INFO], hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut chunk_key[..]))
+            .expect("32 bytes is HKDF-SHA256's own length");
+        let key =
+            UnboundKey::new(&AES_256_GCM, &chunk_key[..]).expect("a 32-byte key is an AES-256 key");
+        Ok(Self {
+            key: LessSafeKey::new(key),
+            nonce_prefix: header.nonce_prefix,
+        })
     }
-    let mut chunk_key = Zeroizing::new([0; 32]);
-    Hkdf::<Sha256>::new(Some(&header.salt), data_key)
-        .expand(CHUNK_KEY_INFO, &mut chunk_key[..])
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
-    let aead = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&chunk_key[..]));
-    Ok(StreamBE32::from_aead(aead, (&header.nonce_prefix).into()))
+
+    /// `prefix || position (big-endian) || last flag`.
+    fn nonce(&self, position: u32, last: bool) -> Nonce {
+        let mut nonce = [0; 12];
+        nonce[..NONCE_PREFIX_LEN].copy_from_slice(&self.nonce_prefix);
+        nonce[NONCE_PREFIX_LEN..11].copy_from_slice(&position.to_be_bytes());
+        nonce[11] = u8::from(last);
+        Nonce::assume_unique_for_key(nonce)
+    }
+
+    /// Seals `chunk` in place, appending its tag.
+    fn seal(&self, position: u32, last: bool, aad: &[u8], chunk: &mut Vec<u8>) {
+        self.key
+            .seal_in_place_append_tag(self.nonce(position, last), Aad::from(aad), chunk)
+            .expect("a chunk is far below AES-GCM's message limit");
+    }
+
+    /// Opens `chunk` in place, leaving the plaintext; false if it does not authenticate.
+    fn open(&self, position: u32, last: bool, aad: &[u8], chunk: &mut Vec<u8>) -> bool {
+        let opened = self
+            .key
+            .open_in_place(self.nonce(position, last), Aad::from(aad), chunk)
+            .map(|plaintext| plaintext.len());
+        match opened {
+            Ok(len) => {
+                chunk.truncate(len);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Writes the envelope of everything `input` holds to `output`: `header`, then the sealed
@@ -40,7 +83,7 @@ pub fn encrypt(
     mut input: impl Read,
     mut output: impl Write,
 ) -> Result<u64, EnvelopeError> {
-    let stream = chunk_cipher(data_key, header)?;
+    let cipher = ChunkCipher::new(data_key, header)?;
     let aad = header.encode();
     output.write_all(&aad)?;
     let size = header.chunk_size as usize;
@@ -51,9 +94,7 @@ pub fn encrypt(
     loop {
         let last = reader.next_chunk(&mut input, &mut chunk, size)?;
         total += chunk.len() as u64;
-        stream
-            .encrypt_in_place(position, last, &aad, &mut *chunk)
-            .map_err(|_| EnvelopeError::TooLong)?;
+        cipher.seal(position, last, &aad, &mut chunk);
         output.write_all(&chunk)?;
         if last {
             output.flush()?;
@@ -74,7 +115,7 @@ pub fn decrypt(
     mut input: impl Read,
     mut output: impl Write,
 ) -> Result<u64, EnvelopeError> {
-    let stream = chunk_cipher(data_key, &header.header)?;
+    let cipher = ChunkCipher::new(data_key, &header.header)?;
     let sealed = header.header.chunk_size as usize + TAG_LEN;
     let mut chunk = Zeroizing::new(Vec::with_capacity(sealed));
     let mut reader = LookAhead::default();
@@ -82,11 +123,11 @@ pub fn decrypt(
     let mut total = 0_u64;
     loop {
         let last = reader.next_chunk(&mut input, &mut chunk, sealed)?;
-        stream
-            .decrypt_in_place(position, last, &header.raw, &mut *chunk)
-            .map_err(|_| EnvelopeError::Authentication {
+        if !cipher.open(position, last, &header.raw, &mut chunk) {
+            return Err(EnvelopeError::Authentication {
                 chunk: u64::from(position),
-            })?;
+            });
+        }
         output.write_all(&chunk)?;
         total += chunk.len() as u64;
         if last {

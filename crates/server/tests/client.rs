@@ -176,3 +176,35 @@ async fn a_rate_limited_call_waits_for_retry_after_and_a_refusal_is_not_retried(
         .count();
     assert_eq!(asked, 1, "a 403 is the answer, not retried:\n{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_answers_within_its_ttl_and_a_rotation_through_it_is_seen_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = fleet(dir.path(), "");
+    let cached = |servers: &[Server]| {
+        servers
+            .iter()
+            .fold(Client::builder(), |b, s| b.url(&s.base))
+            .cache(Duration::from_secs(60), 100)
+            .attempts(1)
+            .build()
+            .unwrap()
+    };
+    let client = cached(&servers[..1]);
+    let first = client.get_key("cached").await.unwrap();
+    assert_eq!(client.rotate("cached").await.unwrap(), 2);
+    let second = client.get_key("cached").await.unwrap();
+    assert_eq!(
+        second.version, 2,
+        "the rotation dropped the cached current key"
+    );
+    assert_ne!(second.expose_secret(), first.expose_secret());
+    drop(servers.remove(0));
+    let again = client.get_key("cached").await.unwrap();
+    assert_eq!(
+        again.expose_secret(),
+        second.expose_secret(),
+        "from the cache"
+    );
+    assert!(client.get_key("never-fetched").await.is_err());
+}
