@@ -5,12 +5,25 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, IsTerminal as _, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rkms_client::{Client, Key};
 use rkms_envelope::Header;
 use zeroize::Zeroizing;
+
+/// The temporary file being written, so that an interrupted run (SIGINT, SIGTERM) removes
+/// it before it exits: it may hold plaintext. A killed process (SIGKILL) cannot.
+static PARTIAL: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Removes the temporary file of a run being interrupted.
+pub(crate) fn remove_partial() {
+    let partial = PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(path) = partial {
+        let _ = std::fs::remove_file(path);
+    }
+}
 
 /// I/O buffer on each side: a few chunks, so reads and writes are few and large.
 const BUFFER: usize = 1024 * 1024;
@@ -30,17 +43,18 @@ pub(crate) async fn encrypt(
     input: Option<&Path>,
     output: Option<&Path>,
 ) -> Result<(), String> {
+    // The input first: a missing file must not make a key for a mistyped id.
+    let (reader, progress) = open_input(named(input).as_deref())?;
     let key = client.get_key(id).await.map_err(|e| e.to_string())?;
     let header = Header::new(id, key.version).map_err(|e| e.to_string())?;
-    let (input, output) = (named(input), named(output));
+    let output = named(output);
     tokio::task::spawn_blocking(move || {
-        let (reader, progress) = open_input(input.as_deref())?;
-        write_output(output.as_deref(), |out| {
-            rkms_envelope::encrypt(key.expose_secret(), &header, reader, out)
+        let written = write_output(output.as_deref(), |out| {
+            rkms_envelope::encrypt(key.expose_secret(), header, reader, out)
                 .map_err(|e| e.to_string())
-        })?;
+        });
         progress.finish_and_clear();
-        Ok(())
+        written
     })
     .await
     .map_err(|e| format!("the encryption stopped: {e}"))?
@@ -56,21 +70,22 @@ pub(crate) async fn decrypt(
     let (mut reader, progress) = open_input(input.as_deref())?;
     let parsed = Header::read(&mut reader).map_err(|e| e.to_string())?;
     let key: Key = client
-        .get_key_version(&parsed.header.id, parsed.header.version)
+        .get_key_version(parsed.header.id(), parsed.header.version())
         .await
         .map_err(|e| {
             format!(
                 "the key of this envelope (id {:?}, version {}): {e}",
-                parsed.header.id, parsed.header.version
+                parsed.header.id(),
+                parsed.header.version()
             )
         })?;
     tokio::task::spawn_blocking(move || {
-        write_output(output.as_deref(), |out| {
+        let written = write_output(output.as_deref(), |out| {
             rkms_envelope::decrypt(key.expose_secret(), &parsed, reader, out)
                 .map_err(|e| e.to_string())
-        })?;
+        });
         progress.finish_and_clear();
-        Ok(())
+        written
     })
     .await
     .map_err(|e| format!("the decryption stopped: {e}"))?
@@ -122,8 +137,11 @@ fn write_output(
         .prefix(".rkms-")
         .tempfile_in(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
+    *PARTIAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(temporary.path().to_owned());
     let mut out = BufWriter::with_capacity(BUFFER, temporary);
-    write(&mut out)?;
+    let written = write(&mut out);
+    PARTIAL.lock().unwrap_or_else(|e| e.into_inner()).take();
+    written?;
     let temporary = out
         .into_inner()
         .map_err(|e| format!("{}: {}", path.display(), e.error()))?;

@@ -130,15 +130,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match &cli.command {
-        Command::Key { action } => key(&client, action, cli.output)
-            .await
-            .map_err(|e| e.to_string()),
-        Command::Encrypt { id, input, out } => {
-            files::encrypt(&client, id, input.as_deref(), out.as_deref()).await
+    let run = async {
+        match &cli.command {
+            Command::Key { action } => key(&client, action, cli.output)
+                .await
+                .map_err(|e| e.to_string()),
+            Command::Encrypt { id, input, out } => {
+                files::encrypt(&client, id, input.as_deref(), out.as_deref()).await
+            }
+            Command::Decrypt { input, out } => {
+                files::decrypt(&client, input.as_deref(), out.as_deref()).await
+            }
         }
-        Command::Decrypt { input, out } => {
-            files::decrypt(&client, input.as_deref(), out.as_deref()).await
+    };
+    let result = tokio::select! {
+        result = run => result,
+        signal = interrupted() => {
+            files::remove_partial();
+            eprintln!("rkms: stopped by {signal}; a file output is not written");
+            // At once: a blocking read of standard input would keep the runtime from
+            // shutting down.
+            std::process::exit(130);
         }
     };
     match result {
@@ -147,6 +159,16 @@ async fn main() -> ExitCode {
             eprintln!("rkms: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        Some(()) = async { terminate.as_mut()?.recv().await } => "SIGTERM",
     }
 }
 
@@ -206,11 +228,14 @@ async fn key(client: &Client, action: &KeyAction, output: Output) -> Result<(), 
         }
         KeyAction::Delete { id } => {
             client.delete(id).await?;
-            let info = client.describe(id).await?;
-            let when = info.deletion_time.unwrap_or_default();
+            // The deletion is made; its time is only reported, when it can be read.
+            let when = client.describe(id).await.ok().and_then(|i| i.deletion_time);
             (
                 json!({ "id": id, "state": "pending_deletion", "deletion_time": when }),
-                format!("{id}: deletion scheduled for {when}"),
+                format!(
+                    "{id}: deletion scheduled for {}",
+                    when.as_deref().unwrap_or("the end of the deletion window")
+                ),
             )
         }
         KeyAction::Restore { id } => {
@@ -223,8 +248,10 @@ async fn key(client: &Client, action: &KeyAction, output: Output) -> Result<(), 
         KeyAction::Info { id } => {
             let info = client.describe(id).await?;
             let mut text = format!(
-                "{}: {:?}, current version {}",
-                info.id, info.state, info.current_version
+                "{}: {}, current version {}",
+                info.id,
+                state_name(&info.state),
+                info.current_version
             );
             for v in &info.versions {
                 text.push_str(&format!(
@@ -250,7 +277,7 @@ async fn key(client: &Client, action: &KeyAction, output: Output) -> Result<(), 
             let mut text: Vec<String> = page
                 .keys
                 .iter()
-                .map(|k| format!("{}\t{:?}", k.id, k.state))
+                .map(|k| format!("{}\t{}", k.id, state_name(&k.state)))
                 .collect();
             if let Some(next) = &page.next {
                 text.push(format!("(more: --after {next})"));
@@ -258,7 +285,7 @@ async fn key(client: &Client, action: &KeyAction, output: Output) -> Result<(), 
             let keys: Vec<_> = page
                 .keys
                 .iter()
-                .map(|k| json!({ "id": k.id, "state": format!("{:?}", k.state) }))
+                .map(|k| json!({ "id": k.id, "state": state_name(&k.state) }))
                 .collect();
             (json!({ "keys": keys, "next": page.next }), text.join("\n"))
         }
@@ -270,10 +297,21 @@ async fn key(client: &Client, action: &KeyAction, output: Output) -> Result<(), 
     Ok(())
 }
 
+/// A state as the API names it.
+fn state_name(state: &rkms_client::KeyState) -> &'static str {
+    use rkms_client::KeyState;
+    match state {
+        KeyState::Active => "active",
+        KeyState::PendingDeletion => "pending_deletion",
+        KeyState::Deleted => "deleted",
+        _ => "unreadable",
+    }
+}
+
 fn info_json(info: &rkms_client::KeyInfo) -> serde_json::Value {
     json!({
         "id": info.id,
-        "state": format!("{:?}", info.state),
+        "state": state_name(&info.state),
         "current_version": info.current_version,
         "versions": info.versions.iter().map(|v| json!({
             "version": v.version,

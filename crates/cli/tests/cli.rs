@@ -229,3 +229,44 @@ async fn a_changed_envelope_leaves_no_plaintext_behind() {
     entries.sort();
     assert_eq!(entries, ["plain", "sealed"], "no temporary file left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_leaves_no_partial_file() {
+    let url = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let (status, entries) = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let out = path(&d, "out");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rkms"))
+            .args(["--url", &url, "encrypt", "--id", "slow", "-o", &out])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Some input, and the pipe left open: the run waits with its temporary file.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&[7; 300_000]).unwrap();
+        let started = std::time::Instant::now();
+        while std::fs::read_dir(&d).unwrap().count() == 0 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        drop(stdin);
+        let entries: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        (status, entries)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(entries, Vec::<String>::new(), "nothing left behind");
+}

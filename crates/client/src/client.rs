@@ -18,8 +18,7 @@ use crate::model::{Key, KeyAnswer, KeyInfo, KeyListing, KeyState, StateAnswer};
 /// Longest wait between rounds, and the most of a `Retry-After` that is honoured.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Settings for a [`Client`].
-#[derive(Debug)]
+/// Settings for a [`Client`]. Its `Debug` shows no credential.
 pub struct ClientBuilder {
     urls: Vec<String>,
     api_version: String,
@@ -32,6 +31,20 @@ pub struct ClientBuilder {
     backoff: Duration,
     cache_ttl: Option<Duration>,
     cache_capacity: u64,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("urls", &self.urls)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "identity",
+                &self.identity_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -109,8 +122,10 @@ impl ClientBuilder {
                 Ok(base)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // No redirects: a key answer comes from the server asked, and a token goes nowhere else.
         let mut http = reqwest::Client::builder()
             .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout);
         for pem in &self.roots_pem {
@@ -141,6 +156,7 @@ impl ClientBuilder {
             moka::future::Cache::builder()
                 .time_to_live(ttl)
                 .max_capacity(self.cache_capacity)
+                .support_invalidation_closures()
                 .build()
         });
         Ok(Client {
@@ -220,6 +236,9 @@ impl Client {
 
     /// Version `version` of the key for `id`; never makes one.
     pub async fn get_key_version(&self, id: &str, version: u32) -> Result<Key, Error> {
+        if version == 0 {
+            return Err(Error::InvalidArgument("key versions start at 1".into()));
+        }
         let number = version.to_string();
         self.cached(id, version, &[("id", id), ("version", &number)])
             .await
@@ -239,11 +258,13 @@ impl Client {
     /// Schedules the deletion of `id`; returns its state (with the deletion time in
     /// [`Client::describe`]).
     pub async fn delete(&self, id: &str) -> Result<KeyState, Error> {
-        let answer: StateAnswer = self
-            .call(Method::DELETE, "", &[("id", id)], Retry::Idempotent)
-            .await?;
-        self.forget(id).await;
-        Ok(answer.state)
+        let answer = self
+            .call::<StateAnswer>(Method::DELETE, "", &[("id", id)], Retry::Idempotent)
+            .await;
+        // Whatever the outcome (a timeout may hide a deletion made), no version of the key
+        // is served from this cache any more.
+        self.forget_every_version(id);
+        Ok(answer?.state)
     }
 
     /// Cancels the scheduled deletion of `id`.
@@ -278,23 +299,28 @@ impl Client {
     async fn cached(&self, id: &str, version: u32, query: &[(&str, &str)]) -> Result<Key, Error> {
         let fetch = async {
             let answer: KeyAnswer = self.call(Method::GET, "", query, Retry::Idempotent).await?;
-            key_from(answer)
+            key_from(answer, id, version)
         };
         match &self.inner.cache {
             None => fetch.await,
             Some(cache) => cache
                 .try_get_with((id.to_owned(), version), fetch)
                 .await
-                .map_err(|shared| match Arc::try_unwrap(shared) {
-                    Ok(error) => error,
-                    Err(shared) => Error::InvalidResponse(shared.to_string()),
-                }),
+                .map_err(|shared| Arc::try_unwrap(shared).unwrap_or_else(|s| (*s).clone())),
         }
     }
 
     async fn forget(&self, id: &str) {
         if let Some(cache) = &self.inner.cache {
             cache.invalidate(&(id.to_owned(), 0)).await;
+        }
+    }
+
+    fn forget_every_version(&self, id: &str) {
+        if let Some(cache) = &self.inner.cache {
+            let id = id.to_owned();
+            // The cache is built with `support_invalidation_closures`, so this cannot fail.
+            let _ = cache.invalidate_entries_if(move |(cached, _), _| *cached == id);
         }
     }
 
@@ -397,7 +423,7 @@ impl Client {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_secs);
         let body = match response.bytes().await {
-            Ok(body) => Zeroizing::new(body.to_vec()),
+            Ok(body) => Zeroizing::new(Vec::from(body)),
             Err(e) if retry == Retry::Idempotent => {
                 return Attempt::Next(format!("{base}: {}", describe(&e)), None)
             }
@@ -422,12 +448,10 @@ impl Client {
                 | StatusCode::BAD_GATEWAY
                 | StatusCode::GATEWAY_TIMEOUT
         );
-        // A proxy's 502 or 504 may come after the server acted on a rotation.
-        let safe = retry == Retry::Idempotent
-            || matches!(
-                status,
-                StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-            );
+        // Only a rate limit refuses a rotation before it is acted on: a 503 may follow a
+        // compare-and-set whose answer came too late, and a proxy's 502 or 504 may follow a
+        // rotation made.
+        let safe = retry == Retry::Idempotent || status == StatusCode::TOO_MANY_REQUESTS;
         if passing && safe {
             Attempt::Next(format!("{base}: {error}"), retry_after)
         } else {
@@ -479,14 +503,25 @@ fn api_error(status: StatusCode, body: &[u8]) -> Error {
     }
 }
 
-fn key_from(answer: KeyAnswer) -> Result<Key, Error> {
+/// The key in an answer to a request for `id` (version `asked`, 0 for the current one),
+/// refused unless the answer is for what was asked.
+fn key_from(answer: KeyAnswer, id: &str, asked: u32) -> Result<Key, Error> {
     let encoded = Zeroizing::new(answer.key);
+    let version = match answer.version {
+        Some(version) if answer.id == id && (asked == 0 || version == asked) => version,
+        _ => {
+            return Err(Error::InvalidResponse(format!(
+                "an answer for id {:?} version {:?}, not the key asked for",
+                answer.id, answer.version
+            )))
+        }
+    };
     let bytes = BASE64
         .decode(encoded.as_bytes())
         .map_err(|_| Error::InvalidResponse("the key is not base64".into()))?;
     Ok(Key {
         id: answer.id,
-        version: answer.version.unwrap_or(1),
+        version,
         bytes: Arc::new(Zeroizing::new(bytes)),
     })
 }

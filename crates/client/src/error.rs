@@ -56,7 +56,7 @@ impl ErrorKind {
 }
 
 /// Why a call failed. Never holds key material.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A server answered with an API error.
@@ -87,6 +87,9 @@ pub enum Error {
     /// The client's own settings are wrong (a URL, a certificate).
     #[error("invalid client settings: {0}")]
     Config(String),
+    /// An argument cannot make a valid request (version 0).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 impl Error {

@@ -5,8 +5,8 @@
 //!   for the next, with jittered exponential backoff between rounds (`Retry-After` is
 //!   honoured). Any other 4xx is the answer, never retried.
 //! - **Only safe retries:** a rotation is sent again only when it cannot have reached a
-//!   server (the connection was never made) or the server refused it before acting (503,
-//!   429); every other operation is idempotent.
+//!   server (the connection was never made) or was rate limited (429); every other
+//!   operation is idempotent.
 //! - **Credentials:** a bearer token, a client certificate, or both; TLS by rustls, with
 //!   extra trusted roots for a private CA.
 //! - **Cache** (optional): keys kept in memory for a TTL, zeroized when they leave it.

@@ -8,9 +8,14 @@ const KEY: [u8; 32] = [7; 32];
 
 fn throughput(c: &mut Criterion) {
     let plaintext = vec![0x5a_u8; LEN];
-    let header = Header::new("bench", 1).unwrap();
     let mut envelope = Vec::with_capacity(LEN + LEN / 1024);
-    encrypt(&KEY, &header, &plaintext[..], &mut envelope).unwrap();
+    encrypt(
+        &KEY,
+        Header::new("bench", 1).unwrap(),
+        &plaintext[..],
+        &mut envelope,
+    )
+    .unwrap();
     let mut group = c.benchmark_group("envelope");
     group.throughput(Throughput::Bytes(LEN as u64));
     group.sample_size(10);
@@ -18,7 +23,8 @@ fn throughput(c: &mut Criterion) {
         let mut out = Vec::with_capacity(envelope.len());
         b.iter(|| {
             out.clear();
-            encrypt(&KEY, &header, &plaintext[..], &mut out).unwrap()
+            let header = Header::new("bench", 1).unwrap();
+            encrypt(&KEY, header, &plaintext[..], &mut out).unwrap()
         });
     });
     group.bench_function("decrypt 64 MiB", |b| {

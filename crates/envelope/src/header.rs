@@ -17,7 +17,8 @@ pub(crate) const ALGORITHM: u8 = 1;
 pub(crate) const SALT_LEN: usize = 32;
 /// Random part of every chunk's nonce (the STREAM counter and flag take the other 5 bytes).
 pub(crate) const NONCE_PREFIX_LEN: usize = 7;
-/// Longest key id in a header: RKMS's own limit on ids.
+/// Longest key id in a header: room beyond RKMS's own ids (256 bytes) for other users of the
+/// format.
 const MAX_ID_LEN: usize = 1024;
 
 /// Plaintext bytes per chunk unless chosen otherwise: large enough that the per-chunk cost
@@ -28,15 +29,14 @@ pub const MIN_CHUNK_SIZE: u32 = 1024;
 /// Largest chunk size a header may name: a reader holds one chunk in memory.
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 
-/// The fields of an envelope header.
-#[derive(Clone, PartialEq, Eq)]
+/// The fields of an envelope header. Not `Clone`, and consumed by [`crate::encrypt`]: its
+/// salt and nonce prefix must seal one envelope only, since a second envelope under the same
+/// data key and header would reuse every nonce.
+#[derive(PartialEq, Eq)]
 pub struct Header {
-    /// The RKMS key id the body is sealed under.
-    pub id: String,
-    /// The key's version.
-    pub version: u32,
-    /// Plaintext bytes per chunk.
-    pub chunk_size: u32,
+    id: String,
+    version: u32,
+    chunk_size: u32,
     pub(crate) salt: [u8; SALT_LEN],
     pub(crate) nonce_prefix: [u8; NONCE_PREFIX_LEN],
 }
@@ -68,7 +68,8 @@ impl Header {
     }
 
     /// A header with every field given, randomness included: for test vectors and for
-    /// other implementations checking theirs. A new envelope takes [`Header::new`].
+    /// other implementations checking theirs, never for a new envelope (a chosen salt and
+    /// prefix, used twice under one key, reuse nonces). A new envelope takes [`Header::new`].
     pub fn from_parts(
         id: &str,
         version: u32,
@@ -92,6 +93,21 @@ impl Header {
         self.chunk_size = chunk_size;
         self.check()?;
         Ok(self)
+    }
+
+    /// The RKMS key id the body is sealed under.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The key's version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Plaintext bytes per chunk.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
     }
 
     fn check(&self) -> Result<(), EnvelopeError> {
@@ -164,7 +180,7 @@ impl Header {
 }
 
 /// A header as read from an envelope, with its exact bytes, which every chunk authenticates.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ParsedHeader {
     /// The fields.
     pub header: Header,

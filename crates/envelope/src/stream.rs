@@ -76,23 +76,27 @@ impl ChunkCipher {
 }
 
 /// Writes the envelope of everything `input` holds to `output`: `header`, then the sealed
-/// chunks. Returns the plaintext bytes read.
+/// chunks. Returns the plaintext bytes read. The header is consumed: one header seals one
+/// envelope.
 pub fn encrypt(
     data_key: &[u8],
-    header: &Header,
+    header: Header,
     mut input: impl Read,
     mut output: impl Write,
 ) -> Result<u64, EnvelopeError> {
-    let cipher = ChunkCipher::new(data_key, header)?;
+    let cipher = ChunkCipher::new(data_key, &header)?;
     let aad = header.encode();
     output.write_all(&aad)?;
-    let size = header.chunk_size as usize;
+    let size = header.chunk_size() as usize;
     let mut chunk = Zeroizing::new(Vec::with_capacity(size + TAG_LEN));
     let mut reader = LookAhead::default();
     let mut position = 0_u32;
     let mut total = 0_u64;
     loop {
         let last = reader.next_chunk(&mut input, &mut chunk, size)?;
+        if position == u32::MAX && !last {
+            return Err(EnvelopeError::TooLong);
+        }
         total += chunk.len() as u64;
         cipher.seal(position, last, &aad, &mut chunk);
         output.write_all(&chunk)?;
@@ -116,7 +120,7 @@ pub fn decrypt(
     mut output: impl Write,
 ) -> Result<u64, EnvelopeError> {
     let cipher = ChunkCipher::new(data_key, &header.header)?;
-    let sealed = header.header.chunk_size as usize + TAG_LEN;
+    let sealed = header.header.chunk_size() as usize + TAG_LEN;
     let mut chunk = Zeroizing::new(Vec::with_capacity(sealed));
     let mut reader = LookAhead::default();
     let mut position = 0_u32;

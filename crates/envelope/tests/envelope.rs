@@ -9,7 +9,7 @@ use serde_json::Value;
 const KEY: [u8; 32] = [7; 32];
 const SMALL: u32 = 1024;
 
-fn seal(plaintext: &[u8], header: &Header) -> Vec<u8> {
+fn seal(plaintext: &[u8], header: Header) -> Vec<u8> {
     let mut out = Vec::new();
     let read = encrypt(&KEY, header, plaintext, &mut out).unwrap();
     assert_eq!(read, plaintext.len() as u64);
@@ -58,8 +58,8 @@ fn every_length_around_the_chunk_boundaries_round_trips() {
     ] {
         let plaintext = data(len);
         let header = small_header();
-        let envelope = seal(&plaintext, &header);
         let header_len = header.encode().len();
+        let envelope = seal(&plaintext, header);
         // Empty input is one empty chunk; otherwise the last chunk holds 1 to `size` bytes.
         let chunks = len.div_ceil(size).max(1);
         assert_eq!(
@@ -75,8 +75,8 @@ fn every_length_around_the_chunk_boundaries_round_trips() {
 fn truncation_at_any_chunk_boundary_or_byte_is_refused() {
     let plaintext = data(3 * SMALL as usize + 100);
     let header = small_header();
-    let envelope = seal(&plaintext, &header);
     let header_len = header.encode().len();
+    let envelope = seal(&plaintext, header);
     let sealed = SMALL as usize + 16;
     for cut in [1, 16, 17, 100] {
         assert!(
@@ -96,8 +96,8 @@ fn truncation_at_any_chunk_boundary_or_byte_is_refused() {
 #[test]
 fn reordered_duplicated_and_appended_chunks_are_refused() {
     let header = small_header();
-    let envelope = seal(&data(3 * SMALL as usize + 10), &header);
     let header_len = header.encode().len();
+    let envelope = seal(&data(3 * SMALL as usize + 10), header);
     let sealed = SMALL as usize + 16;
     let chunk = |i: usize| &envelope[header_len + i * sealed..header_len + (i + 1) * sealed];
     let mut swapped = envelope[..header_len].to_vec();
@@ -117,9 +117,9 @@ fn reordered_duplicated_and_appended_chunks_are_refused() {
 #[test]
 fn a_header_moved_to_another_body_or_changed_is_refused() {
     let (first, second) = (small_header(), small_header());
-    let a = seal(&data(2000), &first);
-    let b = seal(&data(2000), &second);
     let header_len = first.encode().len();
+    let a = seal(&data(2000), first);
+    let b = seal(&data(2000), second);
     let mut mixed = b[..header_len].to_vec();
     mixed.extend_from_slice(&a[header_len..]);
     assert!(refused_as_tampered(open(&mixed)));
@@ -134,10 +134,42 @@ fn a_header_moved_to_another_body_or_changed_is_refused() {
     ));
 }
 
+/// A reader that hands out one byte per call, as a slow pipe may.
+struct Trickle<'a>(&'a [u8]);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let Some((first, rest)) = self.0.split_first() else {
+            return Ok(0);
+        };
+        match buffer.first_mut() {
+            Some(slot) => {
+                *slot = *first;
+                self.0 = rest;
+                Ok(1)
+            }
+            None => Ok(0),
+        }
+    }
+}
+
+#[test]
+fn a_reader_that_trickles_byte_by_byte_reads_the_same() {
+    let plaintext = data(2 * SMALL as usize);
+    let mut envelope = Vec::new();
+    encrypt(&KEY, small_header(), Trickle(&plaintext), &mut envelope).unwrap();
+    assert_eq!(open(&envelope).unwrap(), plaintext);
+    let mut input = Trickle(&envelope);
+    let header = Header::read(&mut input).unwrap();
+    let mut out = Vec::new();
+    decrypt(&KEY, &header, input, &mut out).unwrap();
+    assert_eq!(out, plaintext);
+}
+
 #[test]
 fn every_single_bit_flip_is_refused() {
     let header = Header::new("x", 1).unwrap().with_chunk_size(SMALL).unwrap();
-    let envelope = seal(&data(1500), &header);
+    let envelope = seal(&data(1500), header);
     for byte in 0..envelope.len() {
         let mut flipped = envelope.clone();
         flipped[byte] ^= 0x10;
@@ -167,7 +199,7 @@ fn the_committed_test_vectors_hold() {
         .unwrap();
         let plaintext = hex(&vector["plaintext"]);
         let mut sealed = Vec::new();
-        encrypt(&key, &header, &plaintext[..], &mut sealed).unwrap();
+        encrypt(&key, header, &plaintext[..], &mut sealed).unwrap();
         assert_eq!(
             encode_hex(&sealed),
             vector["envelope"].as_str().unwrap(),
@@ -208,7 +240,7 @@ fn runner() -> TestRunner {
 fn fuzz_the_decoder() {
     let header = small_header();
     let plaintext = data(2 * SMALL as usize + 77);
-    let envelope = seal(&plaintext, &header);
+    let envelope = seal(&plaintext, header);
     let edits =
         proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3_u8), 1..8);
     runner()
