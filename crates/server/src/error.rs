@@ -1,4 +1,5 @@
-//! `ApiError`: the one JSON error shape of the HTTP API, `{"error_type", "error_message"}`.
+//! `ApiError`: the one error of both front ends: the HTTP API's JSON shape,
+//! `{"error_type", "error_message"}`, and the gRPC status, from one table.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rkms_core::{ServiceError, StoreError};
 use serde::Serialize;
+use tonic::metadata::MetadataValue;
+use tonic::Code;
 use tracing::{debug, error};
 
 use crate::auth::AuthError;
@@ -154,42 +157,121 @@ impl ApiError {
         )
     }
 
+    /// Its `error_type`, as answered and as the request metrics label it.
+    pub fn error_type(&self) -> &'static str {
+        self.parts().1
+    }
+
+    /// The HTTP status, `error_type` and message answered, and the gRPC code, all from one
+    /// table so that the front ends cannot drift apart (the table in README, "gRPC").
     fn parts(&self) -> (StatusCode, &'static str, Cow<'_, str>) {
+        let (status, error_type, message, _) = self.answer();
+        (status, error_type, message)
+    }
+
+    /// The gRPC status this error is answered with over gRPC: the code of the table, the
+    /// message, and the `error_type` in `rkms-error-type` (and `retry-after`, in seconds,
+    /// where a wait is known).
+    pub fn into_status(self) -> tonic::Status {
+        let (_, error_type, message, code) = self.answer();
+        let mut status = tonic::Status::new(code, message);
+        let metadata = status.metadata_mut();
+        metadata.insert("rkms-error-type", MetadataValue::from_static(error_type));
+        if let Some(wait) = self.retry_after() {
+            metadata.insert("retry-after", MetadataValue::from(wait));
+        }
+        status
+    }
+
+    /// Whole seconds to wait before retrying, where the error says.
+    fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "BadRequest", message.into()),
-            Self::Unauthorized(message) => {
-                (StatusCode::UNAUTHORIZED, "Unauthorized", message.into())
+            Self::TooManyRequests(wait) | Self::TooManyFailures(wait) => {
+                Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
             }
-            Self::Forbidden(message) => (StatusCode::FORBIDDEN, "Forbidden", message.into()),
-            Self::HostNotAllowed(message) => {
-                (StatusCode::FORBIDDEN, "HostNotAllowed", message.into())
-            }
-            Self::NotFound => (StatusCode::NOT_FOUND, "NotFound", "no such endpoint".into()),
-            Self::KeyNotFound(message) => (StatusCode::NOT_FOUND, "NotFound", message.into()),
-            Self::Conflict(message) => (StatusCode::CONFLICT, "Conflict", message.into()),
-            Self::KeyPendingDeletion(message) => {
-                (StatusCode::GONE, "KeyPendingDeletion", message.into())
-            }
-            Self::KeyDeleted(message) => (StatusCode::GONE, "KeyDeleted", message.into()),
+            _ => None,
+        }
+    }
+
+    fn answer(&self) -> (StatusCode, &'static str, Cow<'_, str>, Code) {
+        match self {
+            Self::BadRequest(message) => (
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                message.into(),
+                Code::InvalidArgument,
+            ),
+            Self::Unauthorized(message) => (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                message.into(),
+                Code::Unauthenticated,
+            ),
+            Self::Forbidden(message) => (
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                message.into(),
+                Code::PermissionDenied,
+            ),
+            Self::HostNotAllowed(message) => (
+                StatusCode::FORBIDDEN,
+                "HostNotAllowed",
+                message.into(),
+                Code::PermissionDenied,
+            ),
+            Self::NotFound => (
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "no such endpoint".into(),
+                Code::Unimplemented,
+            ),
+            Self::KeyNotFound(message) => (
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                message.into(),
+                Code::NotFound,
+            ),
+            Self::Conflict(message) => (
+                StatusCode::CONFLICT,
+                "Conflict",
+                message.into(),
+                Code::Aborted,
+            ),
+            Self::KeyPendingDeletion(message) => (
+                StatusCode::GONE,
+                "KeyPendingDeletion",
+                message.into(),
+                Code::FailedPrecondition,
+            ),
+            Self::KeyDeleted(message) => (
+                StatusCode::GONE,
+                "KeyDeleted",
+                message.into(),
+                Code::FailedPrecondition,
+            ),
             Self::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 "method not allowed for this endpoint".into(),
+                Code::Unimplemented,
             ),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PayloadTooLarge",
                 "requests to this API take no body".into(),
+                Code::ResourceExhausted,
             ),
             Self::UriTooLong(limit) => (
                 StatusCode::URI_TOO_LONG,
                 "UriTooLong",
                 format!("the path and query string are longer than {limit} bytes").into(),
+                Code::ResourceExhausted,
             ),
             Self::TooManyRequests(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "TooManyRequests",
                 "rate limit exceeded for this principal; retry after the Retry-After delay".into(),
+                Code::ResourceExhausted,
             ),
             Self::TooManyFailures(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -197,21 +279,25 @@ impl ApiError {
                 "too many failed authentications from this client address; retry after the \
                  Retry-After delay"
                     .into(),
+                Code::ResourceExhausted,
             ),
             Self::HeadersTooLarge(limit) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "HeadersTooLarge",
                 format!("the request headers are larger than {limit} bytes").into(),
+                Code::ResourceExhausted,
             ),
             Self::Unavailable(message) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 message.into(),
+                Code::Unavailable,
             ),
             Self::Internal(message) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
                 message.into(),
+                Code::Internal,
             ),
         }
     }
@@ -240,11 +326,10 @@ impl IntoResponse for ApiError {
             Self::MethodNotAllowed(allow) => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            Self::TooManyRequests(wait) | Self::TooManyFailures(wait) => {
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-            }
             _ => {}
+        }
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

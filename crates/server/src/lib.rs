@@ -8,16 +8,17 @@
 //! [`tls`] when configured; [`telemetry`] names the metrics they record. `main.rs` wires them
 //! together with logging and shutdown.
 
+pub mod access;
 pub mod address_limit;
 pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod legacy;
 pub mod limits;
 pub mod live;
-pub mod operations;
 pub mod probes;
 pub mod reload;
 pub mod render;

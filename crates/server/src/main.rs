@@ -8,8 +8,9 @@ use std::sync::Arc;
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use rkms_core::{KeyId, KeyService, LocalKeyring, Store};
+use rkms_server::access::{Caller, KeyOperations};
 use rkms_server::audit::{self, AuditLog};
-use rkms_server::auth::{self, Authenticator, Principal, TokenHash};
+use rkms_server::auth::{self, Authenticator, TokenHash};
 use rkms_server::backends::{build_service, open_store};
 use rkms_server::config::{
     ConfigError, KmsSettings, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
@@ -18,7 +19,6 @@ use rkms_server::error::ApiError;
 use rkms_server::legacy;
 use rkms_server::limits::{Limits, LiveLimits};
 use rkms_server::live::LiveService;
-use rkms_server::operations::{Caller, KeyOperations};
 use rkms_server::reload::Reloader;
 use rkms_server::render;
 use rkms_server::routes::{app, health_app, AppState};
@@ -426,39 +426,34 @@ async fn key_command(settings: &Settings, action: &KeyAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let admin = Principal::local_admin();
-    let request_id = format!("{:016x}", rand::random::<u64>());
-    let caller = Caller {
-        principal: &admin,
-        request_id: &request_id,
-    };
+    let caller = Caller::local_admin();
     let parse =
         |id: &str| KeyId::parse(id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")));
     let answer = match action {
         KeyAction::Rotate { id } => match parse(id) {
             Ok(id) => opened
-                .rotate(caller, &id)
+                .rotate(&caller, &id)
                 .await
                 .map(|v| render::rotated_body(&id, v)),
             Err(e) => Err(e),
         },
         KeyAction::Delete { id } => match parse(id) {
             Ok(id) => opened
-                .delete(caller, &id)
+                .delete(&caller, &id)
                 .await
                 .map(|s| render::state_body(&id, s)),
             Err(e) => Err(e),
         },
         KeyAction::Restore { id } => match parse(id) {
             Ok(id) => opened
-                .restore(caller, &id)
+                .restore(&caller, &id)
                 .await
                 .map(|s| render::state_body(&id, s)),
             Err(e) => Err(e),
         },
         KeyAction::Info { id } => match parse(id) {
             Ok(id) => opened
-                .describe(caller, &id)
+                .describe(&caller, &id)
                 .await
                 .map(|i| render::info_body(&i)),
             Err(e) => Err(e),
@@ -468,7 +463,7 @@ async fn key_command(settings: &Settings, action: &KeyAction) -> ExitCode {
             after,
             limit,
         } => opened
-            .list(caller, prefix, after.as_deref(), *limit)
+            .list(&caller, prefix, after.as_deref(), *limit)
             .await
             .map(|page| render::list_body(&page)),
     };

@@ -119,22 +119,58 @@ async fn check(service: &KeyService) -> Readiness {
     }
 }
 
+impl Probes {
+    /// Takes one probe from the budget of the address `request` came from (429 when spent).
+    pub fn admit<B>(&self, request: &http::Request<B>) -> Result<(), ApiError> {
+        // Every request through the server carries its peer; one without (in-process callers)
+        // shares a single budget rather than escaping the limit.
+        let address = request
+            .extensions()
+            .get::<Peer>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.remote.ip());
+        self.limit.admit(address).map_err(|wait| {
+            metrics::counter!(REJECTIONS, "reason" => "probe_rate_limited").increment(1);
+            ApiError::TooManyRequests(wait)
+        })
+    }
+
+    /// Whether each check finds the server ready, as it is made; ends when the checks stop.
+    pub fn subscribe(&self) -> ReadyWatch {
+        ReadyWatch(self.latest.clone())
+    }
+}
+
+/// Readiness as the background checks find it: see [`Probes::subscribe`].
+#[derive(Debug)]
+pub struct ReadyWatch(watch::Receiver<Option<Readiness>>);
+
+impl ReadyWatch {
+    /// Whether the next check found the server ready; `None` once the checks have stopped.
+    pub async fn next(&mut self) -> Option<bool> {
+        self.0.changed().await.ok()?;
+        Some(
+            self.0
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(Readiness::ready),
+        )
+    }
+}
+
+impl Readiness {
+    /// The store answers and at least one region's circuit breaker is not open.
+    fn ready(&self) -> bool {
+        self.store_up && self.regions.iter().any(|(_, up, _)| *up)
+    }
+}
+
 /// Takes one probe from the caller's per-address budget (429 when spent).
 pub async fn limit(
     State(probes): State<Probes>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    // Every request through the server carries its peer; one without (in-process callers)
-    // shares a single budget rather than escaping the limit.
-    let address = request
-        .extensions()
-        .get::<Peer>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.remote.ip());
-    probes.limit.admit(address).map_err(|wait| {
-        metrics::counter!(REJECTIONS, "reason" => "probe_rate_limited").increment(1);
-        ApiError::TooManyRequests(wait)
-    })?;
+    probes.admit(&request)?;
     Ok(next.run(request).await)
 }
 

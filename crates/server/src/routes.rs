@@ -15,28 +15,26 @@ use axum::{Extension, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rkms_core::{IssuedKey, KeyId, ID_PUNCTUATION, MAX_ID_LEN};
+use rkms_core::{IssuedKey, KeyId};
 use serde::Serialize;
+use tower::ServiceExt as _;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
 
+use crate::access::{self, admit, Caller, KeyOperations, Transport, DEFAULT_LIST_LIMIT};
 use crate::audit::AuditLog;
-use crate::auth::{Authenticator, Credentials, Principal};
+use crate::auth::{Authenticator, Credentials};
 use crate::error::ApiError;
+use crate::grpc;
 use crate::limits::{self, LiveLimits};
 use crate::live::LiveService;
-use crate::operations::{Caller, KeyOperations, MAX_LIST_LIMIT};
 use crate::probes::{self, Probes};
 use crate::render::{info_body, list_body, rotated_body, state_body};
-use crate::serve::Peer;
 use crate::telemetry::REJECTIONS;
 
 /// Longest query string the key endpoints read; anything longer cannot hold a valid request.
 const MAX_QUERY_LEN: usize = 4096;
-
-/// Ids a listing answers when the request names no `limit`.
-const DEFAULT_LIST_LIMIT: usize = 100;
 
 /// The header that carries a key request's id, as in the audit log.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -56,7 +54,7 @@ pub struct AppState {
 
 impl AppState {
     /// The key operations over this state's service and audit log.
-    fn operations(&self) -> KeyOperations {
+    pub(crate) fn operations(&self) -> KeyOperations {
         KeyOperations {
             service: self.service.current(),
             audit: self.audit.clone(),
@@ -91,32 +89,46 @@ pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Ro
         .route(&format!("{key_path}s"), get_only(list_keys))
         .route("/metrics", get_only(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let probes = Probes::start(Arc::clone(&state.service));
+    let grpc = grpc::app(state.clone(), probes.clone());
     Router::new()
         .merge(protected)
-        .merge(probe_routes(Arc::clone(&state.service)))
+        .merge(probe_routes(probes))
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(grpc, to_grpc))
+}
+
+/// Hands gRPC calls to the gRPC API ([`grpc::is_grpc`]), which has limits and error answers
+/// of its own; everything else goes on to the HTTP routes.
+async fn to_grpc(State(grpc): State<Router>, request: Request, next: Next) -> Response {
+    if !grpc::is_grpc(&request) {
+        return next.run(request).await;
+    }
+    match grpc.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// `/healthz` and `/readyz` alone, for `[server] health_port`: a listener of their own, which
 /// no key client can fill. Starts its own background readiness check.
 pub fn health_app(service: Arc<LiveService>, limits: impl Into<LiveLimits>) -> Router {
     let limits = limits.into();
-    probe_routes(service)
+    probe_routes(Probes::start(service))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .layer(CatchPanicLayer::custom(panic_response))
 }
 
-/// The probes, limited per client address, over a background readiness check of `service`.
-fn probe_routes<S>(service: Arc<LiveService>) -> Router<S>
+/// The probes, limited per client address, answered from `probes`' background checks.
+fn probe_routes<S>(probes: Probes) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let probes = Probes::start(service);
     Router::new()
         .route(limits::HEALTH_PATH, get_only(probes::healthz))
         .route(limits::READY_PATH, get_only(probes::readyz))
@@ -170,38 +182,14 @@ async fn refuse_web_pages(request: Request, next: Next) -> Result<Response, ApiE
     Ok(next.run(request).await)
 }
 
-/// Finds the request's principal (401 without one; 429 for an address that failed too
-/// often; 403 for an anonymous request to a host not allowed) and takes a request from its
-/// rate limit (429 when spent). Failures are logged by the authenticator, in counts.
+/// Admits the request (see [`admit`]) and hands its [`Caller`] to the route.
 async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let peer = request.extensions().get::<Peer>();
-    // An absolute-form request line names its host itself; `Host` is then ignored (RFC 9112).
-    let host = match request.uri().authority() {
-        Some(authority) => Some(authority.as_str().as_bytes()),
-        None => request
-            .headers()
-            .get(header::HOST)
-            .map(HeaderValue::as_bytes),
-    };
-    let credentials = Credentials {
-        authorization: request.headers().get(header::AUTHORIZATION),
-        certificate: peer.and_then(|p| p.certificate.as_deref()),
-        client: peer.map(|p| p.remote.ip()),
-        host,
-    };
-    let principal = state.auth.authenticate(&credentials).map_err(|e| {
-        ::metrics::counter!(REJECTIONS, "reason" => e.reason()).increment(1);
-        ApiError::from(e)
-    })?;
-    principal.admit().map_err(|wait| {
-        ::metrics::counter!(REJECTIONS, "reason" => "rate_limited").increment(1);
-        ApiError::TooManyRequests(wait)
-    })?;
-    request.extensions_mut().insert(principal);
+    let caller = admit(&state.auth, &Credentials::of(&request), Transport::Http)?;
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 
@@ -212,19 +200,14 @@ struct KeyResponse<'a> {
     version: u32,
 }
 
-/// Runs one key route's work with a fresh request id, which the answer carries in
-/// `x-request-id` (and the audit line in `request_id`).
-async fn with_request_id<F, Fut>(work: F) -> Response
+/// Runs one key route's work; the answer carries the request's id in `x-request-id` (as the
+/// audit line does in `request_id`).
+async fn answer<Fut>(caller: &Caller, work: Fut) -> Response
 where
-    F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Result<Response, ApiError>>,
 {
-    let request_id = format!("{:016x}", rand::random::<u64>());
-    let header = HeaderValue::from_str(&request_id).ok();
-    let mut response = work(request_id)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    if let Some(value) = header {
+    let mut response = work.await.unwrap_or_else(IntoResponse::into_response);
+    if let Ok(value) = HeaderValue::from_str(caller.request_id()) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
     response
@@ -234,18 +217,14 @@ where
 /// on first use when the principal may create it; or version N, never created).
 async fn get_key(
     State(state): State<AppState>,
-    Extension(principal): Extension<Arc<Principal>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    with_request_id(|request_id| async move {
+    answer(&caller, async {
         let query = Query::parse(query.as_deref())?;
         let id = query.id()?;
         let version = query.version()?;
-        let caller = Caller {
-            principal: &principal,
-            request_id: &request_id,
-        };
-        let issued = state.operations().get_key(caller, &id, version).await?;
+        let issued = state.operations().get_key(&caller, &id, version).await?;
         key_response(&id, &issued)
     })
     .await
@@ -254,16 +233,12 @@ async fn get_key(
 /// `POST /api/<v>/key/rotate?id=ID`: a new current version; answers its number.
 async fn rotate_key(
     State(state): State<AppState>,
-    Extension(principal): Extension<Arc<Principal>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    with_request_id(|request_id| async move {
+    answer(&caller, async {
         let id = Query::parse(query.as_deref())?.id()?;
-        let caller = Caller {
-            principal: &principal,
-            request_id: &request_id,
-        };
-        let version = state.operations().rotate(caller, &id).await?;
+        let version = state.operations().rotate(&caller, &id).await?;
         Ok(json(&rotated_body(&id, version)))
     })
     .await
@@ -272,16 +247,12 @@ async fn rotate_key(
 /// `DELETE /api/<v>/key?id=ID`: schedules the deletion; answers the pending state.
 async fn delete_key(
     State(state): State<AppState>,
-    Extension(principal): Extension<Arc<Principal>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    with_request_id(|request_id| async move {
+    answer(&caller, async {
         let id = Query::parse(query.as_deref())?.id()?;
-        let caller = Caller {
-            principal: &principal,
-            request_id: &request_id,
-        };
-        let state = state.operations().delete(caller, &id).await?;
+        let state = state.operations().delete(&caller, &id).await?;
         Ok(json(&state_body(&id, state)))
     })
     .await
@@ -290,16 +261,12 @@ async fn delete_key(
 /// `POST /api/<v>/key/restore?id=ID`: cancels a scheduled deletion.
 async fn restore_key(
     State(state): State<AppState>,
-    Extension(principal): Extension<Arc<Principal>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    with_request_id(|request_id| async move {
+    answer(&caller, async {
         let id = Query::parse(query.as_deref())?.id()?;
-        let caller = Caller {
-            principal: &principal,
-            request_id: &request_id,
-        };
-        let state = state.operations().restore(caller, &id).await?;
+        let state = state.operations().restore(&caller, &id).await?;
         Ok(json(&state_body(&id, state)))
     })
     .await
@@ -308,16 +275,12 @@ async fn restore_key(
 /// `GET /api/<v>/key/info?id=ID`: metadata, never key material.
 async fn key_info(
     State(state): State<AppState>,
-    Extension(principal): Extension<Arc<Principal>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    with_request_id(|request_id| async move {
+    answer(&caller, async {
         let id = Query::parse(query.as_deref())?.id()?;
-        let caller = Caller {
-            principal: &principal,
-            request_id: &request_id,
-        };
-        let info = state.operations().describe(caller, &id).await?;
+        let info = state.operations().describe(&caller, &id).await?;
         Ok(json(&info_body(&info)))
     })
     .await
@@ -326,21 +289,17 @@ async fn key_info(
 /// `GET /api/<v>/keys?prefix=P&after=CURSOR&limit=N`: ids the principal may list, paged.
 async fn list_keys(
     State(state): State<AppState>,
-    Extension(principal): Extension<Arc<Principal>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    with_request_id(|request_id| async move {
+    answer(&caller, async {
         let query = Query::parse(query.as_deref())?;
         let prefix = query.prefix()?;
         let after = query.one("after")?;
         let limit = query.limit()?;
-        let caller = Caller {
-            principal: &principal,
-            request_id: &request_id,
-        };
         let listing = state
             .operations()
-            .list(caller, &prefix, after.as_deref(), limit)
+            .list(&caller, &prefix, after.as_deref(), limit)
             .await?;
         Ok(json(&list_body(&listing)))
     })
@@ -407,43 +366,24 @@ impl<'a> Query<'a> {
         let id = self
             .one("id")?
             .ok_or_else(|| ApiError::BadRequest("id query parameter is required".into()))?;
-        KeyId::parse(&id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")))
+        access::key_id(&id)
     }
 
     fn version(&self) -> Result<Option<u32>, ApiError> {
         self.one("version")?
-            .map(|v| match v.parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err(ApiError::BadRequest(
-                    "version must be a whole number from 1".into(),
-                )),
-            })
+            .map(|v| access::key_version(v.parse().unwrap_or(0)))
             .transpose()
     }
 
     fn prefix(&self) -> Result<String, ApiError> {
         let prefix = self.one("prefix")?.unwrap_or_default();
-        if prefix.len() > MAX_ID_LEN
-            || !prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(c))
-        {
-            return Err(ApiError::BadRequest(format!(
-                "prefix must be at most {MAX_ID_LEN} bytes of the characters ids may hold"
-            )));
-        }
-        Ok(prefix.into_owned())
+        Ok(access::list_prefix(&prefix)?.to_owned())
     }
 
     fn limit(&self) -> Result<usize, ApiError> {
         match self.one("limit")? {
             None => Ok(DEFAULT_LIST_LIMIT),
-            Some(text) => match text.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
-                _ => Err(ApiError::BadRequest(format!(
-                    "limit must be a whole number from 1 to {MAX_LIST_LIMIT}"
-                ))),
-            },
+            Some(text) => access::list_limit(text.parse().unwrap_or(0)),
         }
     }
 }
@@ -457,8 +397,9 @@ fn id_from_query(query: &str) -> Result<KeyId, ApiError> {
 /// `GET /metrics`: Prometheus text, for principals allowed to read it.
 async fn metrics(
     State(state): State<AppState>,
-    Extension(principal): Extension<Arc<Principal>>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
+    let principal = caller.principal();
     if !principal.metrics {
         return Err(ApiError::Forbidden(format!(
             "principal {:?} may not read metrics",

@@ -1,5 +1,5 @@
-//! The connection loop: accept, TLS handshake, HTTP/1.1 under connection limits, and a
-//! graceful shutdown. Each request carries the [`Peer`] it came from.
+//! The connection loop: accept, TLS handshake, HTTP/1.1 or HTTP/2 (which carries gRPC) under
+//! connection limits, and a graceful shutdown. Each request carries the [`Peer`] it came from.
 //!
 //! No client can keep the others or the health checks out:
 //! - `max_connections` slots serve every route. While they are all taken, up to
@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +24,11 @@ use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse as _;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
@@ -58,6 +60,9 @@ const PROBE_RESERVE: usize = 8;
 /// Time a connection in the reserve gets for its TLS handshake and request: probes send at
 /// once, and Kubernetes gives up on one after a second by default.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests one HTTP/2 connection may have in progress at once; a client wanting more opens
+/// another connection, which the connection limits count.
+const MAX_STREAMS: u32 = 64;
 
 /// Who is at the other end of a request's connection.
 #[derive(Debug, Clone)]
@@ -265,25 +270,42 @@ impl Connection {
         let app = self.app.clone();
         let probes_only = self.probes_only;
         let remote = peer.remote;
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(peer.clone());
-            let app = app.clone();
-            async move {
-                let path = request.uri().path();
-                if probes_only && path != HEALTH_PATH && path != READY_PATH {
-                    return Ok(at_the_connection_limit());
+        let activity = Arc::new(Activity::default());
+        let service = hyper::service::service_fn({
+            let activity = Arc::clone(&activity);
+            move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(peer.clone());
+                let app = app.clone();
+                let busy = activity.begin();
+                async move {
+                    let _busy = busy;
+                    let path = request.uri().path();
+                    if probes_only && path != HEALTH_PATH && path != READY_PATH {
+                        return Ok(at_the_connection_limit());
+                    }
+                    app.oneshot(request).await
                 }
-                app.oneshot(request).await
             }
         });
-        let mut http = hyper::server::conn::http1::Builder::new();
+        let mut http = auto::Builder::new(TokioExecutor::new());
         // Half-close: a client that shuts down its sending side after the request still gets
         // the answer (hyper would otherwise drop the request at the end of input).
-        http.timer(TokioTimer::new())
+        http.http1()
+            .timer(TokioTimer::new())
             .half_close(true)
             .keep_alive(!probes_only)
             .header_read_timeout(self.header_timeout())
             .max_buf_size(self.limits.read_buffer_bytes());
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .max_header_list_size(
+                u32::try_from(self.limits.read_buffer_bytes()).unwrap_or(u32::MAX),
+            )
+            .keep_alive_interval(Some(self.limits.header_read_timeout))
+            .keep_alive_timeout(self.limits.write_timeout);
+        // A connection in the reserve makes one health check: HTTP/1 without keep-alive.
+        let http = if probes_only { http.http1_only() } else { http };
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
         let too_old = tokio::time::sleep_until(self.opened + self.limits.max_connection_age);
@@ -291,6 +313,11 @@ impl Connection {
             result = connection.as_mut() => result,
             () = too_old => {
                 debug!(%remote, "connection reached max_connection_age");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+            () = activity.idle_for(self.header_timeout()) => {
+                debug!(%remote, "connection idle");
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
@@ -302,6 +329,48 @@ impl Connection {
         if let Err(e) = result {
             debug!(error = %e, "connection closed with an error");
         }
+    }
+}
+
+/// Requests in progress on one connection. hyper closes an idle HTTP/1 connection after the
+/// header read timeout, but lets an HTTP/2 connection, or one that has sent nothing, idle
+/// until `max_connection_age`; this closes either after the same timeout without a request.
+#[derive(Debug, Default)]
+struct Activity {
+    in_progress: AtomicUsize,
+    changed: Notify,
+}
+
+impl Activity {
+    /// Counts a request in progress until the guard is dropped.
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_progress.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        Busy(Arc::clone(self))
+    }
+
+    /// Resolves once no request has been in progress for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.in_progress.load(Ordering::SeqCst) > 0 {
+                changed.await;
+            } else if tokio::time::timeout(timeout, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A request in progress: see [`Activity::begin`].
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 

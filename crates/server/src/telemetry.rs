@@ -12,3 +12,8 @@ pub const AUDIT_SYNCS: &str = "rkms_audit_syncs_total";
 pub const AUDIT_SYNC_SECONDS: &str = "rkms_audit_sync_seconds";
 /// Keys created, labelled by the `principal` that created them (a bounded, configured set).
 pub const KEYS_CREATED: &str = "rkms_keys_created_total";
+/// Key operations answered, labelled by `operation`, `transport` (`http`, `grpc`, `command`)
+/// and `outcome` (`ok`, or the `error_type` answered).
+pub const REQUESTS: &str = "rkms_requests_total";
+/// Duration of key operations, in seconds, labelled by `operation` and `transport`.
+pub const REQUEST_SECONDS: &str = "rkms_request_seconds";

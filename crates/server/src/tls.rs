@@ -200,7 +200,8 @@ fn build(settings: &TlsSettings, files: &Files) -> Result<Loaded, TlsError> {
             settings.private_key.display()
         ))
     })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 carries the gRPC API (and the HTTP API for clients that prefer it).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Loaded {
         config: Arc::new(config),
         fingerprint: *fingerprint,

@@ -1,7 +1,7 @@
 //! etcd's native errors, normalised into the core's `StoreError`.
 
+use etcd_tonic::Code;
 use rkms_core::StoreError;
-use tonic::Code;
 
 pub(crate) const STORE: &str = "etcd";
 
@@ -36,7 +36,10 @@ pub(crate) fn from_etcd(error: etcd_client::Error) -> StoreError {
 }
 
 /// A connection cut mid-call surfaces as status `Unknown` wrapping the transport's error.
-fn carries_transport_error(status: &tonic::Status) -> bool {
-    std::error::Error::source(status)
-        .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
+fn carries_transport_error(status: &etcd_tonic::Status) -> bool {
+    std::error::Error::source(status).is_some_and(|source| {
+        source
+            .downcast_ref::<etcd_tonic::transport::Error>()
+            .is_some()
+    })
 }

@@ -79,6 +79,8 @@ pub enum AuditSync {
 pub struct AuditEvent<'a> {
     /// Per-request id, also sent to the client in the `x-request-id` header.
     pub request_id: &'a str,
+    /// The front end the request came through: `http`, `grpc` or `command`.
+    pub transport: &'a str,
     /// Who asked.
     pub principal: &'a str,
     /// `get` (existing key) or `create` (this request created it); when refused or failed, what

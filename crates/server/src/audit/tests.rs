@@ -7,6 +7,7 @@ use super::*;
 fn event(id: &str) -> AuditEvent<'_> {
     AuditEvent {
         request_id: "r1",
+        transport: "http",
         principal: "anonymous",
         operation: "get",
         id,

@@ -14,16 +14,17 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderValue;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use base64::Engine as _;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::HeaderValue;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tracing::warn;
 use zeroize::Zeroizing;
 
+use crate::serve::Peer;
 use crate::tls::{CertificateName, ClientCertificate};
 use failures::{Client, Failures, Report, REPORT_INTERVAL};
 pub use hosts::AllowedHosts;
@@ -258,6 +259,30 @@ pub struct Credentials<'a> {
     pub client: Option<IpAddr>,
     /// The host the request is addressed to (URI authority or `Host`, port included).
     pub host: Option<&'a [u8]>,
+}
+
+impl<'a> Credentials<'a> {
+    /// What `request` presents, whichever front end it came to: the `Authorization` header
+    /// (gRPC's `authorization` metadata), the client certificate and address of its
+    /// connection, and the host it is addressed to.
+    pub fn of<B>(request: &'a http::Request<B>) -> Self {
+        let peer = request.extensions().get::<Peer>();
+        // An absolute-form request line (or HTTP/2's `:authority`) names the host itself;
+        // `Host` is then ignored (RFC 9112, RFC 9113).
+        let host = match request.uri().authority() {
+            Some(authority) => Some(authority.as_str().as_bytes()),
+            None => request
+                .headers()
+                .get(http::header::HOST)
+                .map(HeaderValue::as_bytes),
+        };
+        Self {
+            authorization: request.headers().get(http::header::AUTHORIZATION),
+            certificate: peer.and_then(|p| p.certificate.as_deref()),
+            client: peer.map(|p| p.remote.ip()),
+            host,
+        }
+    }
 }
 
 /// Maps credentials to principals; the principals, the failure budget and the allowed hosts
