@@ -68,6 +68,10 @@ install() {
         log "installing moto[server] from PyPI"
         python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
     fi
+    if ! python3 -c 'import schemathesis, yaml, grpc_reflection' 2>/dev/null; then
+        log "installing schemathesis and grpcio-reflection from PyPI (the OpenAPI and gRPC checks)"
+        python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'grpcio-reflection>=1.60,<2'
+    fi
 }
 
 # Runs a command in the background, recording its pid for stop.

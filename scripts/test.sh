@@ -35,6 +35,13 @@ cargo test --workspace --doc --all-features --locked
 # A server built without optional backends refuses them by feature name.
 cargo test -p rkms-server --no-default-features --lib --locked
 
+step "OpenAPI description (every route and status, then schemathesis) against the built server"
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+python3 scripts/openapi_check.py "$target_dir/debug/rkms-server"
+
+step "README's gRPC flow, through server reflection alone (as grpcurl)"
+python3 scripts/grpc_reflection_flow.py "$target_dir/debug/rkms-server"
+
 step "envelope test vectors (Python's cryptography, independent of the Rust crate)"
 python3 scripts/envelope_vectors.py --check
 

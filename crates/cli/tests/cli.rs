@@ -7,10 +7,11 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use rkms_core::{KeyService, Kms, LocalKeyring, MemoryStore};
+use rkms_server::access::AppState;
 use rkms_server::auth::{Authenticator, IdPattern, Operations, Policy, PrincipalSpec, Rule};
 use rkms_server::limits::Limits;
 use rkms_server::live::LiveService;
-use rkms_server::routes::{app, AppState};
+use rkms_server::routes::app;
 
 /// Starts a server whose anonymous callers may do anything; returns its URL.
 async fn server() -> String {

@@ -1,32 +1,34 @@
-//! The client: servers, retries, credentials, the cache, and one method per operation.
+//! The client: servers, retries, credentials, the cache, and one method per operation. How
+//! one attempt goes over the wire is [`crate::http`]'s, or [`crate::grpc`]'s.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use rand::Rng as _;
-use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
-use reqwest::{Method, StatusCode, Url};
-use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, ErrorKind};
-use crate::model::{Key, KeyAnswer, KeyInfo, KeyListing, KeyState, StateAnswer};
+use crate::call::{Answer, Attempt, Call, Retry};
+use crate::error::Error;
+#[cfg(feature = "grpc")]
+use crate::grpc::GrpcTransport;
+use crate::http::HttpTransport;
+use crate::model::{Key, KeyInfo, KeyListing, KeyState};
 
 /// Longest wait between rounds, and the most of a `Retry-After` that is honoured.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Settings for a [`Client`]. Its `Debug` shows no credential.
 pub struct ClientBuilder {
-    urls: Vec<String>,
-    api_version: String,
-    token: Option<Zeroizing<String>>,
-    identity_pem: Option<Zeroizing<Vec<u8>>>,
-    roots_pem: Vec<Vec<u8>>,
-    timeout: Duration,
-    connect_timeout: Duration,
+    pub(crate) urls: Vec<String>,
+    pub(crate) api_version: String,
+    pub(crate) token: Option<Zeroizing<String>>,
+    pub(crate) identity_pem: Option<Zeroizing<Vec<u8>>>,
+    pub(crate) roots_pem: Vec<Vec<u8>>,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    #[cfg(feature = "grpc")]
+    grpc: bool,
     attempts: u32,
     backoff: Duration,
     cache_ttl: Option<Duration>,
@@ -97,6 +99,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Talks to the servers over gRPC (`rkms.v1.KeyService` on the same port) rather than
+    /// the HTTP API.
+    #[cfg(feature = "grpc")]
+    pub fn grpc(mut self) -> Self {
+        self.grpc = true;
+        self
+    }
+
     /// Keeps keys in memory for `ttl` (at most `capacity` of them), so that a hot key costs
     /// no request. A key leaving the cache is zeroized once no caller holds it.
     pub fn cache(mut self, ttl: Duration, capacity: u64) -> Self {
@@ -110,48 +120,14 @@ impl ClientBuilder {
         if self.urls.is_empty() {
             return Err(Error::Config("at least one server URL is needed".into()));
         }
-        let servers = self
-            .urls
-            .iter()
-            .map(|url| {
-                let base = Url::parse(url.trim_end_matches('/'))
-                    .map_err(|e| Error::Config(format!("server URL {url:?}: {e}")))?;
-                if !matches!(base.scheme(), "http" | "https") {
-                    return Err(Error::Config(format!("server URL {url:?} is not http(s)")));
-                }
-                Ok(base)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // No redirects: a key answer comes from the server asked, and a token goes nowhere else.
-        let mut http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout);
-        for pem in &self.roots_pem {
-            let roots = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::Config(format!("root certificate: {e}")))?;
-            for root in roots {
-                http = http.add_root_certificate(root);
-            }
-        }
-        if let Some(pem) = &self.identity_pem {
-            let identity = reqwest::Identity::from_pem(pem)
-                .map_err(|e| Error::Config(format!("client certificate: {e}")))?;
-            http = http.identity(identity);
-        }
-        let http = http
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
-        let authorization = match &self.token {
-            None => None,
-            Some(token) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
-                    .map_err(|_| Error::Config("the token is not a valid header value".into()))?;
-                value.set_sensitive(true);
-                Some(value)
-            }
+        #[cfg(feature = "grpc")]
+        let transport = if self.grpc {
+            Transport::Grpc(GrpcTransport::new(&self)?)
+        } else {
+            Transport::Http(HttpTransport::new(&self)?)
         };
+        #[cfg(not(feature = "grpc"))]
+        let transport = Transport::Http(HttpTransport::new(&self)?);
         let cache = self.cache_ttl.map(|ttl| {
             moka::future::Cache::builder()
                 .time_to_live(ttl)
@@ -161,10 +137,7 @@ impl ClientBuilder {
         });
         Ok(Client {
             inner: Arc::new(Inner {
-                http,
-                servers,
-                key_path: format!("api/{}/key", self.api_version),
-                authorization,
+                transport,
                 attempts: self.attempts,
                 backoff: self.backoff,
                 preferred: AtomicUsize::new(0),
@@ -182,11 +155,7 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    http: reqwest::Client,
-    servers: Vec<Url>,
-    /// `api/<version>/key`, joined onto each server's URL.
-    key_path: String,
-    authorization: Option<HeaderValue>,
+    transport: Transport,
     attempts: u32,
     backoff: Duration,
     /// The server that answered last, tried first.
@@ -195,20 +164,30 @@ struct Inner {
     cache: Option<moka::future::Cache<(String, u32), Key>>,
 }
 
-/// Whether an operation may be sent again after a failure that may have reached a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Repeating it changes nothing (reads, delete, restore).
-    Idempotent,
-    /// Only when it cannot have been acted on (rotate).
-    UnlessSent,
+/// How requests go over the wire.
+#[derive(Debug)]
+enum Transport {
+    Http(HttpTransport),
+    #[cfg(feature = "grpc")]
+    Grpc(GrpcTransport),
 }
 
-/// What one attempt came to.
-enum Attempt<T> {
-    Done(Result<T, Error>),
-    /// Try another server, after at least this long.
-    Next(String, Option<Duration>),
+impl Transport {
+    fn servers(&self) -> usize {
+        match self {
+            Self::Http(http) => http.servers(),
+            #[cfg(feature = "grpc")]
+            Self::Grpc(grpc) => grpc.servers(),
+        }
+    }
+
+    async fn attempt(&self, server: usize, call: &Call<'_>, retry: Retry) -> Attempt {
+        match self {
+            Self::Http(http) => http.attempt(server, call, retry).await,
+            #[cfg(feature = "grpc")]
+            Self::Grpc(grpc) => grpc.attempt(server, call, retry).await,
+        }
+    }
 }
 
 impl Client {
@@ -222,6 +201,8 @@ impl Client {
             roots_pem: Vec::new(),
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            #[cfg(feature = "grpc")]
+            grpc: false,
             attempts: 6,
             backoff: Duration::from_millis(100),
             cache_ttl: None,
@@ -231,7 +212,7 @@ impl Client {
 
     /// The current version of the key for `id`, made on first use.
     pub async fn get_key(&self, id: &str) -> Result<Key, Error> {
-        self.cached(id, 0, &[("id", id)]).await
+        self.cached(id, 0).await
     }
 
     /// Version `version` of the key for `id`; never makes one.
@@ -239,46 +220,46 @@ impl Client {
         if version == 0 {
             return Err(Error::InvalidArgument("key versions start at 1".into()));
         }
-        let number = version.to_string();
-        self.cached(id, version, &[("id", id), ("version", &number)])
-            .await
+        self.cached(id, version).await
     }
 
     /// Makes a new current version of the key for `id`; returns its number.
     pub async fn rotate(&self, id: &str) -> Result<u32, Error> {
-        let answer: StateAnswer = self
-            .call(Method::POST, "/rotate", &[("id", id)], Retry::UnlessSent)
-            .await?;
+        let answer = self.call(&Call::Rotate(id), Retry::UnlessSent).await?;
         self.forget(id).await;
-        answer
-            .version
-            .ok_or_else(|| Error::InvalidResponse("a rotation without its version".into()))
+        match answer {
+            Answer::Rotated(version) => Ok(version),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Schedules the deletion of `id`; returns its state (with the deletion time in
     /// [`Client::describe`]).
     pub async fn delete(&self, id: &str) -> Result<KeyState, Error> {
-        let answer = self
-            .call::<StateAnswer>(Method::DELETE, "", &[("id", id)], Retry::Idempotent)
-            .await;
+        let answer = self.call(&Call::Delete(id), Retry::Idempotent).await;
         // Whatever the outcome (a timeout may hide a deletion made), no version of the key
         // is served from this cache any more.
         self.forget_every_version(id);
-        Ok(answer?.state)
+        match answer? {
+            Answer::State(state) => Ok(state),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Cancels the scheduled deletion of `id`.
     pub async fn restore(&self, id: &str) -> Result<KeyState, Error> {
-        let answer: StateAnswer = self
-            .call(Method::POST, "/restore", &[("id", id)], Retry::Idempotent)
-            .await?;
-        Ok(answer.state)
+        match self.call(&Call::Restore(id), Retry::Idempotent).await? {
+            Answer::State(state) => Ok(state),
+            _ => Err(unexpected()),
+        }
     }
 
     /// The state, versions and regions of `id`; never key material.
     pub async fn describe(&self, id: &str) -> Result<KeyInfo, Error> {
-        self.call(Method::GET, "/info", &[("id", id)], Retry::Idempotent)
-            .await
+        match self.call(&Call::Describe(id), Retry::Idempotent).await? {
+            Answer::Info(info) => Ok(info),
+            _ => Err(unexpected()),
+        }
     }
 
     /// One page of the ids starting with `prefix`, after the cursor `after`.
@@ -288,18 +269,26 @@ impl Client {
         after: Option<&str>,
         limit: usize,
     ) -> Result<KeyListing, Error> {
-        let limit = limit.to_string();
-        let mut query = vec![("prefix", prefix), ("limit", limit.as_str())];
-        if let Some(after) = after {
-            query.push(("after", after));
+        let call = Call::List {
+            prefix,
+            after,
+            limit,
+        };
+        match self.call(&call, Retry::Idempotent).await? {
+            Answer::Listing(listing) => Ok(listing),
+            _ => Err(unexpected()),
         }
-        self.call(Method::GET, "s", &query, Retry::Idempotent).await
     }
 
-    async fn cached(&self, id: &str, version: u32, query: &[(&str, &str)]) -> Result<Key, Error> {
+    async fn cached(&self, id: &str, version: u32) -> Result<Key, Error> {
         let fetch = async {
-            let answer: KeyAnswer = self.call(Method::GET, "", query, Retry::Idempotent).await?;
-            key_from(answer, id, version)
+            match self
+                .call(&Call::GetKey { id, version }, Retry::Idempotent)
+                .await?
+            {
+                Answer::Key(key) => Ok(key),
+                _ => Err(unexpected()),
+            }
         };
         match &self.inner.cache {
             None => fetch.await,
@@ -324,27 +313,18 @@ impl Client {
         }
     }
 
-    /// Sends the request to one server after another until one answers, within the
-    /// attempts, and decodes its answer.
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        suffix: &str,
-        query: &[(&str, &str)],
-        retry: Retry,
-    ) -> Result<T, Error> {
+    /// Sends the call to one server after another until one answers, within the attempts.
+    async fn call(&self, call: &Call<'_>, retry: Retry) -> Result<Answer, Error> {
         let inner = &self.inner;
+        let servers = inner.transport.servers();
         let started = Instant::now();
         let first = inner.preferred.load(Ordering::Relaxed);
         let mut last = String::new();
         for attempt in 0..inner.attempts {
-            let server = (first + attempt as usize) % inner.servers.len();
+            let server = (first + attempt as usize) % servers;
             // After every server has failed once, wait before each further attempt.
-            let round = attempt as usize / inner.servers.len();
-            match self
-                .attempt(server, method.clone(), suffix, query, retry)
-                .await
-            {
+            let round = attempt as usize / servers;
+            match inner.transport.attempt(server, call, retry).await {
                 Attempt::Done(result) => {
                     inner.preferred.store(server, Ordering::Relaxed);
                     return result;
@@ -352,7 +332,7 @@ impl Client {
                 Attempt::Next(why, retry_after) => {
                     last = why;
                     let more = attempt + 1 < inner.attempts;
-                    let new_round = (attempt as usize + 1) % inner.servers.len() == 0;
+                    let new_round = (attempt as usize + 1) % servers == 0;
                     if more && (new_round || retry_after.is_some()) {
                         tokio::time::sleep(self.wait(round, retry_after)).await;
                     }
@@ -377,151 +357,9 @@ impl Client {
         let jittered = doubled.mul_f64(rand::rng().random_range(0.5..1.0));
         retry_after.map_or(jittered, |after| after.min(MAX_BACKOFF))
     }
-
-    async fn attempt<T: DeserializeOwned>(
-        &self,
-        server: usize,
-        method: Method,
-        suffix: &str,
-        query: &[(&str, &str)],
-        retry: Retry,
-    ) -> Attempt<T> {
-        let inner = &self.inner;
-        let base = &inner.servers[server];
-        let mut url = base.clone();
-        url.set_path(&format!(
-            "{}/{}{suffix}",
-            base.path().trim_end_matches('/'),
-            inner.key_path
-        ));
-        url.query_pairs_mut().extend_pairs(query);
-        let mut request = inner.http.request(method, url);
-        if let Some(authorization) = &inner.authorization {
-            request = request.header(AUTHORIZATION, authorization.clone());
-        }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) if e.is_connect() || retry == Retry::Idempotent => {
-                return Attempt::Next(format!("{base}: {}", describe(&e)), None)
-            }
-            Err(e) => {
-                return Attempt::Done(Err(Error::Unavailable {
-                    attempts: 1,
-                    elapsed: Duration::ZERO,
-                    last: format!(
-                        "{base}: {}; not sent again, since the server may have acted on it",
-                        describe(&e)
-                    ),
-                }))
-            }
-        };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_secs);
-        let body = match response.bytes().await {
-            Ok(body) => Zeroizing::new(Vec::from(body)),
-            Err(e) if retry == Retry::Idempotent => {
-                return Attempt::Next(format!("{base}: {}", describe(&e)), None)
-            }
-            Err(e) => {
-                return Attempt::Done(Err(Error::InvalidResponse(format!(
-                    "{base}: {}; not sent again, since the server may have acted on it",
-                    describe(&e)
-                ))))
-            }
-        };
-        if status.is_success() {
-            return Attempt::Done(
-                serde_json::from_slice(&body)
-                    .map_err(|e| Error::InvalidResponse(format!("{base}: {e}"))),
-            );
-        }
-        let error = api_error(status, &body);
-        let passing = matches!(
-            status,
-            StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::TOO_MANY_REQUESTS
-                | StatusCode::BAD_GATEWAY
-                | StatusCode::GATEWAY_TIMEOUT
-        );
-        // Only a rate limit refuses a rotation before it is acted on: a 503 may follow a
-        // compare-and-set whose answer came too late, and a proxy's 502 or 504 may follow a
-        // rotation made.
-        let safe = retry == Retry::Idempotent || status == StatusCode::TOO_MANY_REQUESTS;
-        if passing && safe {
-            Attempt::Next(format!("{base}: {error}"), retry_after)
-        } else {
-            Attempt::Done(Err(error))
-        }
-    }
 }
 
-/// A transport error without the URL's query (which holds the id) twice.
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_connect() {
-        "cannot connect"
-    } else if error.is_timeout() {
-        "timed out"
-    } else {
-        "the connection failed"
-    };
-    let mut source = std::error::Error::source(error);
-    let mut detail = String::new();
-    while let Some(cause) = source {
-        detail = cause.to_string();
-        source = cause.source();
-    }
-    if detail.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{kind} ({detail})")
-    }
-}
-
-/// The API error in an error answer's body.
-fn api_error(status: StatusCode, body: &[u8]) -> Error {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        error_type: String,
-        error_message: String,
-    }
-    match serde_json::from_slice::<Body>(body) {
-        Ok(body) => Error::Api {
-            status: status.as_u16(),
-            kind: ErrorKind::parse(&body.error_type),
-            message: body.error_message,
-        },
-        Err(_) => Error::Api {
-            status: status.as_u16(),
-            kind: ErrorKind::Other(format!("HTTP {status}")),
-            message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-        },
-    }
-}
-
-/// The key in an answer to a request for `id` (version `asked`, 0 for the current one),
-/// refused unless the answer is for what was asked.
-fn key_from(answer: KeyAnswer, id: &str, asked: u32) -> Result<Key, Error> {
-    let encoded = Zeroizing::new(answer.key);
-    let version = match answer.version {
-        Some(version) if answer.id == id && (asked == 0 || version == asked) => version,
-        _ => {
-            return Err(Error::InvalidResponse(format!(
-                "an answer for id {:?} version {:?}, not the key asked for",
-                answer.id, answer.version
-            )))
-        }
-    };
-    let bytes = BASE64
-        .decode(encoded.as_bytes())
-        .map_err(|_| Error::InvalidResponse("the key is not base64".into()))?;
-    Ok(Key {
-        id: answer.id,
-        version,
-        bytes: Arc::new(Zeroizing::new(bytes)),
-    })
+/// An answer of another shape than the call asked for: no transport makes one.
+fn unexpected() -> Error {
+    Error::InvalidResponse("an answer of another kind than asked for".into())
 }

@@ -55,6 +55,25 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The HTTP status the API answers this error with (0 for an unknown `error_type`): what
+    /// [`Error::Api`] carries for an error that came over gRPC.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden | Self::HostNotAllowed => 403,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::KeyPendingDeletion | Self::KeyDeleted => 410,
+            Self::TooManyRequests => 429,
+            Self::IntegrityFailure | Self::InternalError => 500,
+            Self::ServiceUnavailable => 503,
+            Self::Other(_) => 0,
+        }
+    }
+}
+
 /// Why a call failed. Never holds key material.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -62,7 +81,7 @@ pub enum Error {
     /// A server answered with an API error.
     #[error("{kind:?} ({status}): {message}")]
     Api {
-        /// The HTTP status.
+        /// The HTTP status (over gRPC, the one the HTTP API answers the error with).
         status: u16,
         /// The `error_type`.
         kind: ErrorKind,

@@ -1,4 +1,5 @@
-//! `rkms-client`: an async client for RKMS's HTTP API, for any tokio application.
+//! `rkms-client`: an async client for RKMS, for any tokio application: over the HTTP API by
+//! default, or over gRPC with the `grpc` feature ([`ClientBuilder::grpc`]).
 //!
 //! - **Failover:** give it several server URLs. A request goes to the server that answered
 //!   last; a server that cannot be reached, or answers 503, 502, 504 or 429, is passed over
@@ -13,8 +14,12 @@
 //! - **Typed:** every operation returns a typed answer, and every API error its
 //!   `error_type` as an [`ErrorKind`].
 
+mod call;
 mod client;
 mod error;
+#[cfg(feature = "grpc")]
+mod grpc;
+mod http;
 mod model;
 
 pub use client::{Client, ClientBuilder};

@@ -102,7 +102,7 @@ pub(crate) struct StateAnswer {
     pub(crate) version: Option<u32>,
 }
 
-/// The answer of `GET key`; `key_from` wipes the key's text once decoded.
+/// The answer of `GET key`; `answer_of` wipes the key's text once decoded.
 #[derive(Deserialize)]
 pub(crate) struct KeyAnswer {
     pub(crate) id: String,

@@ -14,10 +14,36 @@ use rkms_core::{
     MAX_ID_LEN,
 };
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::error::ApiError;
+use crate::live::LiveService;
 use crate::telemetry::{KEYS_CREATED, REJECTIONS, REQUESTS, REQUEST_SECONDS};
+
+/// What the front ends share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The protocol, as the configuration in force sets it up.
+    pub service: Arc<LiveService>,
+    /// Renders the process's metrics for `/metrics`; `None` serves no metrics.
+    pub metrics: Option<PrometheusHandle>,
+    /// Where every key operation is recorded; `None` records nothing (tests of the API alone).
+    pub audit: Option<Arc<AuditLog>>,
+    /// Who may call.
+    pub auth: Arc<Authenticator>,
+}
+
+impl AppState {
+    /// The key operations over this state's service and audit log.
+    pub fn operations(&self) -> KeyOperations {
+        KeyOperations {
+            service: self.service.current(),
+            audit: self.audit.clone(),
+        }
+    }
+}
 
 /// Most ids one listing call answers.
 pub const MAX_LIST_LIMIT: usize = 1000;

@@ -26,11 +26,10 @@ use tonic_health::server::HealthReporter;
 use tower_http::catch_panic::CatchPanicLayer;
 use zeroize::Zeroizing;
 
-use crate::access::{self, admit, Caller, Transport, DEFAULT_LIST_LIMIT};
+use crate::access::{self, admit, AppState, Caller, Transport, DEFAULT_LIST_LIMIT};
 use crate::auth::{Authenticator, Credentials};
 use crate::error::ApiError;
 use crate::probes::Probes;
-use crate::routes::AppState;
 
 /// Largest request message taken: requests hold an id, a prefix or a list cursor.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;

@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 use crate::address_limit::AddressLimit;
 use crate::error::{rfc3339, ApiError};
 use crate::live::LiveService;
-use crate::serve::Peer;
 use crate::telemetry::REJECTIONS;
+use crate::tls::Peer;
 
 /// How often readiness is checked.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);

@@ -14,7 +14,6 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use metrics_exporter_prometheus::PrometheusHandle;
 use rkms_core::{IssuedKey, KeyId};
 use serde::Serialize;
 use tower::ServiceExt as _;
@@ -22,9 +21,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
 
-use crate::access::{self, admit, Caller, KeyOperations, Transport, DEFAULT_LIST_LIMIT};
-use crate::audit::AuditLog;
-use crate::auth::{Authenticator, Credentials};
+use crate::access::{self, admit, AppState, Caller, Transport, DEFAULT_LIST_LIMIT};
+use crate::auth::Credentials;
 use crate::error::ApiError;
 use crate::grpc;
 use crate::limits::{self, LiveLimits};
@@ -38,29 +36,6 @@ const MAX_QUERY_LEN: usize = 4096;
 
 /// The header that carries a key request's id, as in the audit log.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// What the handlers share.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The protocol, as the configuration in force sets it up.
-    pub service: Arc<LiveService>,
-    /// Renders the process's metrics for `/metrics`; `None` serves no metrics.
-    pub metrics: Option<PrometheusHandle>,
-    /// Where every key operation is recorded; `None` records nothing (tests of the API alone).
-    pub audit: Option<Arc<AuditLog>>,
-    /// Who may call.
-    pub auth: Arc<Authenticator>,
-}
-
-impl AppState {
-    /// The key operations over this state's service and audit log.
-    pub(crate) fn operations(&self) -> KeyOperations {
-        KeyOperations {
-            service: self.service.current(),
-            audit: self.audit.clone(),
-        }
-    }
-}
 
 /// The whole HTTP API. `key_path` is `/api/<api_version>/key`; beside it are
 /// `<key_path>/rotate`, `<key_path>/restore`, `<key_path>/info` and the listing

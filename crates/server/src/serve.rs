@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use crate::error::ApiError;
 use crate::limits::{Limits, LiveLimits, HEALTH_PATH, READY_PATH};
 use crate::telemetry::REJECTIONS;
-use crate::tls::{ClientCertificate, TlsConfig};
+use crate::tls::{ClientCertificate, Peer, TlsConfig};
 
 mod open_files;
 mod per_address;
@@ -63,15 +63,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests one HTTP/2 connection may have in progress at once; a client wanting more opens
 /// another connection, which the connection limits count.
 const MAX_STREAMS: u32 = 64;
-
-/// Who is at the other end of a request's connection.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// The client's address.
-    pub remote: SocketAddr,
-    /// The client certificate the TLS handshake verified, if one was presented.
-    pub certificate: Option<Arc<ClientCertificate>>,
-}
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` resolves, then
 /// lets open requests finish for up to 30 s. Limits replaced while serving (a reload) apply

@@ -1,6 +1,7 @@
 //! Server TLS: the certificate, its key and the client CA, read from PEM files and reloaded on
 //! SIGHUP or when the files change; and the names a verified client certificate carries.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,6 +14,15 @@ use sha2::{Digest as _, Sha256};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
+
+/// Who is at the other end of a request's connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The client certificate the TLS handshake verified, if one was presented.
+    pub certificate: Option<Arc<ClientCertificate>>,
+}
 
 /// Where the server's TLS material lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,13 +14,14 @@ use rkms_core::{
     DataKey, EncryptionContext, GeneratedKey, KeyId, KeyService, Kms, KmsError, LocalKeyring,
     MemoryStore, Store,
 };
+use rkms_server::access::AppState;
 use rkms_server::audit::{self, AuditLog, AuditSync, AuditTarget};
 use rkms_server::auth::{
     Authenticator, IdPattern, Operations, Policy, PrincipalSpec, RateLimit, Rule, TokenHash,
 };
 use rkms_server::limits::Limits;
 use rkms_server::live::LiveService;
-use rkms_server::routes::{app, AppState};
+use rkms_server::routes::app;
 use serde_json::Value;
 use tower::ServiceExt as _;
 

@@ -1,11 +1,11 @@
-//! `rkms-client` against the built server: every operation typed, failover between servers
+//! `rkms-client` against the built server, over HTTP and over gRPC: every operation typed, failover between servers
 //! (one of them killed mid-run), retries that honour `Retry-After`, and no retry on a 4xx.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use rkms_client::{Client, Error, ErrorKind, KeyState};
+use rkms_client::{Client, ClientBuilder, Error, ErrorKind, KeyState};
 use support::{Server, ANONYMOUS_PRINCIPAL};
 
 /// Three servers over one SQLite store and keyring, as a fleet on one host.
@@ -30,10 +30,28 @@ fn fleet(dir: &std::path::Path, extra: &str) -> Vec<Server> {
     )
 }
 
+/// HTTP or gRPC.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    Http,
+    Grpc,
+}
+
+fn builder(wire: Wire) -> ClientBuilder {
+    match wire {
+        Wire::Http => Client::builder(),
+        Wire::Grpc => Client::builder().grpc(),
+    }
+}
+
 fn client_of(servers: &[&Server]) -> Client {
+    client_over(Wire::Http, servers)
+}
+
+fn client_over(wire: Wire, servers: &[&Server]) -> Client {
     servers
         .iter()
-        .fold(Client::builder(), |b, s| b.url(&s.base))
+        .fold(builder(wire), |b, s| b.url(&s.base))
         .backoff(Duration::from_millis(20))
         .build()
         .unwrap()
@@ -49,9 +67,18 @@ fn kind(result: Result<impl std::fmt::Debug, Error>) -> ErrorKind {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_answers_typed() {
+    every_operation_answers_typed_over(Wire::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_answers_typed_over_grpc() {
+    every_operation_answers_typed_over(Wire::Grpc).await;
+}
+
+async fn every_operation_answers_typed_over(wire: Wire) {
     let dir = tempfile::tempdir().unwrap();
     let servers = fleet(dir.path(), "");
-    let client = client_of(&[&servers[0], &servers[1]]);
+    let client = client_over(wire, &[&servers[0], &servers[1]]);
 
     let first = client.get_key("orders").await.unwrap();
     assert_eq!((first.id.as_str(), first.version), ("orders", 1));
@@ -101,6 +128,15 @@ async fn every_operation_answers_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_while_a_server_is_killed_mid_run() {
+    no_request_fails_while_a_server_is_killed_mid_run_over(Wire::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_grpc_request_fails_while_a_server_is_killed_mid_run() {
+    no_request_fails_while_a_server_is_killed_mid_run_over(Wire::Grpc).await;
+}
+
+async fn no_request_fails_while_a_server_is_killed_mid_run_over(wire: Wire) {
     let dir = tempfile::tempdir().unwrap();
     let mut servers = fleet(dir.path(), "");
     // A URL nothing listens on comes first: it is passed over.
@@ -109,7 +145,7 @@ async fn no_request_fails_while_a_server_is_killed_mid_run() {
     drop(unused);
     let client = servers
         .iter()
-        .fold(Client::builder().url(dead), |b, s| b.url(&s.base))
+        .fold(builder(wire).url(dead), |b, s| b.url(&s.base))
         .backoff(Duration::from_millis(20))
         .build()
         .unwrap();
@@ -135,8 +171,14 @@ async fn no_request_fails_while_a_server_is_killed_mid_run() {
     }
     // Every id still has one key, whichever server answers.
     for id in (0..40).map(|i| format!("failover-{i}")) {
-        let a = client_of(&[&servers[0]]).get_key(&id).await.unwrap();
-        let b = client_of(&[&servers[1]]).get_key(&id).await.unwrap();
+        let a = client_over(wire, &[&servers[0]])
+            .get_key(&id)
+            .await
+            .unwrap();
+        let b = client_over(wire, &[&servers[1]])
+            .get_key(&id)
+            .await
+            .unwrap();
         assert_eq!(a.expose_secret(), b.expose_secret(), "{id}");
     }
 }

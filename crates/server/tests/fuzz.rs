@@ -14,13 +14,14 @@ use axum::Router;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rkms_core::{KeyService, LocalKeyring, MemoryStore};
+use rkms_server::access::AppState;
 use rkms_server::audit::{AuditLog, AuditSync, AuditTarget};
 use rkms_server::auth::{
     Authenticator, IdPattern, Operations, Policy, PrincipalSpec, Rule, TokenHash,
 };
 use rkms_server::limits::Limits;
 use rkms_server::live::LiveService;
-use rkms_server::routes::{app, AppState};
+use rkms_server::routes::app;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
 

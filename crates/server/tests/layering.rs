@@ -75,3 +75,16 @@ fn no_module_imports_one_that_imports_it() {
         .collect();
     assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
 }
+
+#[test]
+fn the_access_layer_knows_no_front_end() {
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/access.rs"))
+            .unwrap();
+    for front_end in ["axum", "tonic", "crate::routes", "crate::grpc"] {
+        assert!(
+            !source.contains(front_end),
+            "access.rs names {front_end}: the HTTP and gRPC front ends translate, access decides"
+        );
+    }
+}

@@ -15,13 +15,14 @@ use rkms_core::{
     CacheOptions, Clock, KeyService, Kms, LifecycleOptions, LocalKeyring, MemoryStore,
     ServiceOptions, Store,
 };
+use rkms_server::access::AppState;
 use rkms_server::audit::{AuditLog, AuditSync, AuditTarget};
 use rkms_server::auth::{
     Authenticator, IdPattern, Operations, Policy, PrincipalSpec, Rule, TokenHash,
 };
 use rkms_server::limits::Limits;
 use rkms_server::live::LiveService;
-use rkms_server::routes::{app, AppState};
+use rkms_server::routes::app;
 use serde_json::Value;
 use tower::ServiceExt as _;
 

@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq as _;
 use tracing::warn;
 use zeroize::Zeroizing;
 
-use crate::serve::Peer;
+use crate::tls::Peer;
 use crate::tls::{CertificateName, ClientCertificate};
 use failures::{Client, Failures, Report, REPORT_INTERVAL};
 pub use hosts::AllowedHosts;
