@@ -257,6 +257,82 @@ async fn tls_clients_are_known_by_certificate_or_token_and_nothing_leaks() {
     }
 }
 
+// Several threads: the client's gRPC connections answer the server's shutdown while the
+// test waits for the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_knows_the_same_certificates_and_tokens() {
+    let setup = TlsSetup::new();
+    let server = setup.start();
+    let url = https(&server, "");
+    let client = |identity: Option<&Leaf>, token: Option<&str>| {
+        let mut builder = rkms_client::Client::builder()
+            .grpc()
+            .url(&url)
+            .attempts(1)
+            .root_certificate_pem(setup.ca.pem().into_bytes());
+        if let Some(leaf) = identity {
+            builder =
+                builder.identity_pem(format!("{}{}", leaf.certificate, leaf.key).into_bytes());
+        }
+        if let Some(token) = token {
+            builder = builder.token(token);
+        }
+        builder.build().unwrap()
+    };
+    let kind = |result: Result<rkms_client::Key, rkms_client::Error>| {
+        result.expect_err("refused").kind().cloned()
+    };
+
+    // HTTP/2 is offered in ALPN: the certificate's principal over gRPC, its ids only.
+    let orders = client(Some(&setup.ca.client("orders.internal")), None);
+    let key = orders.get_key("orders/1").await.unwrap();
+    let (status, body) = get_json(
+        &setup.client(Some(&setup.ca.client("orders.internal"))),
+        &https(&server, "/api/v1/key?id=orders/1"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let over_https = base64::engine::general_purpose::STANDARD
+        .decode(body["key"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(key.expose_secret(), over_https.as_slice());
+    assert_eq!(
+        kind(orders.get_key("batch/1").await),
+        Some(rkms_client::ErrorKind::Forbidden)
+    );
+    // A certificate naming no principal, or nothing at all: unauthenticated.
+    for nobody in [
+        client(Some(&setup.ca.client("stranger.internal")), None),
+        client(None, None),
+    ] {
+        assert_eq!(
+            kind(nobody.get_key("orders/1").await),
+            Some(rkms_client::ErrorKind::Unauthorized)
+        );
+    }
+    // A token in the `authorization` metadata.
+    let batch = client(None, Some(&setup.token));
+    batch.get_key("batch/1").await.unwrap();
+
+    drop((orders, batch));
+    assert!(server.stop().success());
+    let audit = std::fs::read_to_string(setup.path("audit.log")).unwrap();
+    let grpc: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["transport"] == "grpc")
+        .map(|l| format!("{} {} {}", l["principal"], l["operation"], l["outcome"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        grpc,
+        [
+            "orders create ok",
+            "orders get_or_create denied",
+            "batch create ok"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn certificate_names_match_by_kind_and_the_common_name_only_without_alternative_names() {
     let setup = TlsSetup::new();
