@@ -22,17 +22,25 @@ use rkms_proto::v1::{
 use tonic::metadata::MetadataValue;
 use tonic::server::NamedService;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tower_http::catch_panic::CatchPanicLayer;
 use zeroize::Zeroizing;
 
 use crate::access::{self, admit, AppState, Caller, Transport, DEFAULT_LIST_LIMIT};
 use crate::auth::{Authenticator, Credentials};
 use crate::error::ApiError;
+use crate::limits::{self, LiveLimits};
+use crate::live::LiveService;
 use crate::probes::Probes;
 
-/// Largest request message taken: requests hold an id, a prefix or a list cursor.
+/// Largest request message taken: requests hold an id, a prefix or a list cursor (and
+/// reflection requests, a symbol name).
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Largest health check request: a service name.
+const MAX_HEALTH_REQUEST_BYTES: usize = 1024;
 
 /// Whether `request` is a gRPC call: HTTP/2 with a gRPC content type. Browsers send
 /// plaintext requests over HTTP/1.1 only, so a web page cannot reach the gRPC API through a
@@ -47,16 +55,16 @@ pub fn is_grpc<B>(request: &http::Request<B>) -> bool {
 
 /// The gRPC services: the key service and reflection for admitted callers (every call goes
 /// through [`admit`], as on the HTTP routes), health for anyone, limited per address like
-/// `/readyz`. Starts a task that keeps health in step with `probes`; it ends with them.
-pub fn app(state: AppState, probes: Probes) -> Router {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(follow_readiness(probes.clone(), reporter));
+/// `/readyz`. Every call is held to the HTTP API's size limits and must finish within the
+/// header read timeout plus the request deadline, its request message included.
+pub fn app(state: AppState, probes: Probes, limits: LiveLimits) -> Router {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(rkms_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let auth = Arc::clone(&state.auth);
+    let service = Arc::clone(&state.service);
     let keys = KeyServiceServer::new(Keys { state }).max_decoding_message_size(MAX_REQUEST_BYTES);
     let admitted = Router::new();
     let admitted = with_service(admitted, keys);
@@ -64,27 +72,56 @@ pub fn app(state: AppState, probes: Probes) -> Router {
         admitted,
         reflection()
             .build_v1()
-            .expect("the descriptor sets are valid"),
+            .expect("the descriptor sets are valid")
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
     );
     // grpcurl and older tools ask the pre-release version of reflection.
     let admitted = with_service(
         admitted,
         reflection()
             .build_v1alpha()
-            .expect("the descriptor sets are valid"),
+            .expect("the descriptor sets are valid")
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
     )
     .route_layer(middleware::from_fn_with_state(auth, admit_call));
+    let health = HealthServer::new(Readiness(probes.clone()))
+        .max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES);
     let health = with_service(Router::new(), health)
         .route_layer(middleware::from_fn_with_state(probes, limit_probe));
     admitted
         .merge(health)
         .fallback(|| async { status_response(Status::unimplemented("no such service")) })
+        .layer(middleware::from_fn_with_state(
+            (limits, service),
+            limit_call,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a gRPC handler panicked");
             status_response(Status::internal(
                 "internal error; the server log has the details",
             ))
         }))
+}
+
+/// Refuses a call over the size limits (`RESOURCE_EXHAUSTED`, as the HTTP API's 414 and
+/// 431), and ends one that has not finished in time (`DEADLINE_EXCEEDED`): a client that
+/// never sends the rest of its request must not hold the connection.
+async fn limit_call(
+    State((limits, service)): State<(LiveLimits, Arc<LiveService>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limits = limits.current();
+    if let Err(e) = limits::check(&limits, &request) {
+        return status_response(e.into_status());
+    }
+    let time = limits.header_read_timeout + service.current().options().request_deadline;
+    match tokio::time::timeout(time, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => status_response(Status::deadline_exceeded(format!(
+            "the call did not complete within {time:?}"
+        ))),
+    }
 }
 
 /// `router` with the calls of the gRPC service `service` routed to it.
@@ -97,21 +134,40 @@ where
     router.route_service(&format!("/{}/{{*method}}", S::NAME), service)
 }
 
-/// Sets the overall health and `rkms.v1.KeyService`'s to SERVING while the checks find the
-/// server ready (as `/readyz` answers), NOT_SERVING otherwise.
-async fn follow_readiness(probes: Probes, reporter: HealthReporter) {
-    let mut ready = probes.subscribe();
-    drop(probes);
-    while let Some(ready) = ready.next().await {
-        let status = if ready {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
+/// `grpc.health.v1.Health`: `Check` answers SERVING for the server (`""`) and
+/// `rkms.v1.KeyService` exactly when `/readyz` would answer 200. `Watch` is not served: a
+/// stream without end would hold a connection slot for any anonymous caller.
+#[derive(Debug, Clone)]
+struct Readiness(Probes);
+
+#[tonic::async_trait]
+impl Health for Readiness {
+    async fn check(
+        &self,
+        request: GrpcRequest<HealthCheckRequest>,
+    ) -> Result<GrpcResponse<HealthCheckResponse>, Status> {
+        let service = request.into_inner().service;
+        if !service.is_empty() && service != KeyServiceServer::<Keys>::NAME {
+            return Err(Status::not_found(format!("no service {service:?} here")));
+        }
+        let status = match self.0.ready().await {
+            Ok(_) => ServingStatus::Serving,
+            Err(_) => ServingStatus::NotServing,
         };
-        reporter.set_service_status("", status).await;
-        reporter
-            .set_service_status(KeyServiceServer::<Keys>::NAME, status)
-            .await;
+        Ok(GrpcResponse::new(HealthCheckResponse {
+            status: status.into(),
+        }))
+    }
+
+    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _request: GrpcRequest<HealthCheckRequest>,
+    ) -> Result<GrpcResponse<Self::WatchStream>, Status> {
+        Err(Status::unimplemented(
+            "Watch is not served; poll Check, as Kubernetes and grpc_health_probe do",
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use axum::body::HttpBody as _;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -116,7 +117,13 @@ pub async fn enforce(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let limits = limits.current();
+    check(&limits.current(), &request)?;
+    Ok(next.run(request).await)
+}
+
+/// Whether `request`'s path and query and its headers are within `limits` (414 and 431
+/// otherwise), whichever front end it came to.
+pub fn check<B>(limits: &Limits, request: &http::Request<B>) -> Result<(), ApiError> {
     let uri_len = request
         .uri()
         .path_and_query()
@@ -134,16 +141,18 @@ pub async fn enforce(
         metrics::counter!(REJECTIONS, "reason" => "too_large").increment(1);
         return Err(ApiError::HeadersTooLarge(limits.max_header_bytes));
     }
-    Ok(next.run(request).await)
+    Ok(())
 }
 
 /// Refuses a request with a body: no endpoint takes one, and none is read.
 pub async fn refuse_body(request: Request, next: Next) -> Result<Response, ApiError> {
     let headers = request.headers();
+    // HTTP/2 frames a body without either header: a request whose stream goes on has one.
     let declares_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)
-            .is_some_and(|length| length.as_bytes() != b"0");
+            .is_some_and(|length| length.as_bytes() != b"0")
+        || (request.version() == http::Version::HTTP_2 && !request.body().is_end_stream());
     if declares_body {
         metrics::counter!(REJECTIONS, "reason" => "too_large").increment(1);
         return Err(ApiError::PayloadTooLarge);

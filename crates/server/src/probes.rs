@@ -34,7 +34,7 @@ const PROBE_BURST: NonZeroU32 = NonZeroU32::new(40).expect("non-zero");
 
 /// What the last background check found.
 #[derive(Debug, Clone)]
-struct Readiness {
+pub struct Readiness {
     checked: Instant,
     store_up: bool,
     /// Each region's name, whether its circuit breaker lets calls through, and since when
@@ -90,6 +90,49 @@ impl Probes {
             _checker: Arc::new(AbortOnDrop(checker)),
         }
     }
+
+    /// Takes one probe from the budget of the address `request` came from (429 when spent).
+    pub fn admit<B>(&self, request: &http::Request<B>) -> Result<(), ApiError> {
+        // Every request through the server carries its peer; one without (in-process callers)
+        // shares a single budget rather than escaping the limit.
+        let address = request
+            .extensions()
+            .get::<Peer>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.remote.ip());
+        self.limit.admit(address).map_err(|wait| {
+            metrics::counter!(REJECTIONS, "reason" => "probe_rate_limited").increment(1);
+            ApiError::TooManyRequests(wait)
+        })
+    }
+
+    /// The last check, when it found the store answering and at least one region whose
+    /// circuit breaker is not open; otherwise why not (a 503). Only the probes in the
+    /// server's first moments wait, for the first check.
+    pub async fn ready(&self) -> Result<Readiness, ApiError> {
+        let mut latest = self.latest.clone();
+        let checked =
+            tokio::time::timeout(self.stale_after, latest.wait_for(Option::is_some)).await;
+        let Some(readiness) = checked.ok().and_then(Result::ok).and_then(|r| r.clone()) else {
+            return Err(ApiError::Unavailable("readiness not checked yet".into()));
+        };
+        if readiness.checked.elapsed() > self.stale_after {
+            return Err(ApiError::Unavailable(format!(
+                "readiness last checked {:?} ago",
+                readiness.checked.elapsed()
+            )));
+        }
+        if !readiness.store_up {
+            return Err(ApiError::Unavailable(
+                "the key store is not reachable".into(),
+            ));
+        }
+        if !readiness.regions.iter().any(|(_, up, _)| *up) {
+            return Err(ApiError::Unavailable(
+                "every KMS region's circuit breaker is open after repeated failures".into(),
+            ));
+        }
+        Ok(readiness)
+    }
 }
 
 async fn check(service: &KeyService) -> Readiness {
@@ -119,51 +162,6 @@ async fn check(service: &KeyService) -> Readiness {
     }
 }
 
-impl Probes {
-    /// Takes one probe from the budget of the address `request` came from (429 when spent).
-    pub fn admit<B>(&self, request: &http::Request<B>) -> Result<(), ApiError> {
-        // Every request through the server carries its peer; one without (in-process callers)
-        // shares a single budget rather than escaping the limit.
-        let address = request
-            .extensions()
-            .get::<Peer>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.remote.ip());
-        self.limit.admit(address).map_err(|wait| {
-            metrics::counter!(REJECTIONS, "reason" => "probe_rate_limited").increment(1);
-            ApiError::TooManyRequests(wait)
-        })
-    }
-
-    /// Whether each check finds the server ready, as it is made; ends when the checks stop.
-    pub fn subscribe(&self) -> ReadyWatch {
-        ReadyWatch(self.latest.clone())
-    }
-}
-
-/// Readiness as the background checks find it: see [`Probes::subscribe`].
-#[derive(Debug)]
-pub struct ReadyWatch(watch::Receiver<Option<Readiness>>);
-
-impl ReadyWatch {
-    /// Whether the next check found the server ready; `None` once the checks have stopped.
-    pub async fn next(&mut self) -> Option<bool> {
-        self.0.changed().await.ok()?;
-        Some(
-            self.0
-                .borrow_and_update()
-                .as_ref()
-                .is_some_and(Readiness::ready),
-        )
-    }
-}
-
-impl Readiness {
-    /// The store answers and at least one region's circuit breaker is not open.
-    fn ready(&self) -> bool {
-        self.store_up && self.regions.iter().any(|(_, up, _)| *up)
-    }
-}
-
 /// Takes one probe from the caller's per-address budget (429 when spent).
 pub async fn limit(
     State(probes): State<Probes>,
@@ -179,31 +177,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the last check found the store answering and at least one region whose
-/// circuit breaker is not open.
+/// `GET /readyz`: see [`Probes::ready`].
 pub async fn readyz(State(probes): State<Probes>) -> Result<Json<serde_json::Value>, ApiError> {
-    // Only the probes in the server's first moments wait, for the first check.
-    let mut latest = probes.latest.clone();
-    let checked = tokio::time::timeout(probes.stale_after, latest.wait_for(Option::is_some)).await;
-    let Some(readiness) = checked.ok().and_then(Result::ok).and_then(|r| r.clone()) else {
-        return Err(ApiError::Unavailable("readiness not checked yet".into()));
-    };
-    if readiness.checked.elapsed() > probes.stale_after {
-        return Err(ApiError::Unavailable(format!(
-            "readiness last checked {:?} ago",
-            readiness.checked.elapsed()
-        )));
-    }
-    if !readiness.store_up {
-        return Err(ApiError::Unavailable(
-            "the key store is not reachable".into(),
-        ));
-    }
-    if !readiness.regions.iter().any(|(_, up, _)| *up) {
-        return Err(ApiError::Unavailable(
-            "every KMS region's circuit breaker is open after repeated failures".into(),
-        ));
-    }
+    let readiness = probes.ready().await?;
     let up_or_down = |up: bool| if up { "up" } else { "down" };
     let regions: Vec<serde_json::Value> = readiness
         .regions

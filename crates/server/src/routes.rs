@@ -65,7 +65,7 @@ pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Ro
         .route("/metrics", get_only(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let probes = Probes::start(Arc::clone(&state.service));
-    let grpc = grpc::app(state.clone(), probes.clone());
+    let grpc = grpc::app(state.clone(), probes.clone(), limits.clone());
     Router::new()
         .merge(protected)
         .merge(probe_routes(probes))

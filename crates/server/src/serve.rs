@@ -60,9 +60,11 @@ const PROBE_RESERVE: usize = 8;
 /// Time a connection in the reserve gets for its TLS handshake and request: probes send at
 /// once, and Kubernetes gives up on one after a second by default.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Requests one HTTP/2 connection may have in progress at once; a client wanting more opens
-/// another connection, which the connection limits count.
-const MAX_STREAMS: u32 = 64;
+/// Requests one HTTP/2 connection may have in progress at once; a client's further calls
+/// wait on its side. With `max_connections` this bounds the requests in progress.
+const MAX_STREAMS: u32 = 32;
+/// The gRPC health check, which a connection in the reserve may make as `/healthz`.
+const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` resolves, then
 /// lets open requests finish for up to 30 s. Limits replaced while serving (a reload) apply
@@ -271,7 +273,7 @@ impl Connection {
                 async move {
                     let _busy = busy;
                     let path = request.uri().path();
-                    if probes_only && path != HEALTH_PATH && path != READY_PATH {
+                    if probes_only && ![HEALTH_PATH, READY_PATH, GRPC_HEALTH_PATH].contains(&path) {
                         return Ok(at_the_connection_limit());
                     }
                     app.oneshot(request).await
@@ -287,34 +289,44 @@ impl Connection {
             .keep_alive(!probes_only)
             .header_read_timeout(self.header_timeout())
             .max_buf_size(self.limits.read_buffer_bytes());
+        // A connection in the reserve makes one health check (HTTP/2 is negotiated in ALPN
+        // before the connection knows it is one; the idle close ends it after its check).
         http.http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(MAX_STREAMS)
+            .max_concurrent_streams(if probes_only { 1 } else { MAX_STREAMS })
             .max_header_list_size(
                 u32::try_from(self.limits.read_buffer_bytes()).unwrap_or(u32::MAX),
             )
             .keep_alive_interval(Some(self.limits.header_read_timeout))
             .keep_alive_timeout(self.limits.write_timeout);
-        // A connection in the reserve makes one health check: HTTP/1 without keep-alive.
-        let http = if probes_only { http.http1_only() } else { http };
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
         let too_old = tokio::time::sleep_until(self.opened + self.limits.max_connection_age);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
+        let closing = tokio::select! {
+            result = connection.as_mut() => Some(result),
             () = too_old => {
                 debug!(%remote, "connection reached max_connection_age");
-                connection.as_mut().graceful_shutdown();
-                connection.await
+                None
             }
             () = activity.idle_for(self.header_timeout()) => {
                 debug!(%remote, "connection idle");
-                connection.as_mut().graceful_shutdown();
-                connection.await
+                None
             }
-            () = shutting_down(&mut self.stopping) => {
+            () = shutting_down(&mut self.stopping) => None,
+        };
+        let result = match closing {
+            Some(result) => result,
+            None => {
+                // Requests in progress may finish, within the write timeout: an HTTP/2 stream
+                // its client never ends would otherwise keep the connection for good.
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                match tokio::time::timeout(self.limits.write_timeout, connection).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        debug!(%remote, "requests still open at close are cut off");
+                        return;
+                    }
+                }
             }
         };
         if let Err(e) = result {

@@ -233,6 +233,16 @@ async fn every_operation_over_grpc_answers_as_over_http() {
         "a request message past the limit is refused before it is read"
     );
 
+    let mut crowded = authorized(get("app/orders", None));
+    crowded
+        .metadata_mut()
+        .insert("x-filler", "f".repeat(20_000).parse().unwrap());
+    assert_eq!(
+        refusal(keys.get_key(crowded).await),
+        (Code::ResourceExhausted, "HeadersTooLarge".into()),
+        "the HTTP API's header limit holds for gRPC"
+    );
+
     // The principal's rate limit is the same whichever front end spends it.
     let mut limited = None;
     for _ in 0..60 {
@@ -320,6 +330,19 @@ async fn health_follows_readiness_and_reflection_describes_the_api() {
     assert!(serving, "the key service is reported serving once ready");
     let overall = health.check(check("")).await.unwrap().into_inner();
     assert_eq!(overall.status(), ServingStatus::Serving);
+    assert_eq!(
+        health
+            .check(check("other.Service"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    // A stream without end would hold a connection for any anonymous caller.
+    assert_eq!(
+        health.watch(check("")).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
 
     // Reflection lists the services and hands out the API's descriptor, without the proto.
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -399,7 +422,7 @@ async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
     std::fs::write(
         &config,
         format!(
-            "[limits]\nheader_read_timeout_seconds = 1\n\
+            "[server]\nrequest_timeout_ms = 1000\n[limits]\nheader_read_timeout_seconds = 1\n\
              [kms]\nprovider = \"local\"\nregions = [\"local-1\"]\n{}",
             support::ANONYMOUS_PRINCIPAL
         ),
@@ -419,4 +442,52 @@ async fn an_idle_http2_connection_is_closed_after_the_header_timeout() {
     let (_requests, connection) = h2::client::handshake(stream).await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
     assert!(closed.is_ok(), "an idle HTTP/2 connection was kept open");
+
+    // A call whose request never ends (no credentials needed for health) is answered
+    // DEADLINE_EXCEEDED within the header timeout and the request deadline, and its
+    // connection then closes.
+    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (requests, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut requests = requests.ready().await.unwrap();
+    let call = http::Request::post(format!("{}/grpc.health.v1.Health/Check", server.base))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (answer, mut body) = requests.send_request(call, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 9]), false)
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("a half-sent call is answered in time")
+        .unwrap();
+    let status = answer
+        .headers()
+        .get("grpc-status")
+        .map(|s| s.to_str().unwrap().to_owned());
+    assert_eq!(
+        status.as_deref(),
+        Some("4"),
+        "DEADLINE_EXCEEDED: {answer:?}"
+    );
+    drop((requests, body));
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(
+        closed.is_ok(),
+        "the connection of a half-sent call was kept open"
+    );
+
+    // Over HTTP/2 a body comes without Content-Length; the HTTP API still takes none.
+    let stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (requests, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut requests = requests.ready().await.unwrap();
+    let rotate = http::Request::post(format!("{}/api/v1/key/rotate?id=x", server.base))
+        .body(())
+        .unwrap();
+    let (answer, mut body) = requests.send_request(rotate, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"surprise"), true)
+        .unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status().as_u16(), 413);
 }
