@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::model::{Key, KeyInfo, KeyListing, KeyState};
 
 /// An operation and its arguments.
@@ -52,6 +52,28 @@ pub(crate) enum Attempt {
     Next(String, Option<Duration>),
 }
 
+impl Attempt {
+    /// What an error answer comes to: the next server when the server could not serve
+    /// (`passing`: unavailable, or rate limited) and sending again is safe, else the answer.
+    /// Only a rate limit refuses a rotation before it is acted on: an unavailable answer may
+    /// follow a compare-and-set whose answer came too late, and a proxy's 502 or 504 may
+    /// follow a rotation made.
+    pub(crate) fn after_error(
+        server: &str,
+        error: Error,
+        passing: bool,
+        retry: Retry,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let rate_limited = error.kind() == Some(&ErrorKind::TooManyRequests);
+        if passing && (retry == Retry::Idempotent || rate_limited) {
+            Self::Next(format!("{server}: {error}"), retry_after)
+        } else {
+            Self::Done(Err(error))
+        }
+    }
+}
+
 /// The key answered for `id`, refused unless it is the one asked for (version `asked`, or
 /// any when 0).
 pub(crate) fn checked_key(
@@ -63,11 +85,13 @@ pub(crate) fn checked_key(
 ) -> Result<Key, Error> {
     let bytes = zeroize::Zeroizing::new(bytes);
     match version {
-        Some(version) if answered_id == id && (asked == 0 || version == asked) => Ok(Key {
-            id: answered_id,
-            version,
-            bytes: std::sync::Arc::new(bytes),
-        }),
+        Some(version) if answered_id == id && version > 0 && (asked == 0 || version == asked) => {
+            Ok(Key {
+                id: answered_id,
+                version,
+                bytes: std::sync::Arc::new(bytes),
+            })
+        }
         _ => Err(Error::InvalidResponse(format!(
             "an answer for id {answered_id:?} version {version:?}, not the key asked for"
         ))),

@@ -9,6 +9,7 @@ use rkms_proto::v1::key_service_client::KeyServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
+use zeroize::Zeroize as _;
 
 use crate::call::{checked_key, Answer, Attempt, Call, Retry};
 use crate::client::ClientBuilder;
@@ -77,7 +78,12 @@ impl GrpcTransport {
                 .await
                 .map(|r| {
                     let r = r.into_inner();
-                    checked_key(id, version, r.id, Some(r.version), r.key.to_vec()).map(Answer::Key)
+                    let bytes = r.key.to_vec();
+                    // Wipe the message's copy too, when nothing else shares its buffer.
+                    if let Ok(mut decoded) = r.key.try_into_mut() {
+                        decoded.zeroize();
+                    }
+                    checked_key(id, version, r.id, Some(r.version), bytes).map(Answer::Key)
                 }),
             Call::Rotate(id) => client
                 .rotate_key(self.request(pb::RotateKeyRequest { id: id.into() }))
@@ -173,12 +179,7 @@ fn refused(url: &str, status: &Status, retry: Retry) -> Attempt {
         kind,
         ErrorKind::ServiceUnavailable | ErrorKind::TooManyRequests
     );
-    let safe = retry == Retry::Idempotent || kind == ErrorKind::TooManyRequests;
-    if passing && safe {
-        Attempt::Next(format!("{url}: {error}"), retry_after)
-    } else {
-        Attempt::Done(Err(error))
-    }
+    Attempt::after_error(url, error, passing, retry, retry_after)
 }
 
 /// Whether the call failed before a connection was made, so no server saw it.

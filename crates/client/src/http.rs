@@ -140,15 +140,7 @@ impl HttpTransport {
                 | StatusCode::BAD_GATEWAY
                 | StatusCode::GATEWAY_TIMEOUT
         );
-        // Only a rate limit refuses a rotation before it is acted on: a 503 may follow a
-        // compare-and-set whose answer came too late, and a proxy's 502 or 504 may follow a
-        // rotation made.
-        let safe = retry == Retry::Idempotent || status == StatusCode::TOO_MANY_REQUESTS;
-        if passing && safe {
-            Attempt::Next(format!("{base}: {error}"), retry_after)
-        } else {
-            Attempt::Done(Err(error))
-        }
+        Attempt::after_error(base.as_str(), error, passing, retry, retry_after)
     }
 }
 

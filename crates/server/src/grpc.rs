@@ -34,6 +34,7 @@ use crate::error::ApiError;
 use crate::limits::{self, LiveLimits};
 use crate::live::LiveService;
 use crate::probes::Probes;
+use crate::render;
 
 /// Largest request message taken: requests hold an id, a prefix or a list cursor (and
 /// reflection requests, a symbol name).
@@ -363,13 +364,13 @@ fn describe_response(info: &KeyInfo) -> DescribeKeyResponse {
         state: state.into(),
         deletion_time,
         deleted_at,
-        current_version: info.versions.last().map_or(0, |v| v.number),
+        current_version: render::current_version(info),
         versions: info
             .versions
             .iter()
             .map(|v| KeyVersion {
                 version: v.number,
-                created_at: (v.created_at > 0).then(|| timestamp(v.created_at)),
+                created_at: render::created_at(v).map(timestamp),
                 regions: v.regions.clone(),
                 missing: v.missing.clone(),
             })

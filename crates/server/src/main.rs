@@ -7,16 +7,15 @@ use std::sync::Arc;
 
 use clap::Parser;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use rkms_core::{KeyId, KeyService, LocalKeyring, Store};
+use rkms_core::{KeyService, LocalKeyring, Store};
 use rkms_server::access::AppState;
-use rkms_server::access::{Caller, KeyOperations};
+use rkms_server::access::{self, Caller, KeyOperations};
 use rkms_server::audit::{self, AuditLog};
 use rkms_server::auth::{self, Authenticator, TokenHash};
 use rkms_server::backends::{build_service, open_store};
 use rkms_server::config::{
     ConfigError, KmsSettings, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
 };
-use rkms_server::error::ApiError;
 use rkms_server::legacy;
 use rkms_server::limits::{Limits, LiveLimits};
 use rkms_server::live::LiveService;
@@ -428,8 +427,7 @@ async fn key_command(settings: &Settings, action: &KeyAction) -> ExitCode {
         }
     };
     let caller = Caller::local_admin();
-    let parse =
-        |id: &str| KeyId::parse(id).map_err(|e| ApiError::BadRequest(format!("invalid id: {e}")));
+    let parse = access::key_id;
     let answer = match action {
         KeyAction::Rotate { id } => match parse(id) {
             Ok(id) => opened

@@ -1,7 +1,8 @@
 //! The JSON answers of the lifecycle operations, shared by the HTTP routes and the
-//! `rkms-server key` commands so that both print the same shapes. Times are RFC 3339, UTC.
+//! `rkms-server key` commands so that both print the same shapes, and the rules the gRPC
+//! answers share with them. Times are RFC 3339, UTC.
 
-use rkms_core::{KeyId, KeyInfo, KeyListing, KeyState};
+use rkms_core::{KeyId, KeyInfo, KeyListing, KeyState, VersionInfo};
 
 use crate::error::rfc3339;
 
@@ -23,17 +24,27 @@ pub fn rotated_body(id: &KeyId, version: u32) -> serde_json::Value {
     serde_json::json!({ "id": id.as_str(), "version": version, "state": "active" })
 }
 
+/// The version a key request is answered with: the last, or 0 once none is left.
+pub fn current_version(info: &KeyInfo) -> u32 {
+    info.versions.last().map_or(0, |v| v.number)
+}
+
+/// When a version was made, if known (0 for versions made before times were recorded).
+pub fn created_at(version: &VersionInfo) -> Option<u64> {
+    (version.created_at > 0).then_some(version.created_at)
+}
+
 /// An id's metadata as answered.
 pub fn info_body(info: &KeyInfo) -> serde_json::Value {
     let mut body = state_body(&info.id, info.state);
-    body["current_version"] = info.versions.last().map_or(0, |v| v.number).into();
+    body["current_version"] = current_version(info).into();
     body["versions"] = info
         .versions
         .iter()
         .map(|v| {
             serde_json::json!({
                 "version": v.number,
-                "created_at": (v.created_at > 0).then(|| rfc3339(v.created_at)),
+                "created_at": created_at(v).map(rfc3339),
                 "regions": v.regions,
                 "missing": v.missing,
             })
