@@ -112,6 +112,27 @@ fn opened<S: Store + 'static>(
     }
 }
 
+/// Refuses settings that name a store or KMS provider this build was compiled without, as
+/// opening them would, without opening anything.
+pub fn check_compiled_in(store: &StoreSettings, kms: &KmsSettings) -> Result<(), String> {
+    let compiled = |feature: &str| match feature {
+        "sqlite" => cfg!(feature = "sqlite"),
+        "postgres" => cfg!(feature = "postgres"),
+        "redis" => cfg!(feature = "redis"),
+        "etcd" => cfg!(feature = "etcd"),
+        "dynamodb" => cfg!(feature = "dynamodb"),
+        "aws" => cfg!(feature = "aws"),
+        _ => false,
+    };
+    if !compiled(store.feature()) {
+        return Err(not_compiled_in("store", store.feature()));
+    }
+    if matches!(kms, KmsSettings::Aws { .. }) && !compiled("aws") {
+        return Err(not_compiled_in("KMS provider", "aws"));
+    }
+    Ok(())
+}
+
 fn not_compiled_in(what: &str, feature: &str) -> String {
     format!("the {feature} {what} is not compiled into this build; rebuild rkms-server with `--features {feature}` (or `--features full`)")
 }

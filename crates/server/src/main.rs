@@ -12,7 +12,7 @@ use rkms_server::access::AppState;
 use rkms_server::access::{self, Caller, KeyOperations};
 use rkms_server::audit::{self, AuditLog};
 use rkms_server::auth::{self, Authenticator, TokenHash};
-use rkms_server::backends::{build_service, open_store};
+use rkms_server::backends::{self, build_service, open_store};
 use rkms_server::config::{
     ConfigError, KmsSettings, LegacyRecords, LogFormat, NewToken, Settings, StoreSettings,
 };
@@ -77,6 +77,10 @@ enum Command {
         #[command(subcommand)]
         action: KeyringAction,
     },
+    /// Loads and checks the configuration as start-up does, without serving, connecting or
+    /// writing anything: prints the resolved settings (secrets redacted) and exits 0, or names
+    /// every problem found and exits 2.
+    CheckConfig,
     /// Key lifecycle operations on the configured store, as principal `local-admin`,
     /// audited like the HTTP API. Prints the HTTP API's JSON answer as the last line.
     Key {
@@ -213,6 +217,7 @@ async fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Audit { action }) => return audit_command(action),
         Some(Command::Token { action }) => return token_command(action),
+        Some(Command::CheckConfig) => return check_config(&cli),
         Some(
             Command::Legacy { .. }
             | Command::Key { .. }
@@ -313,6 +318,55 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `rkms-server check-config`: every check start-up makes before it opens the store and the
+/// regions, with nothing made or changed (no token file, no open-file limit raised).
+fn check_config(cli: &Cli) -> ExitCode {
+    let loaded = match &cli.config {
+        Some(path) => Settings::from_file(path, &cli.data_dir),
+        None => Ok(Settings::development(&cli.data_dir)),
+    };
+    let mut settings = match loaded {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("rkms-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = cli.listen {
+        settings.listen = listen;
+    }
+    let mut problems = Vec::new();
+    match settings.check_exposure() {
+        Ok(warnings) => settings.notices.extend(warnings),
+        Err(e) => problems.push(e.to_string()),
+    }
+    if let Err(e) = backends::check_compiled_in(&settings.store, &settings.kms) {
+        problems.push(e);
+    }
+    if let Some(tls) = &settings.tls {
+        if let Err(e) = TlsConfig::load(tls.clone()) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(path) = &settings.audit_signing_key {
+        if let Err(e) = audit::SigningKey::load(path) {
+            problems.push(format!("[audit] signing_key: {e}"));
+        }
+    }
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("rkms-server: {problem}");
+        }
+        return ExitCode::from(2);
+    }
+    for notice in &settings.notices {
+        eprintln!("rkms-server: warning: {notice}");
+    }
+    // `Debug` of the settings redacts passwords in store URLs and shows token hashes only.
+    println!("{settings:#?}");
+    ExitCode::SUCCESS
 }
 
 fn token_command(action: &TokenAction) -> ExitCode {

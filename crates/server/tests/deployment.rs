@@ -76,3 +76,61 @@ fn the_compose_server_configuration_loads_and_ships_no_token() {
     assert!(made.is_empty(), "a later start makes none");
     assert_eq!(again.principals[0].tokens, [hash]);
 }
+
+/// Runs `rkms-server check-config` on `config` with one token principal added.
+fn check_config(dir: &Path, config: &str) -> std::process::Output {
+    let path = dir.join("rkms.toml");
+    let principal = format!(
+        "[[principals]]\nname = \"app\"\ntoken_sha256 = [\"{}\"]\n\
+         allow = [{{ ids = [\"*\"], operations = [\"get\"] }}]\n",
+        "0f".repeat(32)
+    );
+    std::fs::write(&path, format!("{config}{principal}")).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_rkms-server"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_config_prints_the_resolved_settings_without_secrets_or_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = "[server]\nallow_insecure_http = true\n\
+         [store]\nbackend = \"postgres\"\nurl = \"postgres://rkms:hunter2-secret@db:5432/rkms\"\n\
+         [kms]\nprovider = \"aws\"\nregions = [\"us-east-1\", \"us-east-2\"]\n\
+         key_ids = { us-east-1 = \"alias/a\", us-east-2 = \"alias/b\" }\n";
+    let output = check_config(dir.path(), valid);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        stdout.contains("Postgres") && stdout.contains("us-east-2"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("hunter2"),
+        "the store password is shown: {stdout}"
+    );
+    assert!(
+        !dir.path().join("keys.db").exists() && std::fs::read_dir(dir.path()).unwrap().count() == 1,
+        "check-config made files"
+    );
+
+    // Plain HTTP beyond loopback and TLS files that do not exist: both named, exit 2.
+    let broken = "[server.tls]\ncertificate = \"/nonexistent/server.crt\"\n\
+         private_key = \"/nonexistent/server.key\"\n\
+         [audit]\nsigning_key = \"/nonexistent/audit.key\"\n\
+         [kms]\nprovider = \"local\"\nregions = [\"a\"]\n";
+    let output = check_config(dir.path(), broken);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(stderr.contains("/nonexistent/server.crt"), "{stderr}");
+    assert!(stderr.contains("signing_key"), "{stderr}");
+    assert!(output.stdout.is_empty());
+
+    let output = check_config(dir.path(), "[server]\nport = 99999\n");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.port"));
+}
