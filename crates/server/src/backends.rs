@@ -112,18 +112,26 @@ fn opened<S: Store + 'static>(
     }
 }
 
+/// The backends this build holds, by cargo feature.
+const COMPILED_IN: &[&str] = &[
+    #[cfg(feature = "sqlite")]
+    "sqlite",
+    #[cfg(feature = "postgres")]
+    "postgres",
+    #[cfg(feature = "redis")]
+    "redis",
+    #[cfg(feature = "etcd")]
+    "etcd",
+    #[cfg(feature = "dynamodb")]
+    "dynamodb",
+    #[cfg(feature = "aws")]
+    "aws",
+];
+
 /// Refuses settings that name a store or KMS provider this build was compiled without, as
 /// opening them would, without opening anything.
 pub fn check_compiled_in(store: &StoreSettings, kms: &KmsSettings) -> Result<(), String> {
-    let compiled = |feature: &str| match feature {
-        "sqlite" => cfg!(feature = "sqlite"),
-        "postgres" => cfg!(feature = "postgres"),
-        "redis" => cfg!(feature = "redis"),
-        "etcd" => cfg!(feature = "etcd"),
-        "dynamodb" => cfg!(feature = "dynamodb"),
-        "aws" => cfg!(feature = "aws"),
-        _ => false,
-    };
+    let compiled = |feature: &str| COMPILED_IN.contains(&feature);
     if !compiled(store.feature()) {
         return Err(not_compiled_in("store", store.feature()));
     }
