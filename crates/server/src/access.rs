@@ -20,7 +20,7 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{Authenticator, Credentials, Principal};
 use crate::error::ApiError;
 use crate::live::LiveService;
-use crate::telemetry::{KEYS_CREATED, REJECTIONS, REQUESTS, REQUEST_SECONDS};
+use crate::telemetry::{AUDIT_WRITE_FAILURES, KEYS_CREATED, REJECTIONS, REQUESTS, REQUEST_SECONDS};
 
 /// What the front ends share.
 #[derive(Debug, Clone)]
@@ -470,6 +470,7 @@ impl Audit<'_> {
             created: issued.is_some_and(|i| i.created),
         };
         audit.record(&event).await.map_err(|e| {
+            metrics::counter!(AUDIT_WRITE_FAILURES).increment(1);
             tracing::error!(error = %e, operation, id = self.id, "cannot write the audit log");
             ApiError::Internal(match issued {
                 Some(_) => "the audit log cannot be written; no key was handed out".into(),

@@ -10,6 +10,9 @@ pub const REJECTIONS: &str = "rkms_http_rejections_total";
 pub const AUDIT_SYNCS: &str = "rkms_audit_syncs_total";
 /// Duration of audit log fsyncs, in seconds.
 pub const AUDIT_SYNC_SECONDS: &str = "rkms_audit_sync_seconds";
+/// Audit lines that could not be written; each failed its request (no key was handed out,
+/// or a change made is answered 500).
+pub const AUDIT_WRITE_FAILURES: &str = "rkms_audit_write_failures_total";
 /// Keys created, labelled by the `principal` that created them (a bounded, configured set).
 pub const KEYS_CREATED: &str = "rkms_keys_created_total";
 /// Key operations answered, labelled by `operation`, `transport` (`http`, `grpc`, `command`)

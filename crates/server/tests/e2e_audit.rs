@@ -282,3 +282,35 @@ fn a_signing_key_others_may_read_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_audit_line_that_cannot_be_written_hands_out_no_key_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rkms.toml");
+    // Every write to /dev/full fails (ENOSPC), as on a full disk.
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\npath = \"/dev/full\"\n[kms]\nprovider = \"local\"\nregions = [\"a\"]\n\
+             {ANONYMOUS_PRINCIPAL}"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let client = reqwest::Client::new();
+    let (status, body) = get_json(&client, &server.key_url("id=a")).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.get("key").is_none());
+    assert_eq!(body["error_type"], "InternalError");
+    let metrics = server.metrics(&client).await;
+    assert_eq!(
+        counter(&metrics, "rkms_audit_write_failures_total"),
+        1.0,
+        "{metrics}"
+    );
+}
