@@ -64,6 +64,7 @@ install() {
     command -v etcd >/dev/null || apt_install etcd-server
     command -v redis-server >/dev/null || apt_install redis-server
     command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    command -v promtool >/dev/null || apt_install prometheus   # promtool, for the alert rules
     if ! python3 -c 'import moto.server, boto3' 2>/dev/null; then
         log "installing moto[server] from PyPI"
         python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'

@@ -45,3 +45,22 @@ pub const COPIES_ADDED: &str = "rkms_copies_added_total";
 /// Copies dropped from records because their region is no longer configured (only where
 /// `min_regions` current copies remain in configured regions).
 pub const COPIES_DROPPED: &str = "rkms_copies_dropped_total";
+
+/// Exports the series that alerts and dashboards watch before anything has happened: each
+/// region's breaker (closed), the repair backlog, and the counters of rare events at zero, so
+/// that the first event is an increase and no series is missing. Values already recorded (a
+/// service built again by a reload) are kept.
+pub fn export_from_start<'a>(regions: impl Iterator<Item = &'a str>) {
+    for region in regions {
+        metrics::gauge!(REGION_BREAKER_STATE, "region" => region.to_owned()).increment(0.0);
+    }
+    metrics::gauge!(REPAIRS_PENDING).increment(0.0);
+    metrics::counter!(REPAIRS_DROPPED).increment(0);
+    metrics::counter!(INTEGRITY_FAILURES).increment(0);
+    for outcome in ["pending", "repaired", "lost_race"] {
+        metrics::counter!(REPAIRS, "outcome" => outcome).increment(0);
+    }
+    for result in ["hit", "miss", "coalesced", "stale"] {
+        metrics::counter!(CACHE_REQUESTS, "result" => result).increment(0);
+    }
+}

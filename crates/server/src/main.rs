@@ -23,6 +23,7 @@ use rkms_server::reload::Reloader;
 use rkms_server::render;
 use rkms_server::routes::{app, health_app};
 use rkms_server::serve::{fit_open_file_limit, serve};
+use rkms_server::telemetry;
 use rkms_server::tls::TlsConfig;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -794,11 +795,13 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     for notice in &settings.notices {
         warn!("{notice}");
     }
-    let (store, service) = open_service(&settings).await?;
+    // Before the service is built, which exports its series from start.
     let metrics = PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| format!("cannot set up metrics: {e}"))?;
+    telemetry::export_from_start();
+    let (store, service) = open_service(&settings).await?;
     let service = Arc::new(LiveService::new(service));
     let limits = LiveLimits::from(settings.limits.clone());
     let audit = open_audit(&settings)?;

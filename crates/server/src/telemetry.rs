@@ -20,3 +20,18 @@ pub const KEYS_CREATED: &str = "rkms_keys_created_total";
 pub const REQUESTS: &str = "rkms_requests_total";
 /// Duration of key operations, in seconds, labelled by `operation` and `transport`.
 pub const REQUEST_SECONDS: &str = "rkms_request_seconds";
+
+/// Exports the server's counters of rare events at zero from start (see
+/// [`rkms_core::telemetry::export_from_start`]): audit write failures and the rejections the
+/// alerts watch.
+pub fn export_from_start() {
+    metrics::counter!(AUDIT_WRITE_FAILURES).increment(0);
+    for reason in [
+        "rate_limited",
+        "create_rate_limited",
+        "probe_rate_limited",
+        "too_many_failures",
+    ] {
+        metrics::counter!(REJECTIONS, "reason" => reason).increment(0);
+    }
+}

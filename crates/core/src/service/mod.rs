@@ -298,6 +298,7 @@ impl KeyServiceBuilder {
         }) {
             return Err(BuildError::RemovedRegionConfigured(kms.region().to_owned()));
         }
+        telemetry::export_from_start(self.regions.iter().map(|kms| kms.region()));
         let options = self.options;
         let before = self.predecessor.as_ref().map(|p| &*p.inner);
         let regions = self
