@@ -69,10 +69,12 @@ install() {
         log "installing moto[server] from PyPI"
         python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
     fi
-    if ! python3 -c 'import schemathesis, yaml, grpc_reflection' 2>/dev/null; then
-        log "installing schemathesis and grpcio-reflection from PyPI (the OpenAPI and gRPC checks)"
-        python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' 'grpcio-reflection>=1.60,<2'
+    if ! python3 -c 'import schemathesis, yaml, grpc_reflection, helm_python, kubernetes_validate' 2>/dev/null; then
+        log "installing schemathesis, grpcio-reflection, helm-python-sdk and kubernetes-validate from PyPI (the OpenAPI, gRPC and chart checks)"
+        python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5' \
+            'grpcio-reflection>=1.60,<2' 'helm-python-sdk>=0.2,<0.3' 'kubernetes-validate>=1.30,<2'
     fi
+    command -v openssl >/dev/null || apt_install openssl   # the chart test's throwaway certificates
 }
 
 # Runs a command in the background, recording its pid for stop.
