@@ -75,6 +75,7 @@ install() {
             'grpcio-reflection>=1.60,<2' 'helm-python-sdk>=0.2,<0.3' 'kubernetes-validate>=1.30,<2'
     fi
     command -v openssl >/dev/null || apt_install openssl   # the chart test's throwaway certificates
+    command -v make >/dev/null || apt_install make         # make chart-test
 }
 
 # Runs a command in the background, recording its pid for stop.

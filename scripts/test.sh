@@ -43,7 +43,7 @@ step "README's gRPC flow, through server reflection alone (as grpcurl)"
 python3 scripts/grpc_reflection_flow.py "$target_dir/debug/rkms-server"
 
 step "Helm chart: lint, render, validate, check-config on every rendered configuration"
-python3 scripts/chart_test.py "$target_dir/debug/rkms-server"
+make chart-test SERVER="$target_dir/debug/rkms-server"
 
 step "Prometheus rules, Grafana dashboard and systemd unit, against the built server's metrics"
 python3 scripts/observability_test.py "$target_dir/debug/rkms-server"
