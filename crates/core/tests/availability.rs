@@ -690,7 +690,9 @@ async fn repair_skips_unreachable_regions_and_keeps_to_its_kms_budget() {
         service.get_or_create(&id(&format!("k{i}"))).await.unwrap();
     }
     assert_eq!(service.pending_repairs().len(), RECORDS);
-    assert_eq!(service.region_status()[2].breaker, BreakerState::Open);
+    // Open, or half-open when the creates took longer than `open_for` on a loaded machine
+    // (the next call is then its one probe, which the count below allows).
+    assert_ne!(service.region_status()[2].breaker, BreakerState::Closed);
 
     // Blackholed, behind an open breaker: repair calls no region at all.
     regions.0[2].set(Mode::Hanging);

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The hot path against the machine's ceiling, as BENCHMARKS.md reports it:
+#  1. RKMS's cached GET of one hot id (bearer token, audit log with sync = "os") against the
+#     baseline example (the same connection loop and HTTP stack answering the same bytes),
+#     under the same wrk load, alternately, ROUNDS rounds each: requests/s, p50, p99, ratio;
+#  2. resident memory with 100,000 keys cached, and bytes per cached key;
+#  3. instructions per cached GET under callgrind (repeatable on a noisy machine).
+#
+# Usage: scripts/bench.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (defaults 2, 8, 64)
+# Installs wrk and valgrind from Debian when missing; builds both servers in release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2}
+seconds=${2:-8}
+connections=${3:-64}
+token=rkms_bench-token-0123456789abcdefghijklmnop
+
+for tool in wrk valgrind; do
+    command -v "$tool" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+done
+cargo build --release --locked -p rkms-server --bin rkms-server --example baseline
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+hash=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+cat >"$work/rkms.toml" <<EOF
+[kms]
+provider = "local"
+regions = ["local-1", "local-2", "local-3"]
+[audit]
+sync = "os"
+[[principals]]
+name = "bench"
+token_sha256 = ["$hash"]
+rate_limit_per_second = 0
+allow = [{ ids = ["*"], operations = ["get", "create"] }]
+EOF
+
+# Starts a server in the background, its log in $work/$1.log; sets $addr and $pid.
+start() {
+    local name=$1
+    shift
+    "$@" 2>"$work/$name.log" &
+    pid=$!
+    pids+=("$pid")
+    addr=""
+    for _ in $(seq 600); do
+        addr=$(grep -o 'listening.*addr=[0-9.:]*' "$work/$name.log" | grep -o '[0-9.]*:[0-9]*$' | head -1 || true)
+        [ -n "$addr" ] && return
+        sleep 0.1
+    done
+    echo "$name did not start:" >&2
+    cat "$work/$name.log" >&2
+    exit 1
+}
+
+rkms_server() {
+    target/release/rkms-server --config "$work/rkms.toml" --data-dir "$work/${1:-data}" --listen 127.0.0.1:0
+}
+
+# Prints "requests/s p50_ms p99_ms" of one wrk run.
+load() {
+    wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$1" |
+        awk '
+            function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+            /^ +50%/ { p50 = ms($2) }
+            /^ +99%/ { p99 = ms($2) }
+            /^Requests\/sec/ { rps = $2 }
+            /Non-2xx/ { bad = $NF }
+            END { if (bad) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 } printf "%.0f %.2f %.2f\n", rps, p50, p99 }'
+}
+
+start baseline target/release/examples/baseline
+baseline_url="http://$addr/api/v1/key?id=hot"
+start rkms rkms_server
+rkms_url="http://$addr/api/v1/key?id=hot"
+rkms_pid=$pid
+curl -sf -H "Authorization: Bearer $token" "$rkms_url" >/dev/null
+
+echo "| run | server | requests/s | p50 ms | p99 ms |"
+echo "| --- | --- | --- | --- | --- |"
+sum_base=0
+sum_rkms=0
+for round in $(seq "$rounds"); do
+    read -r rps p50 p99 < <(load "$baseline_url")
+    echo "| $round | baseline | $rps | $p50 | $p99 |"
+    sum_base=$((sum_base + rps))
+    read -r rps p50 p99 < <(load "$rkms_url")
+    echo "| $round | rkms | $rps | $p50 | $p99 |"
+    sum_rkms=$((sum_rkms + rps))
+done
+awk -v r="$sum_rkms" -v b="$sum_base" 'BEGIN { printf "ratio (rkms / baseline requests/s): %.2f\n", r / b }'
+
+# Memory: 100,000 distinct ids created and cached (the default max_entries).
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+before=$(rss_kib "$rkms_pid")
+cat >"$work/fill.lua" <<'EOF'
+local n = 0
+setup = function(thread) thread:set("tid", tostring(math.random(1e9))) end
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/api/v1/key?id=fill-" .. tid .. "-" .. n)
+end
+EOF
+created() {
+    curl -s "${rkms_url%%/api*}/metrics" -H "Authorization: Bearer $token" |
+        awk '/^rkms_keys_created_total/ { s += $NF } END { print s + 0 }'
+}
+until [ "$(created)" -ge 100001 ]; do
+    wrk -t2 -c16 -d5s -s "$work/fill.lua" -H "Authorization: Bearer $token" "${rkms_url%%\?*}" >/dev/null
+done
+after=$(rss_kib "$rkms_pid")
+awk -v a="$after" -v b="$before" 'BEGIN {
+    printf "RSS with 100,000 keys cached: %.1f MiB (%.1f MiB before the fill; %.0f bytes per cached key)\n",
+        a / 1024, b / 1024, (a - b) * 1024 / 100000 }'
+
+# Instructions per cached GET: callgrind counts only while the GETs run.
+start callgrind valgrind --tool=callgrind --collect-atstart=no \
+    --callgrind-out-file="$work/callgrind.out" \
+    target/release/rkms-server --config "$work/rkms.toml" --data-dir "$work/cg" --listen 127.0.0.1:0
+cg_pid=$pid
+cg_url="http://$addr/api/v1/key?id=hot"
+requests=2000
+python3 - "$cg_url" "$token" 20 <<'EOF'
+import http.client, sys, urllib.parse
+url, token, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+c = http.client.HTTPConnection(url.netloc, timeout=120)
+for _ in range(n):
+    c.request("GET", url.path + "?" + url.query, headers={"Authorization": "Bearer " + token})
+    assert c.getresponse().read()
+EOF
+callgrind_control -i on "$cg_pid" >/dev/null
+python3 - "$cg_url" "$token" "$requests" <<'EOF'
+import http.client, sys, urllib.parse
+url, token, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+c = http.client.HTTPConnection(url.netloc, timeout=120)
+for _ in range(n):
+    c.request("GET", url.path + "?" + url.query, headers={"Authorization": "Bearer " + token})
+    assert c.getresponse().read()
+EOF
+callgrind_control -i off "$cg_pid" >/dev/null
+callgrind_control -d "$cg_pid" >/dev/null
+kill -INT "$cg_pid"
+wait "$cg_pid" 2>/dev/null || true
+total=$(cat "$work"/callgrind.out* | awk '/^summary:/ { s += $2 } END { print s + 0 }')
+awk -v t="$total" -v n="$requests" 'BEGIN { printf "instructions per cached GET (callgrind, one keep-alive connection): %.0f\n", t / n }'
