@@ -11,7 +11,8 @@ RUN cargo build --release --locked -p rkms-server --features full -p rkms-cli
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home /var/lib/rkms --create-home rkms
+    && groupadd --system --gid 10001 rkms \
+    && useradd --system --uid 10001 --gid 10001 --home /var/lib/rkms --create-home rkms
 COPY --from=build /src/target/release/rkms-server /src/target/release/rkms /usr/local/bin/
 USER 10001:10001
 WORKDIR /var/lib/rkms

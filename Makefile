@@ -1,6 +1,7 @@
 # Thin wrappers over cargo and scripts/: each target says what it runs. `make help` lists them.
 
-SERVER := target/debug/rkms-server
+# The built server, wherever cargo puts it (CARGO_TARGET_DIR included).
+SERVER ?= $(shell cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/rkms-server
 
 .PHONY: help build test run bench fuzz lint chart-test deploy-test docker
 

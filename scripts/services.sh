@@ -59,12 +59,25 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# promtool (for the alert rules) comes only with Debian's prometheus package: install it
+# without its recommendations, and with service starts refused, so that no Prometheus or node
+# exporter is left running.
+install_promtool() {
+    local policy=/usr/sbin/policy-rc.d added=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=yes
+    fi
+    apt_install --no-install-recommends prometheus
+    [ -z "$added" ] || rm -f "$policy"
+}
+
 install() {
     command -v protoc >/dev/null || apt_install protobuf-compiler   # etcd-client's build
     command -v etcd >/dev/null || apt_install etcd-server
     command -v redis-server >/dev/null || apt_install redis-server
     command -v pg_ctlcluster >/dev/null || apt_install postgresql
-    command -v promtool >/dev/null || apt_install prometheus   # promtool, for the alert rules
+    command -v promtool >/dev/null || install_promtool
+    command -v systemd-analyze >/dev/null || apt_install systemd   # verifies the systemd unit
     if ! python3 -c 'import moto.server, boto3' 2>/dev/null; then
         log "installing moto[server] from PyPI"
         python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'

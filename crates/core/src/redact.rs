@@ -2,18 +2,34 @@
 
 /// `scheme://user:secret@host/...` becomes `scheme://user:***@host/...`, and
 /// `scheme://token@host/...` becomes `scheme://***@host/...` (a lone user part may be a token);
-/// a URL without credentials is returned as it is.
+/// a `password` query parameter (which PostgreSQL URLs may carry) becomes `password=***`. A URL
+/// without credentials is returned as it is.
 pub fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://***@{host}"),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
     };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://***@{host}"),
-    }
+    let Some(query) = query else {
+        return base;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 #[cfg(test)]
@@ -39,5 +55,13 @@ mod tests {
             "redis://***@cache"
         );
         assert_eq!(redact_url_password("not a url"), "not a url");
+        assert_eq!(
+            redact_url_password("postgres://rkms@db:5432/rkms?sslmode=require&password=hunter2"),
+            "postgres://***@db:5432/rkms?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url_password("postgres://db/rkms?PASSWORD=hunter2"),
+            "postgres://db/rkms?PASSWORD=***"
+        );
     }
 }

@@ -64,3 +64,15 @@ pub fn export_from_start<'a>(regions: impl Iterator<Item = &'a str>) {
         metrics::counter!(CACHE_REQUESTS, "result" => result).increment(0);
     }
 }
+
+/// Records `region`'s breaker state in [`REGION_BREAKER_STATE`]: after each call of the
+/// region, and by the server's readiness check once a second, so that the gauge also follows
+/// the breaker's timer (open turning half-open) while no call goes to the region.
+pub fn record_breaker_state(region: &str, state: crate::BreakerState) {
+    let value = match state {
+        crate::BreakerState::Closed => 0.0,
+        crate::BreakerState::HalfOpen => 1.0,
+        crate::BreakerState::Open => 2.0,
+    };
+    metrics::gauge!(REGION_BREAKER_STATE, "region" => region.to_owned()).set(value);
+}

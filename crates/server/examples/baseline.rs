@@ -13,7 +13,8 @@ use rkms_server::limits::Limits;
 use rkms_server::serve::serve;
 
 /// What RKMS answers for `hot` (key bytes aside), so both send the same response.
-const ANSWER: &str = r#"{"id":"hot","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","version":1}"#;
+const ANSWER: &str =
+    r#"{"id":"hot","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","version":1}"#;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -26,7 +27,10 @@ async fn main() -> std::io::Result<()> {
         "/api/v1/key",
         get(|| async {
             (
-                [(CONTENT_TYPE, "application/json"), (CACHE_CONTROL, "no-store")],
+                [
+                    (CONTENT_TYPE, "application/json"),
+                    (CACHE_CONTROL, "no-store"),
+                ],
                 ANSWER,
             )
         }),

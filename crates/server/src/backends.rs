@@ -112,6 +112,26 @@ fn opened<S: Store + 'static>(
     }
 }
 
+/// What [`open_regions`] would refuse in an existing local keyring (unreadable, malformed,
+/// open to other users, or without a configured key), reading it only; a missing keyring is
+/// made at start.
+pub fn check_keyring(kms: &KmsSettings, regions: &[RegionSettings]) -> Result<(), String> {
+    let KmsSettings::Local { keyring_path } = kms else {
+        return Ok(());
+    };
+    if !keyring_path.exists() {
+        return Ok(());
+    }
+    let keyring = LocalKeyring::open(keyring_path).map_err(|e| e.to_string())?;
+    for region in regions {
+        let previous: Vec<&str> = region.previous_key_ids.iter().map(String::as_str).collect();
+        keyring
+            .region_with_previous(&region.name, &region.key_id, &previous)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The backends this build holds, by cargo feature.
 const COMPILED_IN: &[&str] = &[
     #[cfg(feature = "sqlite")]

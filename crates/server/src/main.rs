@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use rkms_core::{KeyService, LocalKeyring, Store};
 use rkms_server::access::AppState;
 use rkms_server::access::{self, Caller, KeyOperations};
-use rkms_server::audit::{self, AuditLog};
+use rkms_server::audit::{self, AuditLog, AuditTarget};
 use rkms_server::auth::{self, Authenticator, TokenHash};
 use rkms_server::backends::{self, build_service, open_store};
 use rkms_server::config::{
@@ -22,7 +22,7 @@ use rkms_server::live::LiveService;
 use rkms_server::reload::Reloader;
 use rkms_server::render;
 use rkms_server::routes::{app, health_app};
-use rkms_server::serve::{fit_open_file_limit, serve};
+use rkms_server::serve::{check_open_file_limit, fit_open_file_limit, serve};
 use rkms_server::telemetry;
 use rkms_server::tls::TlsConfig;
 use tracing::{info, warn};
@@ -290,15 +290,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let store_pool = match &settings.store {
-        StoreSettings::Sqlite {
-            max_connections, ..
-        }
-        | StoreSettings::Postgres {
-            max_connections, ..
-        } => *max_connections,
-        _ => 0,
-    };
+    let store_pool = store_pool(&settings.store);
     match fit_open_file_limit(&mut settings.limits, store_pool) {
         Ok(warning) => settings.notices.extend(warning),
         Err(e) => {
@@ -321,8 +313,10 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `rkms-server check-config`: every check start-up makes before it opens the store and the
-/// regions, with nothing made or changed (no token file, no open-file limit raised).
+/// `rkms-server check-config`: the checks start-up makes before it opens the store and the
+/// regions, made without changing anything: existing token files and keyring are read, not
+/// made; the audit log's place is checked, not opened; the open-file limit is computed as
+/// start-up would raise it, not raised.
 fn check_config(cli: &Cli) -> ExitCode {
     let loaded = match &cli.config {
         Some(path) => Settings::from_file(path, &cli.data_dir),
@@ -356,6 +350,23 @@ fn check_config(cli: &Cli) -> ExitCode {
             problems.push(format!("[audit] signing_key: {e}"));
         }
     }
+    if let Err(e) = backends::check_keyring(&settings.kms, &settings.regions) {
+        problems.push(e);
+    }
+    problems.extend(
+        settings
+            .check_generated_tokens()
+            .iter()
+            .map(ToString::to_string),
+    );
+    if let AuditTarget::File(path) = &settings.audit {
+        if let Err(e) = audit::check_writable(path) {
+            problems.push(format!("cannot open the audit log {}: {e}", path.display()));
+        }
+    }
+    if let Err(e) = check_open_file_limit(&settings.limits, store_pool(&settings.store)) {
+        problems.push(e);
+    }
     if !problems.is_empty() {
         for problem in &problems {
             eprintln!("rkms-server: {problem}");
@@ -368,6 +379,19 @@ fn check_config(cli: &Cli) -> ExitCode {
     // `Debug` of the settings redacts passwords in store URLs and shows token hashes only.
     println!("{settings:#?}");
     ExitCode::SUCCESS
+}
+
+/// Connections the store's pool may hold open (files the open-file limit must leave room for).
+fn store_pool(store: &StoreSettings) -> u32 {
+    match store {
+        StoreSettings::Sqlite {
+            max_connections, ..
+        }
+        | StoreSettings::Postgres {
+            max_connections, ..
+        } => *max_connections,
+        _ => 0,
+    }
 }
 
 fn token_command(action: &TokenAction) -> ExitCode {

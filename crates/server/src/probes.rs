@@ -147,6 +147,7 @@ async fn check(service: &KeyService) -> Readiness {
         .region_status()
         .into_iter()
         .map(|r| {
+            rkms_core::telemetry::record_breaker_state(&r.name, r.breaker);
             let since = r.unhealthy_since.map(|at| {
                 at.duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs())

@@ -43,7 +43,7 @@ mod open_files;
 mod per_address;
 mod write_deadline;
 
-pub use open_files::fit_open_file_limit;
+pub use open_files::{check_open_file_limit, fit_open_file_limit};
 use per_address::PerAddress;
 use write_deadline::WriteDeadline;
 

@@ -130,6 +130,35 @@ fn check_config_prints_the_resolved_settings_without_secrets_or_names_every_prob
     assert!(stderr.contains("signing_key"), "{stderr}");
     assert!(output.stdout.is_empty());
 
+    // What start-up refuses only once it reads other files: an audit log it cannot open, a
+    // token file holding no hash, a keyring others may read. Nothing is made or changed.
+    let token_file = dir.path().join("garbage.token-sha256");
+    std::fs::write(&token_file, "garbage").unwrap();
+    let keyring = dir.path().join("keyring.json");
+    std::fs::write(&keyring, "{}").unwrap();
+    std::fs::set_permissions(
+        &keyring,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let elsewhere = format!(
+        "[audit]\npath = \"/proc/rkms/audit.log\"\n\
+         [kms]\nprovider = \"local\"\nregions = [\"a\"]\nkeyring_path = {keyring:?}\n\
+         [[principals]]\nname = \"made\"\ngenerated_token_file = {token_file:?}\n\
+         allow = [{{ ids = [\"*\"], operations = [\"get\"] }}]\n"
+    );
+    let output = check_config(dir.path(), &elsewhere);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    for named in [
+        "/proc/rkms/audit.log",
+        "garbage.token-sha256",
+        "keyring.json",
+    ] {
+        assert!(stderr.contains(named), "{named} not named: {stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), "garbage");
+
     let output = check_config(dir.path(), "[server]\nport = 99999\n");
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("server.port"));

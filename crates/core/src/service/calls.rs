@@ -114,12 +114,7 @@ impl KeyService {
             }
         }
         metrics::counter!(telemetry::KMS_CALLS, "region" => name.to_owned(), "op" => op, "outcome" => outcome).increment(1);
-        let state = match region.health.state() {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 1.0,
-            BreakerState::Open => 2.0,
-        };
-        metrics::gauge!(telemetry::REGION_BREAKER_STATE, "region" => name.to_owned()).set(state);
+        telemetry::record_breaker_state(name, region.health.state());
         result
     }
 

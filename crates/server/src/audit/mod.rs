@@ -29,7 +29,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -145,6 +145,22 @@ fn hash(line: &[u8]) -> String {
             let _ = write!(hex, "{b:02x}");
             hex
         })
+}
+
+/// Whether [`AuditLog::open`] could open the file at `path` for appending, checked without
+/// opening or creating it: the file, if it exists, or else its directory, must be writable
+/// by this process.
+pub fn check_writable(path: &Path) -> io::Result<()> {
+    use rustix::fs::{access, Access};
+    let target = if path.exists() {
+        path
+    } else {
+        match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        }
+    };
+    access(target, Access::WRITE_OK).map_err(io::Error::from)
 }
 
 impl AuditLog {

@@ -90,6 +90,30 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// What [`Settings::load_generated_tokens`] would refuse, without making any file: each
+    /// existing file must hold a hash no principal already has; a missing one is made at start.
+    pub fn check_generated_tokens(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        for generated in &self.generated_tokens {
+            let error = |e: String| {
+                principal_error(
+                    &generated.principal,
+                    format!("generated_token_file {}: {e}", generated.file.display()),
+                )
+            };
+            match read_hash(&generated.file) {
+                Ok(Some(hash)) if self.principals.iter().any(|p| p.tokens.contains(&hash)) => {
+                    problems.push(error("holds a token hash configured elsewhere".into()));
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(error(e)),
+            }
+        }
+        problems
+    }
+}
+
 /// The hash in `file`, or `None` when there is no file.
 fn read_hash(file: &Path) -> Result<Option<TokenHash>, String> {
     match std::fs::read_to_string(file) {

@@ -19,6 +19,16 @@ const FEWEST_CONNECTIONS: usize = 16;
 /// fewer than configured, if that is less). `store_pool` is the store's connection pool, whose
 /// connections may each hold two files (SQLite's write-ahead log).
 pub fn fit_open_file_limit(limits: &mut Limits, store_pool: u32) -> Result<Option<String>, String> {
+    fit_within(limits, store_pool, true)
+}
+
+/// What [`fit_open_file_limit`] would answer, with the limit as start-up would raise it, but
+/// raising nothing (`rkms-server check-config`).
+pub fn check_open_file_limit(limits: &Limits, store_pool: u32) -> Result<Option<String>, String> {
+    fit_within(&mut limits.clone(), store_pool, false)
+}
+
+fn fit_within(limits: &mut Limits, store_pool: u32, raise: bool) -> Result<Option<String>, String> {
     let other = OTHER_FILES + 2 * u64::from(store_pool) + PROBE_RESERVE as u64;
     let needed = limits.max_connections as u64 + other;
     let current = getrlimit(Resource::Nofile);
@@ -30,7 +40,7 @@ pub fn fit_open_file_limit(limits: &mut Limits, store_pool: u32) -> Result<Optio
             current: Some(raised),
             maximum: current.maximum,
         };
-        if setrlimit(Resource::Nofile, new).is_ok() {
+        if !raise || setrlimit(Resource::Nofile, new).is_ok() {
             soft = raised;
         }
     }

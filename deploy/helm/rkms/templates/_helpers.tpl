@@ -81,7 +81,7 @@ at start (and `rkms-server check-config` before).
 {{- fail (printf "principals: %q has client_certificate_names, which need tls.enabled and tls.clientCaSecretName to verify certificates" $p.name) }}
 {{- end }}
 {{- end }}
-{{- if and (eq $v.store.backend "postgres") (regexMatch "^[^:/]+://[^/@]*:[^/@]*@" $v.store.postgres.url) }}
+{{- if and (eq $v.store.backend "postgres") (or (regexMatch "^[^:/]+://[^/@]*:[^/@]*@" $v.store.postgres.url) (regexMatch "(?i)[?&]password=" $v.store.postgres.url)) }}
 {{- fail "store.postgres.url holds a password, which the ConfigMap would show to whoever can read it: remove it from the URL and name a Secret in store.postgres.passwordSecret" }}
 {{- end }}
 {{- if and $v.serviceMonitor.enabled (not $v.serviceMonitor.bearerTokenSecret.name) }}
