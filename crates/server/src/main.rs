@@ -80,7 +80,7 @@ enum Command {
     },
     /// Loads and checks the configuration as start-up does, without serving, connecting or
     /// writing anything: prints the resolved settings (secrets redacted) and exits 0, or names
-    /// every problem found and exits 2.
+    /// the problems found and exits 2 (within the file itself, the first).
     CheckConfig,
     /// Key lifecycle operations on the configured store, as principal `local-admin`,
     /// audited like the HTTP API. Prints the HTTP API's JSON answer as the last line.
