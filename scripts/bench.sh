@@ -33,6 +33,7 @@ sync = "os"
 [[principals]]
 name = "bench"
 token_sha256 = ["$hash"]
+metrics = true
 rate_limit_per_second = 0
 allow = [{ ids = ["*"], operations = ["get", "create"] }]
 EOF
@@ -56,7 +57,7 @@ start() {
 }
 
 rkms_server() {
-    target/release/rkms-server --config "$work/rkms.toml" --data-dir "$work/${1:-data}" --listen 127.0.0.1:0
+    exec target/release/rkms-server --config "$work/rkms.toml" --data-dir "$work/${1:-data}" --listen 127.0.0.1:0
 }
 
 # Prints "requests/s p50_ms p99_ms" of one wrk run.
@@ -96,52 +97,56 @@ awk -v r="$sum_rkms" -v b="$sum_base" 'BEGIN { printf "ratio (rkms / baseline re
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 before=$(rss_kib "$rkms_pid")
 cat >"$work/fill.lua" <<'EOF'
+-- Ids unique across threads and runs: the run's number (an argument) and the thread's.
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", tostring(threads))
+end
 local n = 0
-setup = function(thread) thread:set("tid", tostring(math.random(1e9))) end
+init = function(args) run = args[1] end
 request = function()
   n = n + 1
-  return wrk.format("GET", "/api/v1/key?id=fill-" .. tid .. "-" .. n)
+  return wrk.format("GET", "/api/v1/key?id=fill-" .. run .. "-" .. tid .. "-" .. n)
 end
 EOF
 created() {
     curl -s "${rkms_url%%/api*}/metrics" -H "Authorization: Bearer $token" |
         awk '/^rkms_keys_created_total/ { s += $NF } END { print s + 0 }'
 }
-until [ "$(created)" -ge 100001 ]; do
-    wrk -t2 -c16 -d5s -s "$work/fill.lua" -H "Authorization: Bearer $token" "${rkms_url%%\?*}" >/dev/null
+for run in $(seq 120); do
+    [ "$(created)" -ge 100001 ] && break
+    wrk -t2 -c16 -d2s -s "$work/fill.lua" -H "Authorization: Bearer $token" "${rkms_url%%\?*}" -- "$run" >/dev/null
 done
+[ "$(created)" -ge 100001 ] || { echo "the fill did not reach 100,000 keys" >&2; exit 1; }
 after=$(rss_kib "$rkms_pid")
 awk -v a="$after" -v b="$before" 'BEGIN {
     printf "RSS with 100,000 keys cached: %.1f MiB (%.1f MiB before the fill; %.0f bytes per cached key)\n",
         a / 1024, b / 1024, (a - b) * 1024 / 100000 }'
 
-# Instructions per cached GET: callgrind counts only while the GETs run.
-start callgrind valgrind --tool=callgrind --collect-atstart=no \
-    --callgrind-out-file="$work/callgrind.out" \
-    target/release/rkms-server --config "$work/rkms.toml" --data-dir "$work/cg" --listen 127.0.0.1:0
-cg_pid=$pid
-cg_url="http://$addr/api/v1/key?id=hot"
-requests=2000
-python3 - "$cg_url" "$token" 20 <<'EOF'
-import http.client, sys, urllib.parse
-url, token, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-c = http.client.HTTPConnection(url.netloc, timeout=120)
+# Instructions per cached GET: two runs under callgrind, FEW and MANY GETs of the hot id over
+# one keep-alive connection; the difference of their totals over MANY - FEW leaves out
+# start-up and shutdown. (callgrind_control's instrumentation toggle counted nothing here.)
+instructions() {
+    local dir=$work/cg-$1
+    mkdir -p "$dir"
+    start "cg-$1" valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+        target/release/rkms-server --config "$work/rkms.toml" --data-dir "$dir/data" --listen 127.0.0.1:0
+    python3 - "$addr" "$token" "$1" <<'EOF' || return 1
+import http.client, sys
+addr, token, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = http.client.HTTPConnection(addr, timeout=300)
 for _ in range(n):
-    c.request("GET", url.path + "?" + url.query, headers={"Authorization": "Bearer " + token})
-    assert c.getresponse().read()
+    c.request("GET", "/api/v1/key?id=hot", headers={"Authorization": "Bearer " + token})
+    answer = c.getresponse()
+    assert answer.status == 200, answer.status
+    answer.read()
 EOF
-callgrind_control -i on "$cg_pid" >/dev/null
-python3 - "$cg_url" "$token" "$requests" <<'EOF'
-import http.client, sys, urllib.parse
-url, token, n = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-c = http.client.HTTPConnection(url.netloc, timeout=120)
-for _ in range(n):
-    c.request("GET", url.path + "?" + url.query, headers={"Authorization": "Bearer " + token})
-    assert c.getresponse().read()
-EOF
-callgrind_control -i off "$cg_pid" >/dev/null
-callgrind_control -d "$cg_pid" >/dev/null
-kill -INT "$cg_pid"
-wait "$cg_pid" 2>/dev/null || true
-total=$(cat "$work"/callgrind.out* | awk '/^summary:/ { s += $2 } END { print s + 0 }')
-awk -v t="$total" -v n="$requests" 'BEGIN { printf "instructions per cached GET (callgrind, one keep-alive connection): %.0f\n", t / n }'
+    kill -INT "$pid"
+    wait "$pid" || true
+    awk '/^summary:/ { print $2 }' "$dir/callgrind.out"
+}
+few=$(instructions 200)
+many=$(instructions 1200)
+awk -v f="$few" -v m="$many" 'BEGIN {
+    printf "instructions per cached GET (callgrind, one keep-alive connection): %.0f\n", (m - f) / 1000 }'
