@@ -290,7 +290,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let store_pool = store_pool(&settings.store);
+    let store_pool = settings.store.pool_size();
     match fit_open_file_limit(&mut settings.limits, store_pool) {
         Ok(warning) => settings.notices.extend(warning),
         Err(e) => {
@@ -364,7 +364,7 @@ fn check_config(cli: &Cli) -> ExitCode {
             problems.push(format!("cannot open the audit log {}: {e}", path.display()));
         }
     }
-    if let Err(e) = check_open_file_limit(&settings.limits, store_pool(&settings.store)) {
+    if let Err(e) = check_open_file_limit(&settings.limits, settings.store.pool_size()) {
         problems.push(e);
     }
     if !problems.is_empty() {
@@ -379,19 +379,6 @@ fn check_config(cli: &Cli) -> ExitCode {
     // `Debug` of the settings redacts passwords in store URLs and shows token hashes only.
     println!("{settings:#?}");
     ExitCode::SUCCESS
-}
-
-/// Connections the store's pool may hold open (files the open-file limit must leave room for).
-fn store_pool(store: &StoreSettings) -> u32 {
-    match store {
-        StoreSettings::Sqlite {
-            max_connections, ..
-        }
-        | StoreSettings::Postgres {
-            max_connections, ..
-        } => *max_connections,
-        _ => 0,
-    }
 }
 
 fn token_command(action: &TokenAction) -> ExitCode {

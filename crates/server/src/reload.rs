@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
 use crate::backends::build_service;
-use crate::config::{Settings, StoreSettings};
+use crate::config::Settings;
 use crate::limits::LiveLimits;
 use crate::live::LiveService;
 use crate::serve::fit_open_file_limit;
@@ -84,15 +84,7 @@ impl Reloader {
         }
         let mut notices = keep_restart_only(&self.in_force, &mut next);
         notices.extend(next.check_exposure().map_err(|e| e.to_string())?);
-        let store_pool = match &next.store {
-            StoreSettings::Sqlite {
-                max_connections, ..
-            }
-            | StoreSettings::Postgres {
-                max_connections, ..
-            } => *max_connections,
-            _ => 0,
-        };
+        let store_pool = next.store.pool_size();
         notices.extend(fit_open_file_limit(&mut next.limits, store_pool)?);
         let previous = self.live.current();
         let service = build_service(&next, &self.store, Some(&previous)).await?;

@@ -117,6 +117,20 @@ pub enum LegacyRecords {
 }
 
 impl StoreSettings {
+    /// Connections the store's pool may hold open: files the open-file limit must leave room
+    /// for beside the client connections.
+    pub fn pool_size(&self) -> u32 {
+        match self {
+            Self::Sqlite {
+                max_connections, ..
+            }
+            | Self::Postgres {
+                max_connections, ..
+            } => *max_connections,
+            _ => 0,
+        }
+    }
+
     /// The cargo feature that compiles this store into the server.
     pub fn feature(&self) -> &'static str {
         match self {
