@@ -10,12 +10,8 @@ Usage: grpc_reflection_flow.py PATH/TO/rkms-server
 """
 
 import base64
-import os
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import grpc
@@ -24,23 +20,14 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+import built_server
+
 
 def start(binary, data_dir):
-    server = subprocess.Popen(
-        [binary, "--data-dir", data_dir, "--listen", "127.0.0.1:0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RUST_LOG": "info"},
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        found = re.search(r"rkms-server listening.*addr=(\S+)", server.stderr.readline())
-        if found:
-            threading.Thread(target=server.stderr.read, daemon=True).start()
-            return server, found.group(1)
-    server.kill()
-    sys.exit("rkms-server did not start")
+    server, address = built_server.start(binary, "--data-dir", data_dir)
+    if server is None:
+        sys.exit("rkms-server did not start")
+    return server, address
 
 
 class Reflected:

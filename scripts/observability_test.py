@@ -34,13 +34,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import yaml
+
+import built_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES = os.path.join(ROOT, "deploy", "prometheus", "rkms-rules.yaml")
@@ -288,26 +289,8 @@ def check_dashboard(promtool):
 
 
 def start(binary, data_dir):
-    server = subprocess.Popen(
-        [binary, "--data-dir", data_dir, "--listen", "127.0.0.1:0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RUST_LOG": "info"},
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        line = server.stderr.readline()
-        if not line and server.poll() is not None:
-            break
-        found = re.search(r"rkms-server listening.*addr=(\S+)", line)
-        if found:
-            # Keep reading the log so the server never blocks on a full pipe.
-            threading.Thread(target=server.stderr.read, daemon=True).start()
-            return server, "http://" + found.group(1)
-    server.kill()
-    server.wait()
-    return None, None
+    server, address = built_server.start(binary, "--data-dir", data_dir)
+    return server, address and "http://" + address
 
 
 def call(base, method, path):

@@ -15,16 +15,16 @@ Usage: openapi_check.py PATH/TO/rkms-server
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import yaml
+
+import built_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(ROOT, "openapi.yaml")
@@ -71,23 +71,10 @@ def start(binary, data_dir):
     path = os.path.join(data_dir, "rkms.toml")
     with open(path, "w") as f:
         f.write(config(data_dir))
-    server = subprocess.Popen(
-        [binary, "--config", path, "--data-dir", data_dir, "--listen", "127.0.0.1:0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RUST_LOG": "info"},
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        line = server.stderr.readline()
-        found = re.search(r"rkms-server listening.*addr=(\S+)", line)
-        if found:
-            # Keep reading the log so the server never blocks on a full pipe.
-            threading.Thread(target=server.stderr.read, daemon=True).start()
-            return server, "http://" + found.group(1)
-    server.kill()
-    sys.exit("rkms-server did not start")
+    server, address = built_server.start(binary, "--config", path, "--data-dir", data_dir)
+    if server is None:
+        sys.exit("rkms-server did not start")
+    return server, "http://" + address
 
 
 def call(base, method, path, token="app", headers=None, body=None):
