@@ -1,6 +1,11 @@
 //! Metric names. The core records through the `metrics` facade; the server exports them as
 //! Prometheus text, and an embedding application can install any recorder it likes.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::thread::LocalKey;
+
 /// KMS calls, by `region`, `op` (generate, encrypt, decrypt) and `outcome` (ok, refused,
 /// unavailable, cancelled).
 pub const KMS_CALLS: &str = "rkms_kms_calls_total";
@@ -75,4 +80,25 @@ pub fn record_breaker_state(region: &str, state: crate::BreakerState) {
         crate::BreakerState::Open => 2.0,
     };
     metrics::gauge!(REGION_BREAKER_STATE, "region" => region.to_owned()).set(value);
+}
+
+/// Handles of labelled series, kept per thread by [`with_series`].
+pub type SeriesCache<K, H> = RefCell<HashMap<K, H>>;
+
+/// Runs `record` on the handle of the series `labels` names, registered by `register` the
+/// first time this thread meets them. For the series every request records: registering one
+/// (building its key, hashing it, finding it in the recorder's registry) costs several times
+/// the update itself, and a thread's own cache is read without a lock or a shared counter.
+/// `labels` must come from a small fixed set (each is kept for the thread's life), and the
+/// recorder must be installed before the first request, as the server does at start.
+pub fn with_series<K, H>(
+    cache: &'static LocalKey<SeriesCache<K, H>>,
+    labels: K,
+    register: impl FnOnce() -> H,
+    record: impl FnOnce(&H),
+) where
+    K: Eq + Hash + 'static,
+    H: 'static,
+{
+    cache.with_borrow_mut(|handles| record(handles.entry(labels).or_insert_with(register)));
 }

@@ -5,6 +5,7 @@
 //! record) and records the request metrics. The HTTP routes, the gRPC service and the
 //! `rkms-server key` commands only parse, call this, and render, so a rule is written once.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,9 @@ use rkms_core::{
     MAX_ID_LEN,
 };
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
+use rkms_core::telemetry::{with_series, SeriesCache};
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{Authenticator, Credentials, Principal};
@@ -129,8 +132,26 @@ impl Transport {
 #[derive(Debug, Clone)]
 pub struct Caller {
     principal: Arc<Principal>,
-    request_id: String,
+    request_id: RequestId,
     transport: Transport,
+}
+
+/// A request's id: 16 random hexadecimal digits, held inline.
+#[derive(Debug, Clone, Copy)]
+struct RequestId([u8; 16]);
+
+impl RequestId {
+    fn random() -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let bits = rand::random::<u64>();
+        Self(std::array::from_fn(|i| {
+            DIGITS[(bits >> (60 - 4 * i) & 0xf) as usize]
+        }))
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hexadecimal digits are ASCII")
+    }
 }
 
 impl Caller {
@@ -143,7 +164,7 @@ impl Caller {
     fn new(principal: Arc<Principal>, transport: Transport) -> Self {
         Self {
             principal,
-            request_id: format!("{:016x}", rand::random::<u64>()),
+            request_id: RequestId::random(),
             transport,
         }
     }
@@ -155,7 +176,7 @@ impl Caller {
 
     /// Per-request id, sent back to the client and written in the audit line.
     pub fn request_id(&self) -> &str {
-        &self.request_id
+        self.request_id.as_str()
     }
 }
 
@@ -191,10 +212,24 @@ async fn measured<T>(
         Err(e) => e.error_type(),
     };
     let transport = caller.transport.as_str();
-    metrics::counter!(REQUESTS, "operation" => operation, "transport" => transport, "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "operation" => operation, "transport" => transport)
-        .record(started.elapsed());
+    thread_local! {
+        static SERIES: SeriesCache<(&'static str, &'static str, &'static str), (Counter, Histogram)> =
+            RefCell::default();
+    }
+    with_series(
+        &SERIES,
+        (operation, transport, outcome),
+        || {
+            (
+                metrics::counter!(REQUESTS, "operation" => operation, "transport" => transport, "outcome" => outcome),
+                metrics::histogram!(REQUEST_SECONDS, "operation" => operation, "transport" => transport),
+            )
+        },
+        |(requests, seconds)| {
+            requests.increment(1);
+            seconds.record(started.elapsed());
+        },
+    );
     result
 }
 
@@ -214,8 +249,9 @@ impl KeyOperations {
                 if !allowed.get {
                     return Err(audit.denied("get", "read keys of").await);
                 }
+                // Boxed, like every KMS path: a cached current key should not carry its size.
                 let issued = audit
-                    .outcome("get", self.service.get_version(id, version).await)
+                    .outcome("get", Box::pin(self.service.get_version(id, version)).await)
                     .await?;
                 audit.issued(&issued).await?;
                 return Ok(issued);
@@ -457,7 +493,7 @@ impl Audit<'_> {
             return Ok(());
         };
         let event = AuditEvent {
-            request_id: &self.caller.request_id,
+            request_id: self.caller.request_id(),
             transport: self.caller.transport.as_str(),
             principal: &self.caller.principal.name,
             operation,
@@ -477,5 +513,34 @@ impl Audit<'_> {
                 None => "the audit log cannot be written; the server log has the details".into(),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_16_lowercase_hex_digits_and_differ() {
+        let ids: Vec<String> = (0..64)
+            .map(|_| RequestId::random().as_str().to_owned())
+            .collect();
+        for id in &ids {
+            assert_eq!(id.len(), 16);
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every digit place is used: a shift off by one would leave some always 0.
+        for place in 0..16 {
+            assert!(
+                ids.iter().any(|id| id.as_bytes()[place] != b'0'),
+                "place {place}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use axum::body::HttpBody as _;
+use axum::body::HttpBody;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -146,6 +146,12 @@ pub fn check<B>(limits: &Limits, request: &http::Request<B>) -> Result<(), ApiEr
 
 /// Refuses a request with a body: no endpoint takes one, and none is read.
 pub async fn refuse_body(request: Request, next: Next) -> Result<Response, ApiError> {
+    no_body(&request)?;
+    Ok(next.run(request).await)
+}
+
+/// Whether `request` comes without a body (413 otherwise).
+pub fn no_body<B: HttpBody>(request: &http::Request<B>) -> Result<(), ApiError> {
     let headers = request.headers();
     // HTTP/2 frames a body without either header: a request whose stream goes on has one.
     let declares_body = headers.contains_key(header::TRANSFER_ENCODING)
@@ -157,5 +163,5 @@ pub async fn refuse_body(request: Request, next: Next) -> Result<Response, ApiEr
         metrics::counter!(REJECTIONS, "reason" => "too_large").increment(1);
         return Err(ApiError::PayloadTooLarge);
     }
-    Ok(next.run(request).await)
+    Ok(())
 }

@@ -5,18 +5,18 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, Request, State};
+use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::handler::Handler;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
-use axum::{Extension, Router};
+use axum::Router;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use rkms_core::{IssuedKey, KeyId};
 use serde::Serialize;
-use tower::ServiceExt as _;
+use tower::{ServiceBuilder, ServiceExt as _};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
@@ -44,8 +44,8 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// readiness check: needs a Tokio runtime.
 ///
 /// Reads answer GET only (see [`get_only`]); the key route also takes DELETE, and rotate and
-/// restore take POST. No route takes a body (`limits::refuse_body`); a method a route does not
-/// take is refused first, with the methods it does.
+/// restore take POST. No route takes a body (see [`Admitted`] and [`probe`]); a method a route
+/// does not take is refused first, with the methods it does.
 pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Router {
     let limits = limits.into();
     let protected = Router::new()
@@ -54,27 +54,29 @@ pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Ro
             get(get_key)
                 .delete(delete_key)
                 .head(|| async { ApiError::MethodNotAllowed("GET, DELETE") })
-                .route_layer(middleware::from_fn(limits::refuse_body))
-                .route_layer(middleware::from_fn(refuse_web_pages))
                 .fallback(|| async { ApiError::MethodNotAllowed("GET, DELETE") }),
         )
         .route(&format!("{key_path}/rotate"), post_only(rotate_key))
         .route(&format!("{key_path}/restore"), post_only(restore_key))
         .route(&format!("{key_path}/info"), get_only(key_info))
         .route(&format!("{key_path}s"), get_only(list_keys))
-        .route("/metrics", get_only(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route("/metrics", get_only(metrics));
     let probes = Probes::start(Arc::clone(&state.service));
     let grpc = grpc::app(state.clone(), probes.clone(), limits.clone());
-    Router::new()
+    let routes = Router::new()
         .merge(protected)
         .merge(probe_routes(probes))
         .fallback(|| async { ApiError::NotFound })
-        .with_state(state)
-        .layer(middleware::from_fn_with_state(limits, limits::enforce))
-        .layer(TraceLayer::new_for_http())
-        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state);
+    // Around the whole router once, not with `Router::layer`, which wraps every route apart:
+    // a layered route is cloned for each request, layer by layer, each clone a box.
+    let layered = ServiceBuilder::new()
         .layer(middleware::from_fn_with_state(grpc, to_grpc))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(limits, limits::enforce))
+        .service(routes);
+    Router::new().fallback_service(layered)
 }
 
 /// Hands gRPC calls to the gRPC API ([`grpc::is_grpc`]), which has limits and error answers
@@ -105,8 +107,8 @@ where
     S: Clone + Send + Sync + 'static,
 {
     Router::new()
-        .route(limits::HEALTH_PATH, get_only(probes::healthz))
-        .route(limits::READY_PATH, get_only(probes::readyz))
+        .route(limits::HEALTH_PATH, probe(probes::healthz))
+        .route(limits::READY_PATH, probe(probes::readyz))
         .route_layer(middleware::from_fn_with_state(
             probes.clone(),
             probes::limit,
@@ -124,8 +126,16 @@ where
 {
     get(handler)
         .head(|| async { ApiError::MethodNotAllowed("GET") })
-        .route_layer(middleware::from_fn(limits::refuse_body))
         .fallback(|| async { ApiError::MethodNotAllowed("GET") })
+}
+
+/// A probe's route: GET alone, without a body.
+fn probe<H, T>(handler: H) -> MethodRouter<Probes>
+where
+    H: Handler<T, Probes>,
+    T: 'static,
+{
+    get_only(handler).route_layer(middleware::from_fn(limits::refuse_body))
 }
 
 /// A route for POST alone: a change, never run by a GET (which caches, prefetchers and
@@ -136,36 +146,35 @@ where
     T: 'static,
     S: Clone + Send + Sync + 'static,
 {
-    post(handler)
-        .route_layer(middleware::from_fn(limits::refuse_body))
-        .route_layer(middleware::from_fn(refuse_web_pages))
-        .fallback(|| async { ApiError::MethodNotAllowed("POST") })
+    post(handler).fallback(|| async { ApiError::MethodNotAllowed("POST") })
 }
 
-/// Refuses a change (any method but GET) sent by a web page: browsers send `Origin` with
-/// every cross-origin POST and DELETE, and a page can send a bodiless POST without a
-/// preflight, which would let any site a developer visits rotate the keys of a server on
-/// their loopback. Programs calling RKMS send no `Origin`.
-async fn refuse_web_pages(request: Request, next: Next) -> Result<Response, ApiError> {
-    if request.method() != axum::http::Method::GET && request.headers().contains_key(header::ORIGIN)
-    {
-        ::metrics::counter!(REJECTIONS, "reason" => "web_page").increment(1);
-        return Err(ApiError::Forbidden(
-            "a request carrying Origin (sent by a web page) may not change keys".into(),
-        ));
+/// The caller of a key route or `/metrics`, admitted (see [`admit`]), then checked as a change
+/// must be: no route takes a body, and a change (any method but GET) sent by a web page is
+/// refused. Browsers send `Origin` with every cross-origin POST and DELETE, and a page can
+/// send a bodiless POST without a preflight, which would let any site a developer visits
+/// rotate the keys of a server on their loopback; programs calling RKMS send no `Origin`.
+///
+/// An extractor, the handler's last argument, rather than middleware: a method the route does
+/// not take is answered 405 before it, and no layer is cloned per request.
+struct Admitted(Caller);
+
+impl FromRequest<AppState> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let caller = admit(&state.auth, &Credentials::of(&request), Transport::Http)?;
+        if request.method() != axum::http::Method::GET
+            && request.headers().contains_key(header::ORIGIN)
+        {
+            ::metrics::counter!(REJECTIONS, "reason" => "web_page").increment(1);
+            return Err(ApiError::Forbidden(
+                "a request carrying Origin (sent by a web page) may not change keys".into(),
+            ));
+        }
+        limits::no_body(&request)?;
+        Ok(Self(caller))
     }
-    Ok(next.run(request).await)
-}
-
-/// Admits the request (see [`admit`]) and hands its [`Caller`] to the route.
-async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let caller = admit(&state.auth, &Credentials::of(&request), Transport::Http)?;
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
 }
 
 #[derive(Serialize)]
@@ -192,8 +201,8 @@ where
 /// on first use when the principal may create it; or version N, never created).
 async fn get_key(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
+    Admitted(caller): Admitted,
 ) -> Response {
     answer(&caller, async {
         let query = Query::parse(query.as_deref())?;
@@ -208,8 +217,8 @@ async fn get_key(
 /// `POST /api/<v>/key/rotate?id=ID`: a new current version; answers its number.
 async fn rotate_key(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
+    Admitted(caller): Admitted,
 ) -> Response {
     answer(&caller, async {
         let id = Query::parse(query.as_deref())?.id()?;
@@ -222,8 +231,8 @@ async fn rotate_key(
 /// `DELETE /api/<v>/key?id=ID`: schedules the deletion; answers the pending state.
 async fn delete_key(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
+    Admitted(caller): Admitted,
 ) -> Response {
     answer(&caller, async {
         let id = Query::parse(query.as_deref())?.id()?;
@@ -236,8 +245,8 @@ async fn delete_key(
 /// `POST /api/<v>/key/restore?id=ID`: cancels a scheduled deletion.
 async fn restore_key(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
+    Admitted(caller): Admitted,
 ) -> Response {
     answer(&caller, async {
         let id = Query::parse(query.as_deref())?.id()?;
@@ -250,8 +259,8 @@ async fn restore_key(
 /// `GET /api/<v>/key/info?id=ID`: metadata, never key material.
 async fn key_info(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
+    Admitted(caller): Admitted,
 ) -> Response {
     answer(&caller, async {
         let id = Query::parse(query.as_deref())?.id()?;
@@ -264,8 +273,8 @@ async fn key_info(
 /// `GET /api/<v>/keys?prefix=P&after=CURSOR&limit=N`: ids the principal may list, paged.
 async fn list_keys(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
+    Admitted(caller): Admitted,
 ) -> Response {
     answer(&caller, async {
         let query = Query::parse(query.as_deref())?;
@@ -372,7 +381,7 @@ fn id_from_query(query: &str) -> Result<KeyId, ApiError> {
 /// `GET /metrics`: Prometheus text, for principals allowed to read it.
 async fn metrics(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Admitted(caller): Admitted,
 ) -> Result<Response, ApiError> {
     let principal = caller.principal();
     if !principal.metrics {

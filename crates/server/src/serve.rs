@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
@@ -263,7 +263,7 @@ impl Connection {
         let app = self.app.clone();
         let probes_only = self.probes_only;
         let remote = peer.remote;
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new());
         let service = hyper::service::service_fn({
             let activity = Arc::clone(&activity);
             move |mut request: Request<Incoming>| {
@@ -338,30 +338,51 @@ impl Connection {
 /// Requests in progress on one connection. hyper closes an idle HTTP/1 connection after the
 /// header read timeout, but lets an HTTP/2 connection, or one that has sent nothing, idle
 /// until `max_connection_age`; this closes either after the same timeout without a request.
-#[derive(Debug, Default)]
+/// A request only counts itself and notes the time: the watcher looks when its timer fires,
+/// so that no request wakes the connection's task (two wakeups a request cost more than the
+/// rest of this loop).
+#[derive(Debug)]
 struct Activity {
     in_progress: AtomicUsize,
-    changed: Notify,
+    /// When a request last began or ended, in milliseconds from `opened`.
+    last_change: AtomicU64,
+    opened: Instant,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            in_progress: AtomicUsize::new(0),
+            last_change: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
+
     /// Counts a request in progress until the guard is dropped.
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_progress.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.note_change();
         Busy(Arc::clone(self))
+    }
+
+    fn note_change(&self) {
+        let millis = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_change.store(millis, Ordering::SeqCst);
     }
 
     /// Resolves once no request has been in progress for `timeout`.
     async fn idle_for(&self, timeout: Duration) {
+        let mut wait = timeout;
         loop {
-            let changed = self.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
+            tokio::time::sleep(wait).await;
             if self.in_progress.load(Ordering::SeqCst) > 0 {
-                changed.await;
-            } else if tokio::time::timeout(timeout, changed).await.is_err() {
-                return;
+                wait = timeout;
+                continue;
+            }
+            let last = self.opened + Duration::from_millis(self.last_change.load(Ordering::SeqCst));
+            match timeout.checked_sub(last.elapsed()) {
+                Some(left) if !left.is_zero() => wait = left,
+                _ => return,
             }
         }
     }
@@ -372,8 +393,9 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        // The time first: a watcher that sees no request in progress then sees its end.
+        self.0.note_change();
         self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_waiters();
     }
 }
 

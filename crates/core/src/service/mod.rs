@@ -17,6 +17,7 @@ mod read;
 mod repair;
 mod report;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -479,12 +480,14 @@ impl KeyService {
     /// when caching is off. Either way the fetch runs under the request deadline; a cached
     /// fetch carries it itself, so that running out of it still lets a stale key answer.
     async fn get(&self, id: &KeyId, mode: Fetch) -> Result<Option<IssuedKey>, ServiceError> {
+        // The store and KMS calls behind a miss make a future of kilobytes; boxed, they leave
+        // the cache hit's future small, which every await moves.
         let Some(cache) = &self.inner.cache else {
-            let fetched = self.within_deadline(self.fetch(id, mode)).await?;
+            let fetched = Box::pin(self.within_deadline(self.fetch(id, mode))).await?;
             return Ok(fetched.map(|entry| issued(&entry, false, false)));
         };
         if self.inner.options.lifecycle.check_state_on_hit {
-            self.check_cached_state(cache, id).await?;
+            Box::pin(self.check_cached_state(cache, id)).await?;
         }
         let lookup = cache
             .get(id, mode, |mode| {
@@ -508,7 +511,16 @@ impl KeyService {
                 ("stale", Some(issued(&entry, true, true)))
             }
         };
-        metrics::counter!(telemetry::CACHE_REQUESTS, "result" => result).increment(1);
+        thread_local! {
+            static CACHE_SERIES: telemetry::SeriesCache<&'static str, metrics::Counter> =
+                RefCell::default();
+        }
+        telemetry::with_series(
+            &CACHE_SERIES,
+            result,
+            || metrics::counter!(telemetry::CACHE_REQUESTS, "result" => result),
+            |counter| counter.increment(1),
+        );
         Ok(issued)
     }
 

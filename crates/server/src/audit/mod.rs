@@ -138,13 +138,14 @@ impl std::fmt::Debug for AuditLog {
 
 /// SHA-256 of a line, as `prev` writes it.
 fn hash(line: &[u8]) -> String {
-    use std::fmt::Write as _;
-    Sha256::digest(line)
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(line);
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    hex
 }
 
 /// Whether [`AuditLog::open`] could open the file at `path` for appending, checked without
@@ -226,7 +227,9 @@ impl AuditLog {
         let number = self.append(event)?;
         match self.sync {
             AuditSync::Os => Ok(()),
-            AuditSync::Always => self.cover(number).await,
+            // Boxed: the group commit's future would otherwise make every key request's
+            // future larger, and every await moves it.
+            AuditSync::Always => Box::pin(self.cover(number)).await,
         }
     }
 

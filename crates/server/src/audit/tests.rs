@@ -645,3 +645,12 @@ async fn text_glued_before_a_line_is_never_proven() {
     rewrite(&path, &forged);
     assert_eq!(unanchored(&path, &public), [(2, 2)], "the glued text");
 }
+
+#[test]
+fn prev_is_the_lines_sha256_in_lowercase_hex() {
+    // FIPS 180-2's example: SHA-256 of "abc".
+    assert_eq!(
+        hash(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
