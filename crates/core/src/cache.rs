@@ -18,19 +18,22 @@
 //! once, and no fetch that started before it fills the cache; other processes see the change
 //! when their entry expires.
 //!
-//! Entries leave memory at `ttl + stale_grace` (at least two TTLs, for that comparison) or by
-//! the size bound; a dropped entry's `DataKey` wipes its bytes. Ages are measured on the real clock (`std::time::Instant`), the
-//! clock moka expires entries by, so that the policy holds in production and not only under a
-//! test's paused clock.
+//! Entries leave memory by the size bound, or at `ttl + stale_grace` (at least two TTLs, for
+//! that comparison), found by a sweep every tenth of that age; a dropped entry's `DataKey`
+//! wipes its bytes. Ages are measured on the real clock (`std::time::Instant`), so that the
+//! policy holds in production and not only under a test's paused clock.
+//!
+//! The entries live in a `quick_cache` table (S3-FIFO eviction): some 100 bytes a key
+//! besides the key itself, where moka's deques, timestamps and separate allocations took over
+//! 600 (BENCHMARKS.md, "Memory").
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt as _, Shared};
-use moka::future::Cache;
 
 use crate::{DataKey, KeyId, ServiceError};
 
@@ -120,10 +123,12 @@ pub(crate) enum Lookup {
     Stale(Arc<CachedKey>, Arc<ServiceError>),
 }
 
+/// The cached keys by id.
+type Entries = quick_cache::sync::Cache<KeyId, Arc<CachedKey>>;
+
 /// The cache. See the module documentation.
-#[derive(Debug)]
 pub(crate) struct KeyCache {
-    entries: Cache<KeyId, Arc<CachedKey>>,
+    entries: Arc<Entries>,
     in_flight: Arc<Mutex<InFlightMap>>,
     /// Counts [`KeyCache::forget`] calls (and refusals that forget): a fetch that started
     /// before one neither fills the cache nor is joined by later callers, as it may have read
@@ -136,17 +141,33 @@ pub(crate) struct KeyCache {
     stale_until: Duration,
 }
 
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("entries", &self.entries.len())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
 impl KeyCache {
-    /// A cache as `options` say, or `None` when caching is off.
+    /// A cache as `options` say, or `None` when caching is off. Within a Tokio runtime, starts
+    /// the sweep that drops entries past their age, which ends with the cache.
     pub(crate) fn new(options: CacheOptions) -> Option<Self> {
+        if !options.enabled {
+            return None;
+        }
         let stale_until = options.ttl + options.stale_grace.unwrap_or_default();
-        options.enabled.then(|| Self {
-            // An expired entry stays for at least one more TTL, so that the next fetch can
-            // compare its key with the one read (see `settle`).
-            entries: Cache::builder()
-                .max_capacity(options.max_entries)
-                .time_to_live(stale_until.max(options.ttl * 2))
-                .build(),
+        let capacity = usize::try_from(options.max_entries).unwrap_or(usize::MAX);
+        let entries = Arc::new(Entries::new(capacity));
+        // An expired entry stays for at least one more TTL, so that the next fetch can compare
+        // its key with the one read (see `settle`).
+        let keep_for = stale_until.max(options.ttl * 2);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&entries), keep_for));
+        }
+        Some(Self {
+            entries,
             in_flight: Arc::default(),
             forgotten: Arc::default(),
             options,
@@ -167,7 +188,7 @@ impl KeyCache {
     where
         F: Future<Output = Result<Option<Arc<CachedKey>>, ServiceError>> + Send + 'static,
     {
-        let cached = self.entries.get(id).await;
+        let cached = self.entries.get(id);
         if let Some(entry) = cached {
             let age = entry.fetched.elapsed();
             if age < self.options.ttl {
@@ -234,7 +255,7 @@ impl KeyCache {
         {
             return (running.clone(), false);
         }
-        let entries = self.entries.clone();
+        let entries = Arc::clone(&self.entries);
         let forgotten = Arc::clone(&self.forgotten);
         let leave = LeaveOnDrop {
             map: Arc::clone(&self.in_flight),
@@ -269,25 +290,18 @@ impl KeyCache {
     /// putting back what they read before.
     pub(crate) async fn forget(&self, id: &KeyId) {
         self.forgotten.fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate(id).await;
+        self.entries.remove(id);
     }
 
     /// Drops the entry for `id` unless it holds `version`, the id's current one.
     pub(crate) async fn keep_only_version(&self, id: &KeyId, version: u32) {
         if self
             .entries
-            .get(id)
-            .await
+            .peek(id)
             .is_some_and(|entry| entry.version != version)
         {
             self.forget(id).await;
         }
-    }
-
-    /// Runs the cache's pending evictions now (tests).
-    #[cfg(test)]
-    async fn run_pending_tasks(&self) {
-        self.entries.run_pending_tasks().await;
     }
 }
 
@@ -301,7 +315,7 @@ impl KeyCache {
 /// as a change does, so that neither a later outage nor a fetch that read the record before
 /// can answer with its key.
 async fn settle(
-    entries: &Cache<KeyId, Arc<CachedKey>>,
+    entries: &Entries,
     id: &KeyId,
     result: Result<Option<Arc<CachedKey>>, ServiceError>,
     forgotten: &AtomicU64,
@@ -310,7 +324,7 @@ async fn settle(
     let current = || forgotten.load(Ordering::SeqCst) == started_at;
     match result {
         Ok(Some(entry)) => {
-            if entries.get(id).await.is_some_and(|old| {
+            if entries.peek(id).is_some_and(|old| {
                 entry.version < old.version
                     || (entry.version == old.version && old.key != entry.key)
             }) {
@@ -319,9 +333,9 @@ async fn settle(
                 return Err(Arc::new(ServiceError::KeyChanged { id: id.clone() }));
             }
             if current() {
-                entries.insert(id.clone(), Arc::clone(&entry)).await;
+                entries.insert(id.clone(), Arc::clone(&entry));
                 if !current() {
-                    entries.invalidate(id).await;
+                    entries.remove(id);
                 }
             }
             Ok(Some(entry))
@@ -330,9 +344,30 @@ async fn settle(
         Err(error) => {
             if !error.is_unavailable() {
                 forgotten.fetch_add(1, Ordering::SeqCst);
-                entries.invalidate(id).await;
+                entries.remove(id);
             }
             Err(Arc::new(error))
+        }
+    }
+}
+
+/// Drops the entries older than `keep_for`, every tenth of it, until the cache is gone: a key
+/// leaves memory at its age even when its id is never asked for again.
+async fn sweep(entries: Weak<Entries>, keep_for: Duration) {
+    let mut ticks = tokio::time::interval((keep_for / 10).max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(entries) = entries.upgrade() else {
+            return;
+        };
+        // A pass over 100,000 entries takes each shard's lock in turn for some milliseconds:
+        // off the async workers.
+        let swept = tokio::task::spawn_blocking(move || {
+            entries.retain(|_, entry| entry.fetched.elapsed() < keep_for);
+        });
+        if swept.await.is_err() {
+            return;
         }
     }
 }
@@ -412,12 +447,39 @@ mod tests {
                 .get(&id(name), Fetch::GetOrCreate, fill(byte))
                 .await
                 .unwrap();
-            cache.run_pending_tasks().await;
         }
         // The last reference is gone: `DataKey` (zeroize's `Zeroizing`) wiped the bytes on drop.
         assert!(
             watch.upgrade().is_none(),
             "the evicted key is no longer held anywhere"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_past_their_age_leave_memory_unasked() {
+        let cache = KeyCache::new(CacheOptions {
+            ttl: Duration::from_millis(50),
+            ..CacheOptions::default()
+        })
+        .unwrap();
+        let first = entry(5);
+        let watch = Arc::downgrade(&first);
+        cache
+            .get(&id("a"), Fetch::GetOrCreate, move |_| async move {
+                Ok(Some(first))
+            })
+            .await
+            .unwrap();
+        // Kept past the TTL, for the comparison with the next fetch (two TTLs here).
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(watch.upgrade().is_some(), "gone before its age");
+        let started = Instant::now();
+        while watch.upgrade().is_some() && started.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            watch.upgrade().is_none(),
+            "a key nobody asked for again is still held 5 s after its age"
         );
     }
 

@@ -812,6 +812,10 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| format!("cannot set up metrics: {e}"))?;
     telemetry::export_from_start();
+    let upkeep = tokio::spawn(telemetry::keep_up(
+        metrics.clone(),
+        telemetry::UPKEEP_INTERVAL,
+    ));
     let (store, service) = open_service(&settings).await?;
     let service = Arc::new(LiveService::new(service));
     let limits = LiveLimits::from(settings.limits.clone());
@@ -879,6 +883,7 @@ async fn run(settings: Settings, reload: ReloadSource) -> Result<(), String> {
     reloader.abort();
     failure_reports.abort();
     checkpoints.abort();
+    upkeep.abort();
     if let Err(e) = audit.close().await {
         tracing::error!(error = %e, "cannot write the audit checkpoint at shutdown");
     }
