@@ -1,14 +1,15 @@
 """Load test: the release rkms-server against three emulated KMS regions, one table of figures.
 
-Usage: python3 scripts/load.py [--duration SECONDS] [--connections N] [--store sqlite|postgres]
-                              [--only TEXT]
+Usage: python3 scripts/load.py [--duration SECONDS] [--connections N]
+                              [--store sqlite|postgres|dynamodb] [--only TEXT]
 
 Builds the release server, starts the test services (scripts/services.sh), and for each
-scenario starts the server with its configuration over one store (a SQLite file, or a schema
-of the test PostgreSQL with --store postgres), drives it with wrk,
-and reads KMS calls from the server's /metrics. Every request authenticates with a bearer token
+scenario starts the server with its configuration over one store (a SQLite file, a schema
+of the test PostgreSQL with --store postgres, or a table of the moto DynamoDB with --store
+dynamodb), drives it with wrk, reads KMS calls from the server's /metrics, and the server's CPU
+time (utime + stime from /proc) over the run. Every request authenticates with a bearer token
 (a principal without a rate limit) and is written to the audit log, as in production. Prints a Markdown table: requests/s, p50, p99,
-error rate and KMS calls per request. Everything runs on loopback; every run is bounded.
+error rate, KMS calls and server CPU milliseconds per request. Everything runs on loopback; every run is bounded.
 
 Scenarios:
   hot cached GET          cache on, 100 existing ids
@@ -105,6 +106,10 @@ def store_section(env, data_dir, store):
     if store == "postgres":
         return ["[store]", 'backend = "postgres"', f'url = "{env["RKMS_TEST_POSTGRES_URL"]}"',
                 f'schema = "rkms_load_{os.getpid()}"']
+    if store == "dynamodb":
+        return ["[store]", 'backend = "dynamodb"', f'table_name = "rkms_load_{os.getpid()}"',
+                'region = "us-east-1"', f'endpoint = "{env["RKMS_TEST_DYNAMODB_ENDPOINT"]}"',
+                "create_table = true"]
     return ["[store]", 'backend = "sqlite"', f'path = "{data_dir}/rkms.sqlite3"']
 
 
@@ -154,6 +159,12 @@ class Server:
         text = self.get("/metrics")
         return sum(float(m) for m in re.findall(r"^rkms_kms_calls_total\{[^}]*\} (\S+)$", text, re.M))
 
+    def cpu_seconds(self):
+        """utime + stime of the server process so far."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=10)
@@ -194,12 +205,12 @@ def main():
     parser.add_argument("--connections", type=int, default=8, help="for the cached scenario")
     parser.add_argument("--kms-connections", type=int, default=8, help="for scenarios that call KMS")
     parser.add_argument("--only", help="run only the scenarios whose name contains this")
-    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--store", choices=["sqlite", "postgres", "dynamodb"], default="sqlite")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
         run(["apt-get", "install", "-y", "-qq", "wrk"])
-    features = ["--features", "postgres"] if args.store == "postgres" else []
+    features = ["--features", args.store] if args.store != "sqlite" else []
     run(["cargo", "build", "--release", "--locked", "-p", "rkms-server", *features], cwd=ROOT)
     run([os.path.join(ROOT, "scripts", "services.sh"), "start"])
     try:
@@ -233,18 +244,20 @@ def main():
             if args.only and args.only not in name:
                 continue
             server = Server(env, config(env, data_dir, scenario_endpoints, cache, args.store, **extra))
-            before = server.kms_calls()
+            before, cpu_before = server.kms_calls(), server.cpu_seconds()
             requests, rps, p50, p99, errors = wrk(server, lua, lua_args, args.duration, connections)
+            cpu = server.cpu_seconds() - cpu_before
             calls = server.kms_calls() - before
             server.stop()
-            rows.append((name, connections, rps, p50, p99, 100.0 * errors / max(requests, 1), calls / max(requests, 1)))
+            rows.append((name, connections, rps, p50, p99, 100.0 * errors / max(requests, 1),
+                         calls / max(requests, 1), 1000.0 * cpu / max(requests, 1)))
             print(f"done: {name}", file=sys.stderr)
 
         print(f"\nwrk, {args.duration} s per scenario, 2 threads; three moto KMS regions; {args.store} store\n")
-        print("| scenario | connections | requests/s | p50 ms | p99 ms | errors % | KMS calls/request |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for name, connections, rps, p50, p99, error_rate, calls in rows:
-            print(f"| {name} | {connections} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {error_rate:.2f} | {calls:.2f} |")
+        print("| scenario | connections | requests/s | p50 ms | p99 ms | errors % | KMS calls/request | server CPU ms/request |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, connections, rps, p50, p99, error_rate, calls, cpu in rows:
+            print(f"| {name} | {connections} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {error_rate:.2f} | {calls:.2f} | {cpu:.3f} |")
     finally:
         run([os.path.join(ROOT, "scripts", "services.sh"), "stop"])
 

@@ -606,9 +606,20 @@ async fn regions_added_and_removed_by_sighup_while_serving_and_a_refused_file_ch
         )
         .await;
     assert_eq!(added, versions as f64);
-    let (status, ready) = get_json(&client, &format!("{}/readyz", server.base)).await;
-    assert_eq!(status, 200);
-    assert_eq!(ready["regions"].as_array().unwrap().len(), 4, "{ready}");
+    // Readiness is checked once a second: the check after the reload lists the new region.
+    let started = Instant::now();
+    loop {
+        let (status, ready) = get_json(&client, &format!("{}/readyz", server.base)).await;
+        assert_eq!(status, 200);
+        if ready["regions"].as_array().unwrap().len() == 4 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "readiness still without {fourth}: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A file that fails its checks changes nothing: the four regions stay.
     let path = deployment.dir.path().join("rkms.toml");
