@@ -18,7 +18,6 @@ use rkms_core::{IssuedKey, KeyId};
 use serde::Serialize;
 use tower::{ServiceBuilder, ServiceExt as _};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 use zeroize::Zeroizing;
 
 use crate::access::{self, admit, AppState, Caller, Transport, DEFAULT_LIST_LIMIT};
@@ -71,24 +70,28 @@ pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Ro
     // Around the whole router once, not with `Router::layer`, which wraps every route apart:
     // a layered route is cloned for each request, layer by layer, each clone a box.
     let layered = ServiceBuilder::new()
-        .layer(middleware::from_fn_with_state(grpc, to_grpc))
+        .layer(middleware::from_fn_with_state((grpc, limits), front))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
-        .layer(middleware::from_fn_with_state(limits, limits::enforce))
         .service(routes);
     Router::new().fallback_service(layered)
 }
 
-/// Hands gRPC calls to the gRPC API ([`grpc::is_grpc`]), which has limits and error answers
-/// of its own; everything else goes on to the HTTP routes.
-async fn to_grpc(State(grpc): State<Router>, request: Request, next: Next) -> Response {
-    if !grpc::is_grpc(&request) {
-        return next.run(request).await;
+/// The port's front: a gRPC call goes to the gRPC API ([`grpc::is_grpc`]), which has limits
+/// and error answers of its own; anything else is held to the size limits and goes on to the
+/// HTTP routes. One layer for both, as each layer costs every request a clone and a box.
+async fn front(
+    State((grpc, limits)): State<(Router, LiveLimits)>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if grpc::is_grpc(&request) {
+        return Ok(match grpc.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        });
     }
-    match grpc.oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    limits::check(&limits.current(), &request)?;
+    Ok(next.run(request).await)
 }
 
 /// `/healthz` and `/readyz` alone, for `[server] health_port`: a listener of their own, which
