@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt as _, Shared};
@@ -129,6 +129,10 @@ type Entries = quick_cache::sync::Cache<KeyId, Arc<CachedKey>>;
 /// The cache. See the module documentation.
 pub(crate) struct KeyCache {
     entries: Arc<Entries>,
+    /// Age at which the sweep drops an entry.
+    keep_for: Duration,
+    /// Started with the first lookup.
+    sweeping: Once,
     in_flight: Arc<Mutex<InFlightMap>>,
     /// Counts [`KeyCache::forget`] calls (and refusals that forget): a fetch that started
     /// before one neither fills the cache nor is joined by later callers, as it may have read
@@ -151,8 +155,9 @@ impl std::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    /// A cache as `options` say, or `None` when caching is off. Within a Tokio runtime, starts
-    /// the sweep that drops entries past their age, which ends with the cache.
+    /// A cache as `options` say, or `None` when caching is off. Its first lookup starts the
+    /// sweep that drops entries past their age (a lookup runs in a Tokio runtime; building the
+    /// cache need not), which ends with the cache.
     pub(crate) fn new(options: CacheOptions) -> Option<Self> {
         if !options.enabled {
             return None;
@@ -163,11 +168,10 @@ impl KeyCache {
         // An expired entry stays for at least one more TTL, so that the next fetch can compare
         // its key with the one read (see `settle`).
         let keep_for = stale_until.max(options.ttl * 2);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(sweep(Arc::downgrade(&entries), keep_for));
-        }
         Some(Self {
             entries,
+            keep_for,
+            sweeping: Once::new(),
             in_flight: Arc::default(),
             forgotten: Arc::default(),
             options,
@@ -188,6 +192,9 @@ impl KeyCache {
     where
         F: Future<Output = Result<Option<Arc<CachedKey>>, ServiceError>> + Send + 'static,
     {
+        self.sweeping.call_once(|| {
+            tokio::spawn(sweep(Arc::downgrade(&self.entries), self.keep_for));
+        });
         let cached = self.entries.get(id);
         if let Some(entry) = cached {
             let age = entry.fetched.elapsed();
@@ -458,7 +465,7 @@ mod tests {
     #[tokio::test]
     async fn keys_past_their_age_leave_memory_unasked() {
         let cache = KeyCache::new(CacheOptions {
-            ttl: Duration::from_millis(50),
+            ttl: Duration::from_millis(250),
             ..CacheOptions::default()
         })
         .unwrap();
@@ -471,7 +478,7 @@ mod tests {
             .await
             .unwrap();
         // Kept past the TTL, for the comparison with the next fetch (two TTLs here).
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(260)).await;
         assert!(watch.upgrade().is_some(), "gone before its age");
         let started = Instant::now();
         while watch.upgrade().is_some() && started.elapsed() < Duration::from_secs(5) {

@@ -570,6 +570,45 @@ async fn callers_without_valid_credentials_get_401_json() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// Authentication is the `Admitted` extractor each route's handler takes, not a layer over the
+/// routes: a route whose handler forgot it would be open. Every method every route takes is
+/// refused without credentials, with or without a body or `Origin`.
+#[tokio::test]
+async fn every_route_refuses_a_caller_without_credentials() {
+    let store = Arc::new(MemoryStore::new());
+    let router = router_for(
+        store.clone(),
+        true,
+        &[principal("orders", &["orders/*"], BOTH)],
+        None,
+    );
+    let routes = [
+        ("GET", "/api/v1/key?id=orders/1"),
+        ("DELETE", "/api/v1/key?id=orders/1"),
+        ("POST", "/api/v1/key/rotate?id=orders/1"),
+        ("POST", "/api/v1/key/restore?id=orders/1"),
+        ("GET", "/api/v1/key/info?id=orders/1"),
+        ("GET", "/api/v1/keys?prefix=orders/"),
+        ("GET", "/metrics"),
+    ];
+    for (method, uri) in routes {
+        for (origin, body) in [(false, ""), (true, ""), (false, "x")] {
+            let mut request = Request::builder().method(method).uri(uri);
+            if origin {
+                request = request.header("origin", "https://attacker.example");
+            }
+            let request = request.body(Body::from(body)).unwrap();
+            let (status, _, answer) = send(&router, request).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} (Origin: {origin}, body: {body:?}): {answer}"
+            );
+        }
+    }
+    assert!(store.list(None, 10).await.unwrap().ids.is_empty());
+}
+
 #[tokio::test]
 async fn ids_outside_a_principals_patterns_get_403_and_are_audited() {
     let dir = tempfile::tempdir().unwrap();
