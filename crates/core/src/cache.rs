@@ -433,6 +433,19 @@ mod tests {
         move |_| async move { Ok(Some(entry(byte))) }.boxed()
     }
 
+    /// Caches `entry(byte)` for `name`; returns a watch on it, empty once the cache let it go.
+    async fn cached_and_watched(cache: &KeyCache, name: &str, byte: u8) -> Weak<CachedKey> {
+        let cached = entry(byte);
+        let watch = Arc::downgrade(&cached);
+        cache
+            .get(&id(name), Fetch::GetOrCreate, move |_| async move {
+                Ok(Some(cached))
+            })
+            .await
+            .unwrap();
+        watch
+    }
+
     #[tokio::test]
     async fn evicted_keys_are_dropped_and_so_zeroized() {
         let cache = KeyCache::new(CacheOptions {
@@ -440,14 +453,7 @@ mod tests {
             ..CacheOptions::default()
         })
         .unwrap();
-        let first = entry(7);
-        let watch = Arc::downgrade(&first);
-        cache
-            .get(&id("a"), Fetch::GetOrCreate, move |_| async move {
-                Ok(Some(first))
-            })
-            .await
-            .unwrap();
+        let watch = cached_and_watched(&cache, "a", 7).await;
         for (i, name) in ["b", "c", "d"].iter().enumerate() {
             let byte = u8::try_from(i).unwrap();
             cache
@@ -469,14 +475,7 @@ mod tests {
             ..CacheOptions::default()
         })
         .unwrap();
-        let first = entry(5);
-        let watch = Arc::downgrade(&first);
-        cache
-            .get(&id("a"), Fetch::GetOrCreate, move |_| async move {
-                Ok(Some(first))
-            })
-            .await
-            .unwrap();
+        let watch = cached_and_watched(&cache, "a", 5).await;
         // Kept past the TTL, for the comparison with the next fetch (two TTLs here).
         tokio::time::sleep(Duration::from_millis(260)).await;
         assert!(watch.upgrade().is_some(), "gone before its age");

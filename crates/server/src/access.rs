@@ -142,11 +142,10 @@ struct RequestId([u8; 16]);
 
 impl RequestId {
     fn random() -> Self {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let bits = rand::random::<u64>();
-        Self(std::array::from_fn(|i| {
-            DIGITS[(bits >> (60 - 4 * i) & 0xf) as usize]
-        }))
+        let mut digits = [0; 16];
+        hex::encode_to_slice(rand::random::<u64>().to_be_bytes(), &mut digits)
+            .expect("two digits a byte");
+        Self(digits)
     }
 
     fn as_str(&self) -> &str {

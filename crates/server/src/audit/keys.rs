@@ -215,10 +215,7 @@ fn write_new(path: &Path, mode: u32, bytes: &[u8]) -> Result<(), KeyError> {
 
 /// The first 8 bytes (hex) of the SHA-256 of the DER public key.
 fn key_id(spki_der: &[u8]) -> String {
-    Sha256::digest(spki_der)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(spki_der)[..8])
 }
 
 /// PEM text, lines of 64; zeroized on drop, as it may hold a private key.

@@ -138,14 +138,7 @@ impl std::fmt::Debug for AuditLog {
 
 /// SHA-256 of a line, as `prev` writes it.
 fn hash(line: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(line);
-    let mut hex = String::with_capacity(64);
-    for byte in digest {
-        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    hex
+    hex::encode(Sha256::digest(line))
 }
 
 /// Whether [`AuditLog::open`] could open the file at `path` for appending, checked without
