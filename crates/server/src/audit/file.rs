@@ -6,7 +6,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
 use std::path::Path;
 
-use super::{hash, AuditSync};
+use super::writer::ChainHash;
+use super::AuditSync;
 
 /// How much of the file's end is read at first; doubled until a whole line is in view.
 const TAIL_WINDOW: u64 = 64 * 1024;
@@ -15,7 +16,7 @@ const TAIL_WINDOW: u64 = 64 * 1024;
 pub(super) struct Opened {
     pub(super) file: File,
     /// The hash of the last complete, non-empty line; `None` when there is none.
-    pub(super) last: Option<String>,
+    pub(super) last: Option<ChainHash>,
     /// The file ends in a line without its newline.
     pub(super) torn: bool,
 }
@@ -43,7 +44,7 @@ pub(super) fn open(path: &Path, sync: AuditSync) -> io::Result<Opened> {
     let (last, torn) = tail(&file)?;
     Ok(Opened {
         file,
-        last: last.map(|line| hash(&line)),
+        last: last.map(|line| ChainHash::of(&line)),
         torn,
     })
 }

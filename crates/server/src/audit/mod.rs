@@ -30,10 +30,9 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 mod checkpoint;
 mod commit;
@@ -48,10 +47,7 @@ pub use verify::{verify, verify_signed, Unanchored, Verified, VerifyError};
 
 use checkpoint::{Checkpoint, Reason};
 use commit::GroupCommit;
-use writer::{CheckpointLine, Sink, Writer};
-
-/// The `prev` of a writer's first line in an empty file.
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+use writer::{CheckpointLine, Settled, Sink, Turn, Writer};
 
 /// Where audit lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +116,8 @@ pub struct AuditLog {
     target: AuditTarget,
     sync: AuditSync,
     writer: Mutex<Writer>,
+    /// Signalled when a request's write of queued lines is done and none are left.
+    idle: Condvar,
     commit: GroupCommit,
     signing: Option<Signing>,
     /// Woken when the writer has written `every_lines` lines since its last checkpoint.
@@ -134,11 +132,6 @@ impl std::fmt::Debug for AuditLog {
             .field("signing", &self.signing)
             .finish_non_exhaustive()
     }
-}
-
-/// SHA-256 of a line, as `prev` writes it.
-fn hash(line: &[u8]) -> String {
-    hex::encode(Sha256::digest(line))
 }
 
 /// Whether [`AuditLog::open`] could open the file at `path` for appending, checked without
@@ -179,6 +172,7 @@ impl AuditLog {
             target: target.clone(),
             sync,
             writer: Mutex::new(writer),
+            idle: Condvar::new(),
             commit: GroupCommit::default(),
             signing: None,
             due: tokio::sync::Notify::new(),
@@ -201,7 +195,7 @@ impl AuditLog {
             return Ok(());
         };
         let opened = file::open(path, self.sync)?;
-        let mut writer = self.lock();
+        let mut writer = self.exclusive();
         if let Err(e) = self.checkpoint_locked(&mut writer, Reason::Reopen) {
             tracing::error!(error = %e, "cannot write the audit checkpoint before the reopen");
         }
@@ -217,7 +211,7 @@ impl AuditLog {
     /// audit line that cannot be written is an error the caller must not ignore: a key
     /// service that cannot audit should not hand out keys.
     pub async fn record(&self, event: &AuditEvent<'_>) -> io::Result<()> {
-        let number = self.append(event)?;
+        let number = self.append(event).await?;
         match self.sync {
             AuditSync::Os => Ok(()),
             // Boxed: the group commit's future would otherwise make every key request's
@@ -261,8 +255,18 @@ impl AuditLog {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+    fn lock(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer, once no request is writing queued lines: for the writes outside requests
+    /// (checkpoints, reopen), which then write with the lock held.
+    fn exclusive(&self) -> MutexGuard<'_, Writer> {
+        let mut writer = self.lock();
+        while writer.writing {
+            writer = self.idle.wait(writer).unwrap_or_else(|e| e.into_inner());
+        }
+        writer
     }
 
     /// Returns once line `number` is on disk.
@@ -272,25 +276,51 @@ impl AuditLog {
             .await
     }
 
-    /// Chains and writes one event line with one write; returns its number.
-    fn append(&self, event: &AuditEvent<'_>) -> io::Result<u64> {
-        let mut writer = self.lock();
-        let number = writer.append(event, None)?;
-        writer.since_checkpoint += 1;
-        if self
-            .signing
-            .as_ref()
-            .is_some_and(|s| writer.since_checkpoint == s.every.every_lines)
-        {
-            self.due.notify_one();
-        }
+    /// Chains one event line and returns its number once it is written: by this caller, with
+    /// the lines queued meanwhile, or by the caller already writing (see `writer`).
+    async fn append(&self, event: &AuditEvent<'_>) -> io::Result<u64> {
+        let (number, turn) = {
+            let mut writer = self.lock();
+            let number = writer.queue(event, None)?;
+            writer.since_checkpoint += 1;
+            if self
+                .signing
+                .as_ref()
+                .is_some_and(|s| writer.since_checkpoint == s.every.every_lines)
+            {
+                self.due.notify_one();
+            }
+            (number, writer.turn())
+        };
+        let settled = match turn {
+            Turn::Write(batch) => self.write_from(batch),
+            Turn::Wait(outcome) => outcome.wait().await,
+        };
+        settled.of(number)?;
         Ok(number)
+    }
+
+    /// Writes `batch`, then each batch queued while the last was written, until none is
+    /// left; returns how the first went.
+    fn write_from(&self, first: writer::Batch) -> Settled {
+        let wrote = first.write();
+        let mut writer = self.lock();
+        let settled = writer.settle(first, wrote);
+        while let Some(batch) = writer.take() {
+            drop(writer);
+            let wrote = batch.write();
+            writer = self.lock();
+            writer.settle(batch, wrote);
+        }
+        drop(writer);
+        self.idle.notify_all();
+        settled
     }
 
     /// Writes a checkpoint if there is a signing key and the writer has written lines since
     /// its last one. Blocks on file I/O.
     fn checkpoint(&self, reason: Reason) -> io::Result<()> {
-        self.checkpoint_locked(&mut self.lock(), reason)
+        self.checkpoint_locked(&mut self.exclusive(), reason)
     }
 
     fn checkpoint_locked(&self, writer: &mut Writer, reason: Reason) -> io::Result<()> {
@@ -306,7 +336,8 @@ impl AuditLog {
                 reason,
             },
         };
-        writer.append(&line, Some(&signing.key))?;
+        let number = writer.queue(&line, Some(&signing.key))?;
+        writer.write_queued().of(number)?;
         writer.since_checkpoint = 0;
         Ok(())
     }

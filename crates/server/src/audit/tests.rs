@@ -4,6 +4,15 @@ use std::path::Path;
 
 use super::*;
 
+/// The `prev` of a writer's first line in an empty file.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// SHA-256 of a line, as `prev` writes it.
+fn hash(line: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    hex::encode(Sha256::digest(line))
+}
+
 fn event(id: &str) -> AuditEvent<'_> {
     AuditEvent {
         request_id: "r1",
@@ -653,4 +662,81 @@ fn prev_is_the_lines_sha256_in_lowercase_hex() {
         hash(b"abc"),
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
+}
+
+/// A write that does not return (a stalled disk, here a full pipe) holds up the requests whose
+/// lines wait for it, but not the server's other work: the second request's line waits for
+/// its turn without taking a worker thread.
+#[test]
+fn a_stalled_write_holds_up_the_lines_behind_it_but_no_worker() {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.fifo");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )
+    .unwrap();
+    // The log opens the pipe for reading and writing, so it never lacks a reader; filling it
+    // makes the log's next write block until the pipe is read.
+    let log = Arc::new(open(&path));
+    let mut filler = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&path)
+        .unwrap();
+    let mut filled = 0;
+    while let Ok(n) = filler.write(&[b'x'; 4096]) {
+        filled += n;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let record = |id: &'static str| {
+        let log = Arc::clone(&log);
+        runtime.spawn(async move { log.record(&event(id)).await })
+    };
+    let first = record("first");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = record("second");
+    std::thread::sleep(Duration::from_millis(200));
+    let (ran, other_work) = std::sync::mpsc::channel();
+    runtime.spawn(async move { ran.send(()).unwrap() });
+    let other_work_ran = other_work.recv_timeout(Duration::from_secs(2)).is_ok();
+
+    let mut reader = File::open(&path).unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut read = Vec::new();
+        let mut buf = [0; 65536];
+        while let Ok(n) = reader.read(&mut buf) {
+            read.extend_from_slice(&buf[..n]);
+            if read.iter().filter(|b| **b == b'\n').count() == 2 {
+                return read;
+            }
+        }
+        read
+    });
+    runtime.block_on(async {
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+    });
+    let read = drain.join().unwrap();
+    assert!(
+        other_work_ran,
+        "a worker was blocked while a line waited for the stalled write"
+    );
+    let written = dir.path().join("audit.log");
+    std::fs::write(&written, &read[filled..]).unwrap();
+    assert_eq!(verify(&written).unwrap().lines, 2);
+    let ids: Vec<_> = lines(&written)
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
+        .collect();
+    assert_eq!(ids, ["first", "second"]);
 }

@@ -1,15 +1,40 @@
-//! One writer's side of the log: its chain, its line count, and how a line is written.
+//! One writer's side of the log: its chain, its line count, and how lines are written.
+//!
+//! Lines are chained and numbered under the log's lock, into a queue, and written outside
+//! it: the caller that finds no write under way takes the queue and writes it with one
+//! `write`, then every line queued meanwhile, until none is left; a caller that finds a write
+//! under way waits for the batch that holds its line. Under load, a request whose audit line
+//! waits gives its worker back instead of blocking it on the lock, and lines share writes.
 
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
 
 use super::checkpoint::{self, Checkpoint};
 use super::keys::SigningKey;
-use super::{hash, GENESIS};
+
+/// A line's SHA-256, written in lowercase hex as the next line's `prev`; all zeros before a
+/// writer's first line in an empty file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct ChainHash(pub(super) [u8; 32]);
+
+impl ChainHash {
+    pub(super) fn of(line: &[u8]) -> Self {
+        Self(Sha256::digest(line).into())
+    }
+}
+
+impl Serialize for ChainHash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut digits = [0; 64];
+        hex::encode_to_slice(self.0, &mut digits).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(std::str::from_utf8(&digits).map_err(serde::ser::Error::custom)?)
+    }
+}
 
 #[derive(Serialize)]
 struct Line<'a, B> {
@@ -21,7 +46,7 @@ struct Line<'a, B> {
     /// An [`AuditEvent`](super::AuditEvent) or a [`CheckpointLine`].
     #[serde(flatten)]
     body: &'a B,
-    prev: &'a str,
+    prev: ChainHash,
 }
 
 #[derive(Serialize)]
@@ -30,20 +55,138 @@ pub(super) struct CheckpointLine {
 }
 
 /// Where this process's lines go now.
+#[derive(Clone)]
 pub(super) enum Sink {
     Stdout,
     File(Arc<File>),
 }
 
-/// The writer's position: its file, its chain, and how many lines it has written.
+/// Lines chained and waiting for their write, and who waits for them.
+#[derive(Default)]
+struct Queue {
+    bytes: Vec<u8>,
+    lines: u64,
+    /// `bytes` starts with the newline that completes a torn line.
+    completes_torn: bool,
+    /// Made by the first caller that waits for these lines.
+    outcome: Option<Arc<Outcome>>,
+}
+
+/// Queued lines taken out to be written with one `write`.
+pub(super) struct Batch {
+    lines: Queue,
+    sink: Sink,
+    /// The hash of the batch's last line.
+    head: ChainHash,
+}
+
+impl Batch {
+    /// Writes the lines with one `write`; returns how many bytes went out (a short write is
+    /// for [`Writer::settle`] to judge).
+    pub(super) fn write(&self) -> io::Result<usize> {
+        let bytes = &self.lines.bytes;
+        match &self.sink {
+            Sink::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(bytes)?;
+                out.flush()?;
+                Ok(bytes.len())
+            }
+            Sink::File(file) => (&**file).write(bytes),
+        }
+    }
+
+    /// The lines complete among the first `written` bytes, and the hash of the last of them.
+    fn complete_in(&self, written: usize) -> (u64, Option<ChainHash>) {
+        let bytes = &self.lines.bytes[..written];
+        let Some(cut) = bytes.iter().rposition(|b| *b == b'\n') else {
+            return (0, None);
+        };
+        let newlines = bytes[..cut].iter().filter(|b| **b == b'\n').count() + 1;
+        let lines = newlines - usize::from(self.lines.completes_torn);
+        if lines == 0 {
+            return (0, None);
+        }
+        let begin = bytes[..cut]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |at| at + 1);
+        (lines as u64, Some(ChainHash::of(&bytes[begin..cut])))
+    }
+}
+
+/// How the write of a batch went: every line numbered up to `upto` is in the sink; the
+/// batch's later lines are not, for `error`.
+#[derive(Debug, Clone)]
+pub(super) struct Settled {
+    upto: u64,
+    error: Option<(io::ErrorKind, String)>,
+}
+
+impl Settled {
+    /// Whether line `number` was written.
+    pub(super) fn of(&self, number: u64) -> io::Result<()> {
+        if number <= self.upto {
+            return Ok(());
+        }
+        let (kind, message) = self.error.clone().unwrap_or((
+            io::ErrorKind::Other,
+            "the audit line was not written".to_owned(),
+        ));
+        Err(io::Error::new(kind, message))
+    }
+}
+
+/// Where callers wait for a batch to be written.
+#[derive(Default)]
+pub(super) struct Outcome {
+    settled: OnceLock<Settled>,
+    notify: tokio::sync::Notify,
+}
+
+impl Outcome {
+    pub(super) async fn wait(&self) -> Settled {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(settled) = self.settled.get() {
+                return settled.clone();
+            }
+            notified.await;
+        }
+    }
+
+    fn settle(&self, settled: Settled) {
+        let _ = self.settled.set(settled);
+        self.notify.notify_waiters();
+    }
+}
+
+/// What a caller that queued a line does next.
+pub(super) enum Turn {
+    /// No write was under way: it writes this batch, and those queued after it.
+    Write(Batch),
+    /// It waits for the batch its line is in.
+    Wait(Arc<Outcome>),
+}
+
+/// The writer's position: its sink, its chain, how many lines it has written, and the lines
+/// queued for the next write.
 pub(super) struct Writer {
     pub(super) sink: Sink,
     pub(super) id: String,
-    prev: String,
-    /// The file may end in a torn line: the next line starts with a newline and is marked.
+    /// The hash of the last line queued: the next line's `prev`.
+    head: ChainHash,
+    /// The hash of the last line written: the chain goes on from it if queued lines are lost.
+    written_head: ChainHash,
+    /// The sink may end in a torn line: the next line queued starts with a newline and is
+    /// marked.
     torn: bool,
     /// Lines written since the log was opened, across reopens; a line's number is its place.
     pub(super) written: u64,
+    queued: Queue,
+    /// A caller took a batch to write it; until it is done, lines wait in `queued`. Without a
+    /// write under way, nothing is queued.
+    pub(super) writing: bool,
     /// Files replaced by a reopen, with the number of the last line written to each, until a
     /// sync covers them.
     pub(super) retired: Vec<(Arc<File>, u64)>,
@@ -54,30 +197,36 @@ pub(super) struct Writer {
 impl Writer {
     /// A new writer whose first line follows `last` (the hash of the file's last complete
     /// line).
-    pub(super) fn starting(sink: Sink, last: Option<String>, torn: bool) -> Self {
+    pub(super) fn starting(sink: Sink, last: Option<ChainHash>, torn: bool) -> Self {
+        let head = last.unwrap_or_default();
         Self {
             sink,
             id: new_writer_id(),
-            prev: last.unwrap_or_else(|| GENESIS.to_owned()),
+            head,
+            written_head: head,
             torn,
             written: 0,
+            queued: Queue::default(),
+            writing: false,
             retired: Vec::new(),
             since_checkpoint: 0,
         }
     }
 
-    /// Goes on as a new writer on `sink`, keeping the line count; returns the old sink.
-    pub(super) fn restart(&mut self, sink: Sink, last: Option<String>, torn: bool) -> Sink {
+    /// Goes on as a new writer on `sink`, keeping the line count; returns the old sink. Only
+    /// with nothing queued.
+    pub(super) fn restart(&mut self, sink: Sink, last: Option<ChainHash>, torn: bool) -> Sink {
+        debug_assert!(!self.writing && self.queued.lines == 0);
         self.id = new_writer_id();
-        self.prev = last.unwrap_or_else(|| GENESIS.to_owned());
+        self.head = last.unwrap_or_default();
+        self.written_head = self.head;
         self.torn = torn;
         self.since_checkpoint = 0;
         std::mem::replace(&mut self.sink, sink)
     }
 
-    /// Chains and writes one line with one write, signed when `key` is given; returns its
-    /// number.
-    pub(super) fn append<B: Serialize>(
+    /// Chains one line, signed when `key` is given, onto the queue; returns its number.
+    pub(super) fn queue<B: Serialize>(
         &mut self,
         body: &B,
         key: Option<&SigningKey>,
@@ -85,54 +234,124 @@ impl Writer {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let mut bytes = Vec::with_capacity(320);
+        let bytes = &mut self.queued.bytes;
+        let before = bytes.len();
         if self.torn {
             bytes.push(b'\n');
         }
         let start = bytes.len();
-        serde_json::to_writer(
-            &mut bytes,
-            &Line {
-                time_ms,
-                writer: &self.id,
-                restart: self.torn.then_some("torn"),
-                body,
-                prev: &self.prev,
-            },
-        )
-        .map_err(io::Error::other)?;
+        let line = Line {
+            time_ms,
+            writer: &self.id,
+            restart: self.torn.then_some("torn"),
+            body,
+            prev: self.head,
+        };
+        if let Err(e) = serde_json::to_writer(&mut *bytes, &line) {
+            bytes.truncate(before);
+            return Err(io::Error::other(e));
+        }
         if let Some(key) = key {
             let mut line = bytes.split_off(start);
             checkpoint::sign(&mut line, key);
             bytes.append(&mut line);
         }
-        let next = hash(&bytes[start..]);
+        self.head = ChainHash::of(&bytes[start..]);
         bytes.push(b'\n');
-        match &self.sink {
-            Sink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(&bytes)?;
-                out.flush()?;
-            }
-            Sink::File(file) => {
-                let written = (&**file).write(&bytes)?;
-                if written < bytes.len() {
-                    // Part of the line is in the file: the next one completes and marks it.
-                    self.torn = true;
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!(
-                            "short write to the audit log ({written} of {} bytes)",
-                            bytes.len()
-                        ),
-                    ));
+        self.queued.completes_torn |= self.torn;
+        self.torn = false;
+        self.queued.lines += 1;
+        Ok(self.written + self.queued.lines)
+    }
+
+    /// After a line was queued: the batch to write if no write is under way (the caller
+    /// writes it), or where to wait.
+    pub(super) fn turn(&mut self) -> Turn {
+        if self.writing {
+            let outcome = self.queued.outcome.get_or_insert_with(Arc::default);
+            Turn::Wait(Arc::clone(outcome))
+        } else {
+            self.writing = true;
+            Turn::Write(Batch {
+                lines: std::mem::take(&mut self.queued),
+                sink: self.sink.clone(),
+                head: self.head,
+            })
+        }
+    }
+
+    /// Takes the queued lines out to be written; `None` when nothing is queued, and then no
+    /// write is under way any more.
+    pub(super) fn take(&mut self) -> Option<Batch> {
+        self.writing = self.queued.lines > 0;
+        self.writing.then(|| Batch {
+            lines: std::mem::take(&mut self.queued),
+            sink: self.sink.clone(),
+            head: self.head,
+        })
+    }
+
+    /// Writes what is queued with the lock held: for the writes outside requests, when no
+    /// request is writing.
+    pub(super) fn write_queued(&mut self) -> Settled {
+        let Some(batch) = self.take() else {
+            return Settled {
+                upto: self.written,
+                error: None,
+            };
+        };
+        let wrote = batch.write();
+        let settled = self.settle(batch, wrote);
+        self.writing = false;
+        settled
+    }
+
+    /// Notes how the write of `batch` went, and tells whoever waits for its lines. A short or
+    /// failed write loses the batch's unwritten lines and every line queued after it (they
+    /// chain to lost ones): the chain goes on from the last line in the sink, and a torn end
+    /// is marked by the next line.
+    pub(super) fn settle(&mut self, batch: Batch, wrote: io::Result<usize>) -> Settled {
+        let len = batch.lines.bytes.len();
+        let settled = match wrote {
+            Ok(n) if n == len => {
+                self.written += batch.lines.lines;
+                self.written_head = batch.head;
+                Settled {
+                    upto: self.written,
+                    error: None,
                 }
             }
+            failed => {
+                let (n, error) = match failed {
+                    Ok(n) => (
+                        n,
+                        (
+                            io::ErrorKind::WriteZero,
+                            format!("short write to the audit log ({n} of {len} bytes)"),
+                        ),
+                    ),
+                    Err(e) => (0, (e.kind(), e.to_string())),
+                };
+                let (lines, last) = batch.complete_in(n);
+                self.written += lines;
+                self.written_head = last.unwrap_or(self.written_head);
+                self.head = self.written_head;
+                let cut_mid_line = n > 0 && batch.lines.bytes[n - 1] != b'\n';
+                self.torn = cut_mid_line || (batch.lines.completes_torn && lines == 0);
+                let settled = Settled {
+                    upto: self.written,
+                    error: Some(error),
+                };
+                if let Some(outcome) = std::mem::take(&mut self.queued).outcome {
+                    outcome.settle(settled.clone());
+                }
+                settled
+            }
+        };
+        if let Some(outcome) = &batch.lines.outcome {
+            outcome.settle(settled.clone());
         }
-        self.prev = next;
-        self.torn = false;
-        self.written += 1;
-        Ok(self.written)
+        settled
     }
 }
 
