@@ -358,3 +358,103 @@ impl Writer {
 fn new_writer_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn writer(path: &Path) -> (Writer, Arc<File>) {
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .unwrap(),
+        );
+        (
+            Writer::starting(Sink::File(Arc::clone(&file)), None, false),
+            file,
+        )
+    }
+
+    fn queue(writer: &mut Writer, id: &str) -> u64 {
+        writer
+            .queue(&serde_json::json!({ "id": id }), None)
+            .unwrap()
+    }
+
+    fn ids(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_short_write_keeps_the_whole_lines_and_the_next_line_marks_the_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (mut writer, file) = writer(&path);
+        for id in ["a", "b", "c"] {
+            queue(&mut writer, id);
+        }
+        let Turn::Write(batch) = writer.turn() else {
+            panic!("no write was under way")
+        };
+        let cut = batch.lines.bytes.iter().position(|b| *b == b'\n').unwrap() + 10;
+        (&*file).write_all(&batch.lines.bytes[..cut]).unwrap();
+        let settled = writer.settle(batch, Ok(cut));
+        assert!(settled.of(1).is_ok());
+        for lost in [2, 3] {
+            assert_eq!(
+                settled.of(lost).unwrap_err().kind(),
+                io::ErrorKind::WriteZero
+            );
+        }
+        assert_eq!(
+            queue(&mut writer, "d"),
+            2,
+            "numbers follow the lines in the file"
+        );
+        writer.write_queued().of(2).unwrap();
+        let verified = super::super::verify(&path).unwrap();
+        assert_eq!((verified.lines, verified.restarts), (2, vec![2]));
+        assert_eq!(ids(&path), ["a", "d"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_the_lines_queued_behind_it_and_the_chain_goes_on_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (mut writer, _file) = writer(&path);
+        queue(&mut writer, "a");
+        writer.write_queued().of(1).unwrap();
+        queue(&mut writer, "b");
+        let Turn::Write(batch) = writer.turn() else {
+            panic!("no write was under way")
+        };
+        let behind = queue(&mut writer, "c");
+        let Turn::Wait(outcome) = writer.turn() else {
+            panic!("a write was under way")
+        };
+        let failed = writer.settle(batch, Err(io::Error::other("the disk is gone")));
+        assert!(failed.of(2).is_err());
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), outcome.wait())
+            .await
+            .expect("the lines queued behind a failed write are told")
+            .of(behind)
+            .unwrap_err();
+        assert_eq!(waited.to_string(), "the disk is gone");
+        assert!(
+            writer.take().is_none(),
+            "the lost lines are not written later"
+        );
+        queue(&mut writer, "d");
+        writer.write_queued().of(2).unwrap();
+        assert_eq!(super::super::verify(&path).unwrap().lines, 2);
+        assert_eq!(ids(&path), ["a", "d"]);
+    }
+}
