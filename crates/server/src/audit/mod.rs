@@ -264,6 +264,7 @@ impl AuditLog {
     fn exclusive(&self) -> MutexGuard<'_, Writer> {
         let mut writer = self.lock();
         while writer.writing {
+            writer.idle_wanted = true;
             writer = self.idle.wait(writer).unwrap_or_else(|e| e.into_inner());
         }
         writer
@@ -312,8 +313,10 @@ impl AuditLog {
             writer = self.lock();
             writer.settle(batch, wrote);
         }
-        drop(writer);
-        self.idle.notify_all();
+        // Only when asked: a notification is a system call.
+        if std::mem::take(&mut writer.idle_wanted) {
+            self.idle.notify_all();
+        }
         settled
     }
 

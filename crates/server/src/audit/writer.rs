@@ -187,6 +187,8 @@ pub(super) struct Writer {
     /// A caller took a batch to write it; until it is done, lines wait in `queued`. Without a
     /// write under way, nothing is queued.
     pub(super) writing: bool,
+    /// A write outside requests waits for `writing` to end.
+    pub(super) idle_wanted: bool,
     /// Files replaced by a reopen, with the number of the last line written to each, until a
     /// sync covers them.
     pub(super) retired: Vec<(Arc<File>, u64)>,
@@ -208,6 +210,7 @@ impl Writer {
             written: 0,
             queued: Queue::default(),
             writing: false,
+            idle_wanted: false,
             retired: Vec::new(),
             since_checkpoint: 0,
         }
