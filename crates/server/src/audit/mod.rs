@@ -259,14 +259,17 @@ impl AuditLog {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The writer, once no request is writing queued lines: for the writes outside requests
-    /// (checkpoints, reopen), which then write with the lock held.
+    /// The writer with nothing queued and no request writing: for the writes outside
+    /// requests (checkpoints, reopen), which then write with the lock held. Takes the turn
+    /// from a request that is writing at its next batch, and writes what was queued.
     fn exclusive(&self) -> MutexGuard<'_, Writer> {
         let mut writer = self.lock();
         while writer.writing {
             writer.idle_wanted = true;
             writer = self.idle.wait(writer).unwrap_or_else(|e| e.into_inner());
         }
+        // The lines' requests learn how their write went; the caller's own write follows.
+        writer.write_queued();
         writer
     }
 
@@ -302,21 +305,25 @@ impl AuditLog {
     }
 
     /// Writes `batch`, then each batch queued while the last was written, until none is
-    /// left; returns how the first went.
+    /// left or a write outside requests waits for its turn (it then writes what is queued);
+    /// returns how the first went.
     fn write_from(&self, first: writer::Batch) -> Settled {
         let wrote = first.write();
         let mut writer = self.lock();
         let settled = writer.settle(first, wrote);
-        while let Some(batch) = writer.take() {
+        while !writer.idle_wanted {
+            let Some(batch) = writer.take() else {
+                return settled;
+            };
             drop(writer);
             let wrote = batch.write();
             writer = self.lock();
             writer.settle(batch, wrote);
         }
-        // Only when asked: a notification is a system call.
-        if std::mem::take(&mut writer.idle_wanted) {
-            self.idle.notify_all();
-        }
+        writer.idle_wanted = false;
+        writer.writing = false;
+        // Only now: a notification is a system call.
+        self.idle.notify_all();
         settled
     }
 

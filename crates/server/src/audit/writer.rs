@@ -92,7 +92,12 @@ impl Batch {
                 out.flush()?;
                 Ok(bytes.len())
             }
-            Sink::File(file) => (&**file).write(bytes),
+            Sink::File(file) => loop {
+                match (&**file).write(bytes) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    wrote => return wrote,
+                }
+            },
         }
     }
 
@@ -183,11 +188,15 @@ pub(super) struct Writer {
     torn: bool,
     /// Lines written since the log was opened, across reopens; a line's number is its place.
     pub(super) written: u64,
+    /// The number of the last line queued: lines being written and queued come after
+    /// `written`.
+    numbered: u64,
     queued: Queue,
     /// A caller took a batch to write it; until it is done, lines wait in `queued`. Without a
-    /// write under way, nothing is queued.
+    /// write under way, lines are queued only while a write outside requests takes its turn
+    /// (and writes them).
     pub(super) writing: bool,
-    /// A write outside requests waits for `writing` to end.
+    /// A write outside requests waits for its turn: the request writing hands it over.
     pub(super) idle_wanted: bool,
     /// Files replaced by a reopen, with the number of the last line written to each, until a
     /// sync covers them.
@@ -208,6 +217,7 @@ impl Writer {
             written_head: head,
             torn,
             written: 0,
+            numbered: 0,
             queued: Queue::default(),
             writing: false,
             idle_wanted: false,
@@ -264,7 +274,8 @@ impl Writer {
         self.queued.completes_torn |= self.torn;
         self.torn = false;
         self.queued.lines += 1;
-        Ok(self.written + self.queued.lines)
+        self.numbered += 1;
+        Ok(self.numbered)
     }
 
     /// After a line was queued: the batch to write if no write is under way (the caller
@@ -337,6 +348,7 @@ impl Writer {
                 };
                 let (lines, last) = batch.complete_in(n);
                 self.written += lines;
+                self.numbered = self.written;
                 self.written_head = last.unwrap_or(self.written_head);
                 self.head = self.written_head;
                 let cut_mid_line = n > 0 && batch.lines.bytes[n - 1] != b'\n';
@@ -459,5 +471,34 @@ mod tests {
         writer.write_queued().of(2).unwrap();
         assert_eq!(super::super::verify(&path).unwrap().lines, 2);
         assert_eq!(ids(&path), ["a", "d"]);
+    }
+
+    #[test]
+    fn a_line_queued_behind_a_write_is_numbered_by_its_place_and_told_when_its_batch_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (mut writer, _file) = writer(&path);
+        assert_eq!(queue(&mut writer, "a"), 1);
+        let Turn::Write(first) = writer.turn() else {
+            panic!("no write was under way")
+        };
+        assert_eq!(
+            queue(&mut writer, "b"),
+            2,
+            "the line after one being written"
+        );
+        let Turn::Wait(outcome) = writer.turn() else {
+            panic!("a write was under way")
+        };
+        let wrote = first.write();
+        writer.settle(first, wrote).of(1).unwrap();
+        let second = writer.take().expect("the line queued meanwhile");
+        writer.settle(second, Err(io::Error::other("the disk is gone")));
+        let settled = outcome.settled.get().expect("told").clone();
+        assert!(
+            settled.of(2).is_err(),
+            "a line that was not written is not confirmed"
+        );
+        assert_eq!(ids(&path), ["a"]);
     }
 }
