@@ -1,7 +1,7 @@
 """Load test: the release rkms-server against three emulated KMS regions, one table of figures.
 
 Usage: python3 scripts/load.py [--duration SECONDS] [--connections N]
-                              [--store sqlite|postgres|dynamodb] [--only TEXT]
+                              [--store sqlite|postgres|dynamodb] [--only TEXT] [--keep-alive]
 
 Builds the release server, starts the test services (scripts/services.sh), and for each
 scenario starts the server with its configuration over one store (a SQLite file, a schema
@@ -10,6 +10,11 @@ dynamodb), drives it with wrk, reads KMS calls from the server's /metrics, and t
 time (utime + stime from /proc) over the run. Every request authenticates with a bearer token
 (a principal without a rate limit) and is written to the audit log, as in production. Prints a Markdown table: requests/s, p50, p99,
 error rate, KMS calls and server CPU milliseconds per request. Everything runs on loopback; every run is bounded.
+
+moto's server closes every connection, so each AWS call connects anew; AWS's endpoints keep
+connections open. With --keep-alive the KMS regions and DynamoDB are moto processes of this
+script's own that keep connections open (scripts/moto_serial.py keep-alive, one request at a
+time each), so the figures show the server's cost per call without a connect.
 
 Scenarios:
   hot cached GET          cache on, 100 existing ids
@@ -100,6 +105,34 @@ def services_env():
             name, value = line.strip().removeprefix("export ").split("=", 1)
             env[name] = value
     return env
+
+
+def keep_alive_emulators(env):
+    """Starts moto for each KMS region and for DynamoDB, keeping connections open, with the
+    regions' master keys; points env at them. Returns the processes."""
+    if subprocess.run([sys.executable, "-c", "import waitress"], capture_output=True).returncode:
+        run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "waitress>=3,<4"])
+    regions = env["RKMS_TEST_KMS_REGIONS"].split(",")
+    ports = [free_port() for _ in range(len(regions) + 1)]
+    processes = [
+        subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "moto_serial.py"), "127.0.0.1", str(port), "keep-alive"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in ports
+    ]
+    for port in ports:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit(f"moto on port {port} did not start")
+    endpoints = [f"http://127.0.0.1:{port}" for port in ports]
+    run([sys.executable, os.path.join(ROOT, "scripts", "kms_setup.py"), ",".join(regions), ",".join(endpoints[:-1])], env=env)
+    env["RKMS_TEST_KMS_ENDPOINTS"] = ",".join(endpoints[:-1])
+    env["RKMS_TEST_DYNAMODB_ENDPOINT"] = endpoints[-1]
+    return processes
 
 
 def store_section(env, data_dir, store):
@@ -206,6 +239,8 @@ def main():
     parser.add_argument("--kms-connections", type=int, default=8, help="for scenarios that call KMS")
     parser.add_argument("--only", help="run only the scenarios whose name contains this")
     parser.add_argument("--store", choices=["sqlite", "postgres", "dynamodb"], default="sqlite")
+    parser.add_argument("--keep-alive", action="store_true",
+                        help="KMS and DynamoDB emulators that keep connections open")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -213,8 +248,11 @@ def main():
     features = ["--features", args.store] if args.store != "sqlite" else []
     run(["cargo", "build", "--release", "--locked", "-p", "rkms-server", *features], cwd=ROOT)
     run([os.path.join(ROOT, "scripts", "services.sh"), "start"])
+    emulators = []
     try:
         env = services_env()
+        if args.keep_alive:
+            emulators = keep_alive_emulators(env)
         endpoints = env["RKMS_TEST_KMS_ENDPOINTS"].split(",")
         refused = [f"http://127.0.0.1:{free_port()}"] + endpoints[1:]
         blackholed = [f"http://127.0.0.1:{blackhole()}"] + endpoints[1:]
@@ -253,12 +291,16 @@ def main():
                          calls / max(requests, 1), 1000.0 * cpu / max(requests, 1)))
             print(f"done: {name}", file=sys.stderr)
 
-        print(f"\nwrk, {args.duration} s per scenario, 2 threads; three moto KMS regions; {args.store} store\n")
+        kept = " (connections kept alive)" if args.keep_alive else ""
+        print(f"\nwrk, {args.duration} s per scenario, 2 threads; three moto KMS regions{kept}; {args.store} store\n")
         print("| scenario | connections | requests/s | p50 ms | p99 ms | errors % | KMS calls/request | server CPU ms/request |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, connections, rps, p50, p99, error_rate, calls, cpu in rows:
             print(f"| {name} | {connections} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {error_rate:.2f} | {calls:.2f} | {cpu:.3f} |")
     finally:
+        for emulator in emulators:
+            emulator.terminate()
+            emulator.wait(timeout=10)
         run([os.path.join(ROOT, "scripts", "services.sh"), "stop"])
 
 

@@ -5,7 +5,10 @@ conditional writes to one item can both pass (the suite saw 29 of 32 compare-and
 increments land). DynamoDB itself applies each conditional write to an item atomically; a
 lock around every request gives the emulator that guarantee too.
 
-Usage: python3 scripts/moto_serial.py HOST PORT
+With `keep-alive`, connections stay open between requests, as AWS's endpoints keep them:
+served by waitress (from PyPI) instead of werkzeug's server, which closes every connection.
+
+Usage: python3 scripts/moto_serial.py HOST PORT [keep-alive]
 """
 
 import os
@@ -27,7 +30,12 @@ def main() -> None:
             # The body is produced inside the lock: moto builds it while handling the request.
             return list(app(environ, start_response))
 
-    run_simple(host, port, serialized, threaded=True)
+    if sys.argv[3:] == ["keep-alive"]:
+        import waitress
+
+        waitress.serve(serialized, host=host, port=port, threads=8, _quiet=True)
+    else:
+        run_simple(host, port, serialized, threaded=True)
 
 
 if __name__ == "__main__":
