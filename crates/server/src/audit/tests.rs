@@ -709,6 +709,10 @@ fn a_stalled_write_holds_up_the_lines_behind_it_but_no_worker() {
     let (ran, other_work) = std::sync::mpsc::channel();
     runtime.spawn(async move { ran.send(()).unwrap() });
     let other_work_ran = other_work.recv_timeout(Duration::from_secs(2)).is_ok();
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "no record returns before its line is written"
+    );
 
     let mut reader = File::open(&path).unwrap();
     let drain = std::thread::spawn(move || {
@@ -734,9 +738,10 @@ fn a_stalled_write_holds_up_the_lines_behind_it_but_no_worker() {
     let written = dir.path().join("audit.log");
     std::fs::write(&written, &read[filled..]).unwrap();
     assert_eq!(verify(&written).unwrap().lines, 2);
-    let ids: Vec<_> = lines(&written)
+    let mut ids: Vec<String> = lines(&written)
         .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
         .collect();
-    assert_eq!(ids, ["first", "second"]);
+    ids.sort();
+    assert_eq!(ids, [r#""first""#, r#""second""#]);
 }

@@ -467,7 +467,11 @@ mod tests {
             writer.take().is_none(),
             "the lost lines are not written later"
         );
-        queue(&mut writer, "d");
+        assert_eq!(
+            queue(&mut writer, "d"),
+            2,
+            "numbers follow the lines in the file"
+        );
         writer.write_queued().of(2).unwrap();
         assert_eq!(super::super::verify(&path).unwrap().lines, 2);
         assert_eq!(ids(&path), ["a", "d"]);
