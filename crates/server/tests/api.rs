@@ -144,6 +144,18 @@ fn anyone() -> PrincipalSpec {
     }
 }
 
+/// A router with one principal, `orders`, that may get and create `orders/*`, and its store.
+fn orders_router() -> (Arc<MemoryStore>, Router) {
+    let store = Arc::new(MemoryStore::new());
+    let router = router_for(
+        store.clone(),
+        true,
+        &[principal("orders", &["orders/*"], BOTH)],
+        None,
+    );
+    (store, router)
+}
+
 /// A router whose anonymous callers may do anything.
 fn router(store: Arc<MemoryStore>, healthy: bool) -> Router {
     router_for(store, healthy, &[anyone()], None)
@@ -526,13 +538,7 @@ fn audit_lines(path: &Path) -> Vec<Value> {
 
 #[tokio::test]
 async fn callers_without_valid_credentials_get_401_json() {
-    let store = Arc::new(MemoryStore::new());
-    let router = router_for(
-        store.clone(),
-        true,
-        &[principal("orders", &["orders/*"], BOTH)],
-        None,
-    );
+    let (store, router) = orders_router();
     let wrong = |header: &str| {
         Request::builder()
             .uri("/api/v1/key?id=orders/1")
@@ -575,13 +581,7 @@ async fn callers_without_valid_credentials_get_401_json() {
 /// refused without credentials, with or without a body or `Origin`.
 #[tokio::test]
 async fn every_route_refuses_a_caller_without_credentials() {
-    let store = Arc::new(MemoryStore::new());
-    let router = router_for(
-        store.clone(),
-        true,
-        &[principal("orders", &["orders/*"], BOTH)],
-        None,
-    );
+    let (store, router) = orders_router();
     let routes = [
         ("GET", "/api/v1/key?id=orders/1"),
         ("DELETE", "/api/v1/key?id=orders/1"),

@@ -107,16 +107,12 @@ impl Batch {
         let Some(cut) = bytes.iter().rposition(|b| *b == b'\n') else {
             return (0, None);
         };
-        let newlines = bytes[..cut].iter().filter(|b| **b == b'\n').count() + 1;
-        let lines = newlines - usize::from(self.lines.completes_torn);
-        if lines == 0 {
-            return (0, None);
-        }
-        let begin = bytes[..cut]
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |at| at + 1);
-        (lines as u64, Some(ChainHash::of(&bytes[begin..cut])))
+        // Each newline ends a line, except the one completing a torn line.
+        let mut complete = bytes[..cut].split(|b| *b == b'\n');
+        let last = complete.next_back();
+        let lines = complete.count() + 1 - usize::from(self.lines.completes_torn);
+        let last = last.filter(|_| lines > 0).map(ChainHash::of);
+        (lines as u64, last)
     }
 }
 
@@ -286,11 +282,7 @@ impl Writer {
             Turn::Wait(Arc::clone(outcome))
         } else {
             self.writing = true;
-            Turn::Write(Batch {
-                lines: std::mem::take(&mut self.queued),
-                sink: self.sink.clone(),
-                head: self.head,
-            })
+            Turn::Write(self.batch())
         }
     }
 
@@ -298,11 +290,15 @@ impl Writer {
     /// write is under way any more.
     pub(super) fn take(&mut self) -> Option<Batch> {
         self.writing = self.queued.lines > 0;
-        self.writing.then(|| Batch {
+        self.writing.then(|| self.batch())
+    }
+
+    fn batch(&mut self) -> Batch {
+        Batch {
             lines: std::mem::take(&mut self.queued),
             sink: self.sink.clone(),
             head: self.head,
-        })
+        }
     }
 
     /// Writes what is queued with the lock held: for the writes outside requests, when no
