@@ -7,10 +7,10 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::handler::Handler;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -33,6 +33,9 @@ use crate::telemetry::REJECTIONS;
 /// Longest query string the key endpoints read; anything longer cannot hold a valid request.
 const MAX_QUERY_LEN: usize = 4096;
 
+/// The methods the key route takes (its GET is answered by [`front`]).
+const KEY_ROUTE_METHODS: &str = "GET, DELETE";
+
 /// The header that carries a key request's id, as in the audit log.
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -44,16 +47,17 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 ///
 /// Reads answer GET only (see [`get_only`]); the key route also takes DELETE, and rotate and
 /// restore take POST. No route takes a body (see [`Admitted`] and [`probe`]); a method a route
-/// does not take is refused first, with the methods it does.
+/// does not take is refused first, with the methods it does. A GET of the key route, the hot
+/// path, is answered by [`front`] without going through the router.
 pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Router {
     let limits = limits.into();
     let protected = Router::new()
+        // No GET here: `front` answers it before the router.
         .route(
             key_path,
-            get(get_key)
-                .delete(delete_key)
-                .head(|| async { ApiError::MethodNotAllowed("GET, DELETE") })
-                .fallback(|| async { ApiError::MethodNotAllowed("GET, DELETE") }),
+            delete(delete_key)
+                .head(|| async { ApiError::MethodNotAllowed(KEY_ROUTE_METHODS) })
+                .fallback(|| async { ApiError::MethodNotAllowed(KEY_ROUTE_METHODS) }),
         )
         .route(&format!("{key_path}/rotate"), post_only(rotate_key))
         .route(&format!("{key_path}/restore"), post_only(restore_key))
@@ -61,7 +65,12 @@ pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Ro
         .route(&format!("{key_path}s"), get_only(list_keys))
         .route("/metrics", get_only(metrics));
     let probes = Probes::start(Arc::clone(&state.service));
-    let grpc = grpc::app(state.clone(), probes.clone(), limits.clone());
+    let port = Arc::new(Port {
+        grpc: grpc::app(state.clone(), probes.clone(), limits.clone()),
+        limits,
+        key_path: key_path.into(),
+        state: state.clone(),
+    });
     let routes = Router::new()
         .merge(protected)
         .merge(probe_routes(probes))
@@ -70,27 +79,41 @@ pub fn app(state: AppState, key_path: &str, limits: impl Into<LiveLimits>) -> Ro
     // Around the whole router once, not with `Router::layer`, which wraps every route apart:
     // a layered route is cloned for each request, layer by layer, each clone a box.
     let layered = ServiceBuilder::new()
-        .layer(middleware::from_fn_with_state((grpc, limits), front))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(port, front))
         .service(routes);
     Router::new().fallback_service(layered)
 }
 
+/// What the port's [`front`] needs; shared, as the layer clones it for every request.
+struct Port {
+    grpc: Router,
+    limits: LiveLimits,
+    key_path: Box<str>,
+    state: AppState,
+}
+
 /// The port's front: a gRPC call goes to the gRPC API ([`grpc::is_grpc`]), which has limits
-/// and error answers of its own; anything else is held to the size limits and goes on to the
-/// HTTP routes. One layer for both, as each layer costs every request a clone and a box.
+/// and error answers of its own; anything else is held to the size limits, and then a GET of
+/// the key route is answered here ([`get_key`]) and the rest goes on to the HTTP routes. One
+/// layer for all, as each layer costs every request a clone and a box; and the hot path skips
+/// the router, its method dispatch and the handler's boxing (BENCHMARKS.md, issue 15). The
+/// panic catcher is around this layer, so it covers the hot path too.
 async fn front(
-    State((grpc, limits)): State<(Router, LiveLimits)>,
+    State(port): State<Arc<Port>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if grpc::is_grpc(&request) {
-        return Ok(match grpc.oneshot(request).await {
+        return Ok(match port.grpc.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         });
     }
-    limits::check(&limits.current(), &request)?;
+    limits::check(&port.limits.current(), &request)?;
+    if request.method() == Method::GET && request.uri().path() == &*port.key_path {
+        return Ok(get_key(&port.state, request).await);
+    }
     Ok(next.run(request).await)
 }
 
@@ -119,8 +142,8 @@ where
         .with_state(probes)
 }
 
-/// A route for GET alone. axum runs a GET handler for HEAD too, which on the key route would
-/// create and audit a key whose answer has no body; HEAD is refused like any other method.
+/// A route for GET alone. axum runs a GET handler for HEAD too, which on a key route would
+/// audit a read whose answer has no body; HEAD is refused like any other method.
 fn get_only<H, T, S>(handler: H) -> MethodRouter<S>
 where
     H: Handler<T, S>,
@@ -159,25 +182,29 @@ where
 /// rotate the keys of a server on their loopback; programs calling RKMS send no `Origin`.
 ///
 /// An extractor, the handler's last argument, rather than middleware: a method the route does
-/// not take is answered 405 before it, and no layer is cloned per request.
+/// not take is answered 405 before it, and no layer is cloned per request. The key route's
+/// GET, answered by [`front`], runs the same checks ([`admit_http`]).
 struct Admitted(Caller);
 
 impl FromRequest<AppState> for Admitted {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let caller = admit(&state.auth, &Credentials::of(&request), Transport::Http)?;
-        if request.method() != axum::http::Method::GET
-            && request.headers().contains_key(header::ORIGIN)
-        {
-            ::metrics::counter!(REJECTIONS, "reason" => "web_page").increment(1);
-            return Err(ApiError::Forbidden(
-                "a request carrying Origin (sent by a web page) may not change keys".into(),
-            ));
-        }
-        limits::no_body(&request)?;
-        Ok(Self(caller))
+        admit_http(state, &request).map(Self)
     }
+}
+
+/// What [`Admitted`] checks, for a request the router did not take apart.
+fn admit_http(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
+    let caller = admit(&state.auth, &Credentials::of(request), Transport::Http)?;
+    if request.method() != Method::GET && request.headers().contains_key(header::ORIGIN) {
+        ::metrics::counter!(REJECTIONS, "reason" => "web_page").increment(1);
+        return Err(ApiError::Forbidden(
+            "a request carrying Origin (sent by a web page) may not change keys".into(),
+        ));
+    }
+    limits::no_body(request)?;
+    Ok(caller)
 }
 
 #[derive(Serialize)]
@@ -201,14 +228,16 @@ where
 }
 
 /// `GET /api/<v>/key?id=ID[&version=N]`: the data key for ID (its current version, created
-/// on first use when the principal may create it; or version N, never created).
-async fn get_key(
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-    Admitted(caller): Admitted,
-) -> Response {
+/// on first use when the principal may create it; or version N, never created). Called by
+/// [`front`], not the router; checks what the routes' [`Admitted`] does.
+async fn get_key(state: &AppState, request: Request) -> Response {
+    let caller = match admit_http(state, &request) {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
+    let uri = request.into_parts().0.uri;
     answer(&caller, async {
-        let query = Query::parse(query.as_deref())?;
+        let query = Query::parse(uri.query())?;
         let id = query.id()?;
         let version = query.version()?;
         let issued = state.operations().get_key(&caller, &id, version).await?;

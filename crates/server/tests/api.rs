@@ -597,6 +597,10 @@ async fn every_route_refuses_a_caller_without_credentials() {
             if origin {
                 request = request.header("origin", "https://attacker.example");
             }
+            if !body.is_empty() {
+                // Declared, so that the body refusal would answer first if it came first.
+                request = request.header("content-length", body.len());
+            }
             let request = request.body(Body::from(body)).unwrap();
             let (status, _, answer) = send(&router, request).await;
             assert_eq!(
@@ -928,4 +932,89 @@ async fn head_on_the_key_route_is_refused_and_creates_nothing() {
         !audited.contains("\"outcome\":\"ok\""),
         "no key release is audited: {audited}"
     );
+}
+
+/// A region whose every call panics: a bug below the handlers.
+#[derive(Debug)]
+struct PanickingRegion(&'static str);
+
+#[async_trait]
+impl Kms for PanickingRegion {
+    fn region(&self) -> &str {
+        self.0
+    }
+    fn master_key(&self) -> &str {
+        "none"
+    }
+    async fn generate_data_key(
+        &self,
+        _: usize,
+        _: &EncryptionContext,
+    ) -> Result<GeneratedKey, KmsError> {
+        panic!("a bug in a region")
+    }
+    async fn encrypt(&self, _: &DataKey, _: &EncryptionContext) -> Result<Vec<u8>, KmsError> {
+        panic!("a bug in a region")
+    }
+    async fn decrypt(&self, _: &[u8], _: &EncryptionContext) -> Result<DataKey, KmsError> {
+        panic!("a bug in a region")
+    }
+}
+
+/// The key route's GET is answered by the front layer, not the router: a panic there is
+/// still a JSON 500, and the server goes on answering.
+#[tokio::test]
+async fn a_panic_while_getting_a_key_is_a_json_500() {
+    let service = KeyService::builder(Arc::new(MemoryStore::new()))
+        .region(Arc::new(PanickingRegion("r1")))
+        .region(Arc::new(PanickingRegion("r2")))
+        .build()
+        .unwrap();
+    let router = app(
+        AppState {
+            service: Arc::new(LiveService::new(service)),
+            metrics: None,
+            audit: None,
+            auth: Arc::new(Authenticator::new(&[anyone()])),
+        },
+        "/api/v1/key",
+        Limits::default(),
+    );
+    let (status, _, body) = call(&router, "GET", "/api/v1/key?id=boom").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error_type"], "InternalError", "{body}");
+    let (status, _, _) = call(&router, "GET", "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A gRPC call goes to the gRPC API whatever its path, the key route's included; an HTTP/2
+/// GET of the key route with a body (no length header: HTTP/2 frames it) is refused.
+#[tokio::test]
+async fn http2_requests_to_the_key_route() {
+    let store = Arc::new(MemoryStore::new());
+    let router = router(store.clone(), true);
+    for method in ["POST", "GET"] {
+        let grpc = Request::builder()
+            .method(method)
+            .version(axum::http::Version::HTTP_2)
+            .uri("/api/v1/key?id=a")
+            .header("content-type", "application/grpc")
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(grpc).await.unwrap();
+        assert_eq!(
+            response.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"12"[..]),
+            "{method}: answered by the gRPC API as an unknown method: {:?}",
+            response.headers()
+        );
+    }
+    let with_body = Request::builder()
+        .version(axum::http::Version::HTTP_2)
+        .uri("/api/v1/key?id=a")
+        .body(Body::from("x"))
+        .unwrap();
+    let (status, _, body) = send(&router, with_body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(store.list(None, 10).await.unwrap().ids.is_empty());
 }
