@@ -47,7 +47,7 @@ pub use verify::{verify, verify_signed, Unanchored, Verified, VerifyError};
 
 use checkpoint::{Checkpoint, Reason};
 use commit::GroupCommit;
-use writer::{CheckpointLine, Settled, Sink, Turn, Writer};
+use writer::{Body, CheckpointLine, Settled, Sink, Turn, Writer};
 
 /// Where audit lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,9 +283,10 @@ impl AuditLog {
     /// Chains one event line and returns its number once it is written: by this caller, with
     /// the lines queued meanwhile, or by the caller already writing (see `writer`).
     async fn append(&self, event: &AuditEvent<'_>) -> io::Result<u64> {
+        let body = Body::of(event)?;
         let (number, turn) = {
             let mut writer = self.lock();
-            let number = writer.queue(event, None)?;
+            let number = writer.queue(&body, None)?;
             writer.since_checkpoint += 1;
             if self
                 .signing
@@ -346,7 +347,7 @@ impl AuditLog {
                 reason,
             },
         };
-        let number = writer.queue(&line, Some(&signing.key))?;
+        let number = writer.queue(&Body::of(&line)?, Some(&signing.key))?;
         writer.write_queued().of(number)?;
         writer.since_checkpoint = 0;
         Ok(())

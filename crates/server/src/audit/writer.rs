@@ -11,7 +11,7 @@ use std::io::{self, Write as _};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::checkpoint::{self, Checkpoint};
@@ -26,27 +26,33 @@ impl ChainHash {
     pub(super) fn of(line: &[u8]) -> Self {
         Self(Sha256::digest(line).into())
     }
-}
 
-impl Serialize for ChainHash {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+    fn hex(&self) -> [u8; 64] {
         let mut digits = [0; 64];
-        hex::encode_to_slice(self.0, &mut digits).map_err(serde::ser::Error::custom)?;
-        serializer.serialize_str(std::str::from_utf8(&digits).map_err(serde::ser::Error::custom)?)
+        hex::encode_to_slice(self.0, &mut digits).expect("two digits a byte");
+        digits
     }
 }
 
-#[derive(Serialize)]
-struct Line<'a, B> {
-    time_ms: u128,
-    writer: &'a str,
-    /// `torn` on the first line after a torn one.
-    #[serde(rename = "break", skip_serializing_if = "Option::is_none")]
-    restart: Option<&'static str>,
-    /// An [`AuditEvent`](super::AuditEvent) or a [`CheckpointLine`].
-    #[serde(flatten)]
-    body: &'a B,
-    prev: ChainHash,
+/// A line's body, an [`AuditEvent`](super::AuditEvent) or a [`CheckpointLine`], as a JSON
+/// object, made before the log's lock is taken. [`Writer::queue`] writes its members inside the
+/// line: `{"time_ms":…,"writer":…,["break":"torn",]<members>,"prev":…}`.
+pub(super) struct Body(Vec<u8>);
+
+impl Body {
+    pub(super) fn of<B: Serialize>(body: &B) -> io::Result<Self> {
+        let json = serde_json::to_vec(body).map_err(io::Error::other)?;
+        if json.len() < 2 || json[0] != b'{' || json[json.len() - 1] != b'}' {
+            return Err(io::Error::other(
+                "an audit line's body must be a JSON object",
+            ));
+        }
+        Ok(Self(json))
+    }
+
+    fn members(&self) -> &[u8] {
+        &self.0[1..self.0.len() - 1]
+    }
 }
 
 #[derive(Serialize)]
@@ -235,11 +241,7 @@ impl Writer {
     }
 
     /// Chains one line, signed when `key` is given, onto the queue; returns its number.
-    pub(super) fn queue<B: Serialize>(
-        &mut self,
-        body: &B,
-        key: Option<&SigningKey>,
-    ) -> io::Result<u64> {
+    pub(super) fn queue(&mut self, body: &Body, key: Option<&SigningKey>) -> io::Result<u64> {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -249,17 +251,25 @@ impl Writer {
             bytes.push(b'\n');
         }
         let start = bytes.len();
-        let line = Line {
-            time_ms,
-            writer: &self.id,
-            restart: self.torn.then_some("torn"),
-            body,
-            prev: self.head,
-        };
-        if let Err(e) = serde_json::to_writer(&mut *bytes, &line) {
+        bytes.extend_from_slice(b"{\"time_ms\":");
+        let written = serde_json::to_writer(&mut *bytes, &time_ms).and_then(|()| {
+            bytes.extend_from_slice(b",\"writer\":");
+            serde_json::to_writer(&mut *bytes, &self.id)
+        });
+        if let Err(e) = written {
             bytes.truncate(before);
             return Err(io::Error::other(e));
         }
+        if self.torn {
+            bytes.extend_from_slice(b",\"break\":\"torn\"");
+        }
+        if !body.members().is_empty() {
+            bytes.push(b',');
+            bytes.extend_from_slice(body.members());
+        }
+        bytes.extend_from_slice(b",\"prev\":\"");
+        bytes.extend_from_slice(&self.head.hex());
+        bytes.extend_from_slice(b"\"}");
         if let Some(key) = key {
             let mut line = bytes.split_off(start);
             checkpoint::sign(&mut line, key);
@@ -389,10 +399,30 @@ mod tests {
         )
     }
 
+    #[test]
+    fn a_line_holds_its_body_between_the_writers_fields_and_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = writer(&dir.path().join("audit.log"));
+        writer.head = ChainHash([0xab; 32]);
+        writer.torn = true;
+        queue(&mut writer, "a\"b");
+        let text = String::from_utf8(writer.queued.bytes.clone()).unwrap();
+        let line = text.strip_prefix('\n').unwrap().strip_suffix('\n').unwrap();
+        let time_ms = serde_json::from_str::<serde_json::Value>(line).unwrap()["time_ms"].clone();
+        assert_eq!(
+            line,
+            format!(
+                r#"{{"time_ms":{time_ms},"writer":"{}","break":"torn","id":"a\"b","prev":"{}"}}"#,
+                writer.id,
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(writer.head, ChainHash::of(line.as_bytes()));
+    }
+
     fn queue(writer: &mut Writer, id: &str) -> u64 {
-        writer
-            .queue(&serde_json::json!({ "id": id }), None)
-            .unwrap()
+        let body = Body::of(&serde_json::json!({ "id": id })).unwrap();
+        writer.queue(&body, None).unwrap()
     }
 
     fn ids(path: &Path) -> Vec<String> {
