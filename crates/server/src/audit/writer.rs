@@ -399,25 +399,76 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_line_holds_its_body_between_the_writers_fields_and_the_chain() {
+    /// A line as serde wrote it before the frame was written by hand: the body flattened.
+    #[derive(Serialize)]
+    struct SerdeLine<'a, B> {
+        time_ms: u128,
+        writer: &'a str,
+        #[serde(rename = "break", skip_serializing_if = "Option::is_none")]
+        restart: Option<&'static str>,
+        #[serde(flatten)]
+        body: &'a B,
+        prev: String,
+    }
+
+    /// Queues `body` and checks the line against serde's, and the chain against the line.
+    fn queued_as_serde_wrote_it<B: Serialize>(body: &B, torn: bool) {
         let dir = tempfile::tempdir().unwrap();
         let (mut writer, _) = writer(&dir.path().join("audit.log"));
         writer.head = ChainHash([0xab; 32]);
-        writer.torn = true;
-        queue(&mut writer, "a\"b");
+        writer.torn = torn;
+        writer.queue(&Body::of(body).unwrap(), None).unwrap();
         let text = String::from_utf8(writer.queued.bytes.clone()).unwrap();
-        let line = text.strip_prefix('\n').unwrap().strip_suffix('\n').unwrap();
-        let time_ms = serde_json::from_str::<serde_json::Value>(line).unwrap()["time_ms"].clone();
-        assert_eq!(
-            line,
-            format!(
-                r#"{{"time_ms":{time_ms},"writer":"{}","break":"torn","id":"a\"b","prev":"{}"}}"#,
-                writer.id,
-                "ab".repeat(32)
-            )
-        );
+        let line = text.strip_suffix('\n').unwrap();
+        let line = if torn {
+            line.strip_prefix('\n').unwrap()
+        } else {
+            line
+        };
+        let time_ms = serde_json::from_str::<serde_json::Value>(line).unwrap()["time_ms"]
+            .as_u64()
+            .unwrap();
+        let serde = serde_json::to_string(&SerdeLine {
+            time_ms: time_ms.into(),
+            writer: &writer.id,
+            restart: torn.then_some("torn"),
+            body,
+            prev: "ab".repeat(32),
+        })
+        .unwrap();
+        assert_eq!(line, serde);
         assert_eq!(writer.head, ChainHash::of(line.as_bytes()));
+    }
+
+    #[test]
+    fn a_line_is_the_bytes_serde_wrote_with_the_body_flattened() {
+        let event = |id, region, version, stale| super::super::AuditEvent {
+            request_id: "0123456789abcdef",
+            transport: "http",
+            principal: "ops \"team\"\\é",
+            operation: "get",
+            id,
+            outcome: "ok",
+            region,
+            version,
+            cache_hit: true,
+            created: false,
+            stale,
+        };
+        for torn in [false, true] {
+            queued_as_serde_wrote_it(&event("a", None, None, false), torn);
+            queued_as_serde_wrote_it(&event("a\"b\\c\n\u{1f}é", Some("r1"), Some(3), true), torn);
+            queued_as_serde_wrote_it(
+                &CheckpointLine {
+                    checkpoint: Checkpoint {
+                        key: "k1".into(),
+                        reason: checkpoint::Reason::Lines,
+                    },
+                },
+                torn,
+            );
+            queued_as_serde_wrote_it(&serde_json::json!({}), torn);
+        }
     }
 
     fn queue(writer: &mut Writer, id: &str) -> u64 {
