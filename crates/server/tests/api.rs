@@ -25,14 +25,17 @@ use rkms_server::routes::app;
 use serde_json::Value;
 use tower::ServiceExt as _;
 
-/// A region that is always down.
+/// A region that always fails: down, or panicking (a bug below the handlers).
 #[derive(Debug)]
-struct DownRegion(&'static str);
+struct BrokenRegion {
+    name: &'static str,
+    panics: bool,
+}
 
 #[async_trait]
-impl Kms for DownRegion {
+impl Kms for BrokenRegion {
     fn region(&self) -> &str {
-        self.0
+        self.name
     }
     fn master_key(&self) -> &str {
         "none"
@@ -42,20 +45,32 @@ impl Kms for DownRegion {
         _: usize,
         _: &EncryptionContext,
     ) -> Result<GeneratedKey, KmsError> {
-        Err(self.down())
+        Err(self.fail())
     }
     async fn encrypt(&self, _: &DataKey, _: &EncryptionContext) -> Result<Vec<u8>, KmsError> {
-        Err(self.down())
+        Err(self.fail())
     }
     async fn decrypt(&self, _: &[u8], _: &EncryptionContext) -> Result<DataKey, KmsError> {
-        Err(self.down())
+        Err(self.fail())
     }
 }
 
-impl DownRegion {
-    fn down(&self) -> KmsError {
+impl BrokenRegion {
+    fn down(name: &'static str) -> Self {
+        Self {
+            name,
+            panics: false,
+        }
+    }
+
+    fn panicking(name: &'static str) -> Self {
+        Self { name, panics: true }
+    }
+
+    fn fail(&self) -> KmsError {
+        assert!(!self.panics, "a bug in a region");
         KmsError::Unavailable {
-            region: self.0.into(),
+            region: self.name.into(),
             message: "connection refused".into(),
         }
     }
@@ -69,7 +84,10 @@ fn service(store: Arc<MemoryStore>, healthy: bool) -> KeyService {
             Arc::new(ring.region("r2", "k2").unwrap()),
         ]
     } else {
-        vec![Arc::new(DownRegion("r1")), Arc::new(DownRegion("r2"))]
+        vec![
+            Arc::new(BrokenRegion::down("r1")),
+            Arc::new(BrokenRegion::down("r2")),
+        ]
     };
     regions
         .into_iter()
@@ -119,9 +137,13 @@ fn router_for(
     principals: &[PrincipalSpec],
     audit: Option<&Path>,
 ) -> Router {
+    router_over(service(store, healthy), principals, audit)
+}
+
+fn router_over(service: KeyService, principals: &[PrincipalSpec], audit: Option<&Path>) -> Router {
     app(
         AppState {
-            service: Arc::new(LiveService::new(service(store, healthy))),
+            service: Arc::new(LiveService::new(service)),
             metrics: None,
             audit: audit.map(|path| {
                 Arc::new(
@@ -441,7 +463,7 @@ async fn readiness_says_since_when_a_region_fails_and_the_repair_backlog() {
     let store = Arc::new(MemoryStore::new());
     let ring = LocalKeyring::generate(&["k2"]).unwrap();
     let service = KeyService::builder(store)
-        .region(Arc::new(DownRegion("r1")))
+        .region(Arc::new(BrokenRegion::down("r1")))
         .region(Arc::new(ring.region("r2", "k2").unwrap()))
         .options(rkms_core::ServiceOptions {
             min_regions: 1,
@@ -506,7 +528,7 @@ async fn a_replaced_service_serves_the_next_requests_and_keeps_the_cache() {
     let successor = ["r1", "r2", "r3"]
         .into_iter()
         .fold(KeyService::builder(store), |b, name| {
-            b.region(Arc::new(DownRegion(name)))
+            b.region(Arc::new(BrokenRegion::down(name)))
         })
         .succeeding(&live.current())
         .build()
@@ -934,52 +956,16 @@ async fn head_on_the_key_route_is_refused_and_creates_nothing() {
     );
 }
 
-/// A region whose every call panics: a bug below the handlers.
-#[derive(Debug)]
-struct PanickingRegion(&'static str);
-
-#[async_trait]
-impl Kms for PanickingRegion {
-    fn region(&self) -> &str {
-        self.0
-    }
-    fn master_key(&self) -> &str {
-        "none"
-    }
-    async fn generate_data_key(
-        &self,
-        _: usize,
-        _: &EncryptionContext,
-    ) -> Result<GeneratedKey, KmsError> {
-        panic!("a bug in a region")
-    }
-    async fn encrypt(&self, _: &DataKey, _: &EncryptionContext) -> Result<Vec<u8>, KmsError> {
-        panic!("a bug in a region")
-    }
-    async fn decrypt(&self, _: &[u8], _: &EncryptionContext) -> Result<DataKey, KmsError> {
-        panic!("a bug in a region")
-    }
-}
-
 /// The key route's GET is answered by the front layer, not the router: a panic there is
 /// still a JSON 500, and the server goes on answering.
 #[tokio::test]
 async fn a_panic_while_getting_a_key_is_a_json_500() {
     let service = KeyService::builder(Arc::new(MemoryStore::new()))
-        .region(Arc::new(PanickingRegion("r1")))
-        .region(Arc::new(PanickingRegion("r2")))
+        .region(Arc::new(BrokenRegion::panicking("r1")))
+        .region(Arc::new(BrokenRegion::panicking("r2")))
         .build()
         .unwrap();
-    let router = app(
-        AppState {
-            service: Arc::new(LiveService::new(service)),
-            metrics: None,
-            audit: None,
-            auth: Arc::new(Authenticator::new(&[anyone()])),
-        },
-        "/api/v1/key",
-        Limits::default(),
-    );
+    let router = router_over(service, &[anyone()], None);
     let (status, _, body) = call(&router, "GET", "/api/v1/key?id=boom").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert_eq!(body["error_type"], "InternalError", "{body}");
