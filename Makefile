@@ -17,9 +17,10 @@ test: ## The whole test suite with its local services (the README's test command
 run: ## The server in its development default on 127.0.0.1:8080 (data in ./rkms-data)
 	cargo run --locked -p rkms-server
 
-bench: ## Criterion benchmarks of the core and the envelope, and rkms encrypt/decrypt on 1 GiB
+bench: ## Criterion benchmarks, rkms encrypt/decrypt on 1 GiB, the hot GET against a bare server
 	cargo bench --locked -p rkms-core -p rkms-envelope
 	scripts/bench_files.sh
+	scripts/bench.sh
 
 fuzz: ## The fuzz targets, long runs (the suite runs them short)
 	scripts/fuzz.sh

@@ -3,29 +3,64 @@
 //! `GET /api/v1/key` with the same bytes RKMS answers for id `hot` (a 32-byte key, version 1),
 //! with no authentication, cache, audit line or metrics.
 //!
-//! `cargo run --release -p rkms-server --example baseline -- [ADDR]` (default 127.0.0.1:0);
-//! prints `baseline listening addr=ADDR` once it accepts.
+//! With `--append FILE` each answer first appends one line of an audit line's length to FILE
+//! with one `O_APPEND` write, as RKMS's audit log does for a request under load: the ceiling for
+//! a server that must hand a line to the operating system before it answers.
+//!
+//! `cargo run --release -p rkms-server --example baseline -- [ADDR] [--append FILE]` (default
+//! address 127.0.0.1:0); prints `baseline listening addr=ADDR` once it accepts.
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::routing::get;
 use axum::Router;
 use rkms_server::limits::Limits;
 use rkms_server::serve::serve;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::OnceLock;
 
 /// What RKMS answers for `hot` (key bytes aside), so both send the same response.
 const ANSWER: &str =
     r#"{"id":"hot","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","version":1}"#;
 
+/// The length of RKMS's audit line for a GET of `hot` by principal `bench`, newline included.
+const LINE_LEN: usize = 307;
+
+/// The file `--append` names, and the line each answer appends to it.
+static APPEND: OnceLock<(File, Vec<u8>)> = OnceLock::new();
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:0".into());
+    let mut args = std::env::args().skip(1);
+    let mut addr = "127.0.0.1:0".to_string();
+    while let Some(arg) = args.next() {
+        if arg == "--append" {
+            let path = args
+                .next()
+                .ok_or_else(|| std::io::Error::other("--append FILE"))?;
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)?;
+            let mut line = vec![b'x'; LINE_LEN - 1];
+            line.push(b'\n');
+            let _ = APPEND.set((file, line));
+        } else {
+            addr = arg;
+        }
+    }
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("baseline listening addr={}", listener.local_addr()?);
     let app = Router::new().route(
         "/api/v1/key",
         get(|| async {
+            if let Some((file, line)) = APPEND.get() {
+                if let Err(e) = (&*file).write_all(line) {
+                    eprintln!("append failed: {e}");
+                }
+            }
             (
                 [
                     (CONTENT_TYPE, "application/json"),
