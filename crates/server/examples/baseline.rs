@@ -3,12 +3,14 @@
 //! `GET /api/v1/key` with the same bytes RKMS answers for id `hot` (a 32-byte key, version 1),
 //! with no authentication, cache, audit line or metrics.
 //!
-//! With `--append FILE` each answer first appends one line of an audit line's length to FILE
-//! with one `O_APPEND` write, as RKMS's audit log does for a request under load: the ceiling for
-//! a server that must hand a line to the operating system before it answers.
+//! With `--append FILE` each answer first appends a line of `--line-bytes` bytes (newline
+//! included; default 307, RKMS's audit line for that GET by principal `bench`) to FILE with
+//! one `O_APPEND` write(2) on the worker, as an RKMS request whose line finds no write under
+//! way does: the ceiling for a server that hands the operating system a line a request so.
 //!
-//! `cargo run --release -p rkms-server --example baseline -- [ADDR] [--append FILE]` (default
-//! address 127.0.0.1:0); prints `baseline listening addr=ADDR` once it accepts.
+//! `cargo run --release -p rkms-server --example baseline -- [ADDR] [--append FILE
+//! [--line-bytes N]]` (default address 127.0.0.1:0); prints `baseline listening addr=ADDR` once
+//! it accepts.
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::routing::get;
@@ -25,31 +27,46 @@ const ANSWER: &str =
     r#"{"id":"hot","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","version":1}"#;
 
 /// The length of RKMS's audit line for a GET of `hot` by principal `bench`, newline included.
-const LINE_LEN: usize = 307;
+const DEFAULT_LINE_BYTES: usize = 307;
 
 /// The file `--append` names, and the line each answer appends to it.
 static APPEND: OnceLock<(File, Vec<u8>)> = OnceLock::new();
+
+fn usage(flag: &str) -> std::io::Error {
+    std::io::Error::other(format!(
+        "{flag}: usage: baseline [ADDR] [--append FILE [--line-bytes N]]"
+    ))
+}
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:0".to_string();
+    let mut append = None;
+    let mut line_bytes = DEFAULT_LINE_BYTES;
     while let Some(arg) = args.next() {
-        if arg == "--append" {
-            let path = args
-                .next()
-                .ok_or_else(|| std::io::Error::other("--append FILE"))?;
-            let file = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(path)?;
-            let mut line = vec![b'x'; LINE_LEN - 1];
-            line.push(b'\n');
-            let _ = APPEND.set((file, line));
-        } else {
-            addr = arg;
+        let mut value = || args.next().ok_or_else(|| usage(&arg));
+        match arg.as_str() {
+            "--append" => append = Some(value()?),
+            "--line-bytes" => {
+                line_bytes = value()?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| usage(&arg))?;
+            }
+            _ => addr = arg,
         }
+    }
+    if let Some(path) = append {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut line = vec![b'x'; line_bytes - 1];
+        line.push(b'\n');
+        let _ = APPEND.set((file, line));
     }
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("baseline listening addr={}", listener.local_addr()?);

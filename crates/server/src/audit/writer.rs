@@ -41,7 +41,8 @@ pub(super) struct Body(Vec<u8>);
 
 impl Body {
     pub(super) fn of<B: Serialize>(body: &B) -> io::Result<Self> {
-        let json = serde_json::to_vec(body).map_err(io::Error::other)?;
+        let mut json = Vec::with_capacity(LINE_CAPACITY);
+        serde_json::to_writer(&mut json, body).map_err(io::Error::other)?;
         if json.len() < 2 || json[0] != b'{' || json[json.len() - 1] != b'}' {
             return Err(io::Error::other(
                 "an audit line's body must be a JSON object",
@@ -66,6 +67,10 @@ pub(super) enum Sink {
     Stdout,
     File(Arc<File>),
 }
+
+/// Room for one line of a key operation, so that queuing it allocates once instead of growing
+/// its buffer from nothing, a few bytes at a time.
+const LINE_CAPACITY: usize = 512;
 
 /// Lines chained and waiting for their write, and who waits for them.
 #[derive(Default)]
@@ -304,8 +309,12 @@ impl Writer {
     }
 
     fn batch(&mut self) -> Batch {
+        let empty = Queue {
+            bytes: Vec::with_capacity(LINE_CAPACITY),
+            ..Queue::default()
+        };
         Batch {
-            lines: std::mem::take(&mut self.queued),
+            lines: std::mem::replace(&mut self.queued, empty),
             sink: self.sink.clone(),
             head: self.head,
         }
