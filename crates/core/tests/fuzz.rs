@@ -8,8 +8,8 @@ mod support;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
-use rkms_core::{KeyId, MemoryStore, Record, ServiceError, Store};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use rkms_core::{DataKey, KeyId, MemoryStore, Record, ServiceError, Store};
 use serde_json::{json, Map, Value};
 use support::Regions;
 
@@ -138,43 +138,74 @@ fn record_decoding_never_panics_and_what_decodes_round_trips() {
 fn hostile_records_give_clear_errors_and_other_ids_are_served() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let regions = Regions::new();
-    let victim = KeyId::parse("victim").unwrap();
-    let bystander = KeyId::parse("bystander").unwrap();
-    let (real, real_key) = runtime.block_on(async {
-        let store = Arc::new(MemoryStore::new());
-        let key = regions
-            .service(store.clone())
-            .get_or_create(&victim)
-            .await
-            .unwrap()
-            .key;
-        (store.get(&victim).await.unwrap().unwrap().bytes, key)
-    });
+    let (real, real_key) = runtime.block_on(real_record(&regions));
     runner()
         .run(&hostile_bytes(real.clone()), |bytes| {
-            runtime.block_on(async {
-                let store = Arc::new(MemoryStore::new());
-                store.put_if_absent(&victim, bytes.clone()).await.unwrap();
-                let service = regions.service(store.clone());
-                match service.get_or_create(&victim).await {
-                    // Only a copy that still unwraps under the victim's context gives a key,
-                    // and then it is the real one.
-                    Ok(issued) => prop_assert_eq!(issued.key, real_key.clone()),
-                    Err(error) => {
-                        prop_assert!(
-                            matches!(
-                                error.root(),
-                                ServiceError::CorruptRecord { .. }
-                                    | ServiceError::NoCopyForConfiguredRegions { .. }
-                                    | ServiceError::RegionsUnavailable { .. }
-                            ),
-                            "unexpected error {error}"
-                        );
-                    }
-                }
-                prop_assert!(service.get_or_create(&bystander).await.is_ok());
-                Ok(())
-            })
+            runtime.block_on(served_or_refused_clearly(&regions, bytes, &real_key))
         })
         .unwrap();
+}
+
+/// A record whose every copy a region refuses (two with their format byte changed, one under
+/// another master key): found by the test above in CI, which then took the integrity failure
+/// the service is built to answer for an unexplained error.
+#[test]
+fn a_record_every_region_refuses_is_an_integrity_failure() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let regions = Regions::new();
+    let (_, real_key) = runtime.block_on(real_record(&regions));
+    let hostile = br#"{"format":1,"id":"victim","created_at":1795735438,"copies":{"r1":{"master_key":"k1","ciphertext":"BQJrMY2Az9ZbRNWLGmOWKjh6xJC/4521LDFnD+9AXERshNsZjxyG0FrCFIp47cP2klZEvE4U6wBWcsXWJ14YPQ=="},"r2":{"master_key":"k2","ciphertext":"/QJrMhYN6GDVgYtdnTThkFJ0jlGeerqKDmSu4EXSAu4JfwjAFMbkNEmtMyZg3XaDdoaH7IHKJUqJprQsIQzbMQ=="},"r3":{"master_key":"k3","ciphertext":"AQJ/M80VMpH7GHbhxDEaLecN4PqJB63HirBPHWZDpmNSX315hSktVlw+ThnrUw99FMiYGzBedbfzdgBw1uq46g=="}},"missing":[]}"#;
+    runtime
+        .block_on(served_or_refused_clearly(
+            &regions,
+            hostile.to_vec(),
+            &real_key,
+        ))
+        .unwrap();
+}
+
+/// The bytes of the record `regions` create for `victim`, and its key.
+async fn real_record(regions: &Regions) -> (Vec<u8>, DataKey) {
+    let store = Arc::new(MemoryStore::new());
+    let victim = KeyId::parse("victim").unwrap();
+    let key = regions
+        .service(store.clone())
+        .get_or_create(&victim)
+        .await
+        .unwrap()
+        .key;
+    (store.get(&victim).await.unwrap().unwrap().bytes, key)
+}
+
+/// With `bytes` stored as `victim`'s record: `victim` gets its real key or an error naming what
+/// is wrong with the record, and another id is still served.
+async fn served_or_refused_clearly(
+    regions: &Regions,
+    bytes: Vec<u8>,
+    real_key: &DataKey,
+) -> Result<(), TestCaseError> {
+    let victim = KeyId::parse("victim").unwrap();
+    let bystander = KeyId::parse("bystander").unwrap();
+    let store = Arc::new(MemoryStore::new());
+    store.put_if_absent(&victim, bytes).await.unwrap();
+    let service = regions.service(store.clone());
+    match service.get_or_create(&victim).await {
+        // Only a copy that still unwraps under the victim's context gives a key, and then it
+        // is the real one.
+        Ok(issued) => prop_assert_eq!(&issued.key, real_key),
+        Err(error) => {
+            prop_assert!(
+                matches!(
+                    error.root(),
+                    ServiceError::CorruptRecord { .. }
+                        | ServiceError::IntegrityFailure { .. }
+                        | ServiceError::NoCopyForConfiguredRegions { .. }
+                        | ServiceError::RegionsUnavailable { .. }
+                ),
+                "unexpected error {error}"
+            );
+        }
+    }
+    prop_assert!(service.get_or_create(&bystander).await.is_ok());
+    Ok(())
 }
