@@ -1,7 +1,7 @@
 //! The ceiling for RKMS's cached GET, for `scripts/bench.sh`: the server's own connection loop
 //! and HTTP stack (`rkms_server::serve` with its default limits, axum), answering
-//! `GET /api/v1/key` with the same bytes RKMS answers for id `hot` (a 32-byte key, version 1),
-//! with no authentication, cache, audit line or metrics.
+//! `GET /api/v1/key` with the same bytes RKMS answers for id `hot` (a 32-byte key, version 1,
+//! an `x-request-id` of the same length), with no authentication, cache, audit line or metrics.
 //!
 //! With `--append FILE` each answer first appends a line of `--line-bytes` bytes (newline
 //! included; default 307, RKMS's audit line for that GET by principal `bench`) to FILE with
@@ -12,7 +12,7 @@
 //! [--line-bytes N]]` (default address 127.0.0.1:0); prints `baseline listening addr=ADDR` once
 //! it accepts.
 
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{HeaderName, CACHE_CONTROL, CONTENT_TYPE};
 use axum::routing::get;
 use axum::Router;
 use rkms_server::limits::Limits;
@@ -25,6 +25,9 @@ use std::sync::OnceLock;
 /// What RKMS answers for `hot` (key bytes aside), so both send the same response.
 const ANSWER: &str =
     r#"{"id":"hot","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","version":1}"#;
+
+/// RKMS's answer carries its request id (16 hex digits) under this name.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The length of RKMS's audit line for a GET of `hot` by principal `bench`, newline included.
 const DEFAULT_LINE_BYTES: usize = 307;
@@ -82,6 +85,7 @@ async fn main() -> std::io::Result<()> {
                 [
                     (CONTENT_TYPE, "application/json"),
                     (CACHE_CONTROL, "no-store"),
+                    (REQUEST_ID, "0123456789abcdef"),
                 ],
                 ANSWER,
             )
