@@ -5,7 +5,10 @@
 #     under the same wrk load, alternately, ROUNDS rounds each: requests/s, p50, p99, ratio;
 #     and the baseline appending a line as long as RKMS's audit line to a file before each
 #     answer (one O_APPEND write(2) a request, uncoordinated): the ceiling for a server that
-#     hands the operating system one line a request that way;
+#     hands the operating system one line a request that way; and the baseline recording RKMS's
+#     own audit line through RKMS's audit log (`--audit`): the line's whole cost, alone. Each run
+#     also prints the CPU time (user + system) a request took in the server and in wrk: the two
+#     share the machine's cores, so requests/s is what both together leave;
 #  2. resident memory with 100,000 keys cached, and bytes per cached key;
 #  3. instructions per cached GET under callgrind (repeatable on a noisy machine).
 #
@@ -65,21 +68,36 @@ rkms_server() {
     exec target/release/rkms-server --config "$work/rkms.toml" --data-dir "$work/${1:-data}" --listen 127.0.0.1:0
 }
 
-# Prints "requests/s p50_ms p99_ms" of one wrk run.
+# CPU time (user + system) of a process so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# One wrk run against URL, served by process PID: prints "requests/s p50_ms p99_ms server_us
+# wrk_us", the last two the CPU time a request took in the server and in wrk. wrk's is read
+# with the shell's `times` (its children's CPU time), so it needs no other tool.
 load() {
-    wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$1" |
-        awk '
+    local url=$1 server=$2 before after
+    before=$(cpu_ticks "$server")
+    {
+        wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url"
+        times
+    } | awk -v ticks="$(getconf CLK_TCK)" -v before="$before" -v after_file="/proc/$server/stat" '
             function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+            function seconds(v, m) { m = v; sub(/m.*/, "", m); sub(/^[0-9]+m/, "", v); sub(/s$/, "", v); return m * 60 + v }
             /^ +50%/ { p50 = ms($2) }
             /^ +99%/ { p99 = ms($2) }
             /^Requests\/sec/ { rps = $2 }
+            / requests in / { requests = $1 }
             /Non-2xx/ { bad = $NF }
             /Socket errors/ { errors = $0 }
+            /^[0-9]+m[0-9.]+s [0-9]+m[0-9.]+s$/ { children = seconds($1) + seconds($2) }
             END {
                 if (bad) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 }
                 if (errors) { print errors > "/dev/stderr"; exit 1 }
-                if (!rps) { print "wrk printed no Requests/sec" > "/dev/stderr"; exit 1 }
-                printf "%.0f %.2f %.2f\n", rps, p50, p99 }'
+                if (!rps || !requests) { print "wrk printed no Requests/sec" > "/dev/stderr"; exit 1 }
+                getline stat < after_file
+                split(stat, field, " ")
+                server = (field[14] + field[15] - before) / ticks
+                printf "%.0f %.2f %.2f %.2f %.2f\n", rps, p50, p99, server * 1e6 / requests, children * 1e6 / requests }'
 }
 
 start rkms rkms_server
@@ -90,41 +108,42 @@ curl -sf -H "Authorization: Bearer $token" "$rkms_url" >/dev/null
 line_bytes=$(tail -n 1 "$work/data/audit.log" | wc -c)
 start baseline target/release/examples/baseline
 baseline_url="http://$addr/api/v1/key?id=hot"
+baseline_pid=$pid
 start append target/release/examples/baseline 127.0.0.1:0 --append "$work/append.log" --line-bytes "$line_bytes"
 append_url="http://$addr/api/v1/key?id=hot"
-for url in "$baseline_url" "$append_url" "$rkms_url"; do
+append_pid=$pid
+start audit target/release/examples/baseline 127.0.0.1:0 --audit "$work/audit.log"
+audit_url="http://$addr/api/v1/key?id=hot"
+audit_pid=$pid
+for url in "$baseline_url" "$append_url" "$audit_url" "$rkms_url"; do
     wrk -t2 -c"$connections" -d2s -H "Authorization: Bearer $token" "$url" >/dev/null
 done
 
-echo "| run | server | requests/s | p50 ms | p99 ms |"
-echo "| --- | --- | --- | --- | --- |"
-sum_base=0
-sum_append=0
-sum_rkms=0
-# Odd rounds run baseline, appending baseline, RKMS; even rounds the other way round, so that
-# no server always follows the same one (or the appended file's writeback).
+echo "| run | server | requests/s | p50 ms | p99 ms | server CPU µs/request | wrk CPU µs/request |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+declare -A sum=([baseline]=0 [append]=0 [audit]=0 [rkms]=0)
+# Odd rounds run the servers in one order, even rounds in the other, so that no server always
+# follows the same one (or the appended file's writeback).
 for round in $(seq "$rounds"); do
-    order=(baseline append rkms)
-    [ $((round % 2)) -eq 0 ] && order=(rkms append baseline)
+    order=(baseline append audit rkms)
+    [ $((round % 2)) -eq 0 ] && order=(rkms audit append baseline)
     for server in "${order[@]}"; do
         case $server in
-        baseline) url=$baseline_url label=baseline ;;
-        append) url=$append_url label="baseline + one appended line" ;;
-        rkms) url=$rkms_url label=rkms ;;
+        baseline) url=$baseline_url pid=$baseline_pid label=baseline ;;
+        append) url=$append_url pid=$append_pid label="baseline + one appended line" ;;
+        audit) url=$audit_url pid=$audit_pid label="baseline + RKMS's audit line" ;;
+        rkms) url=$rkms_url pid=$rkms_pid label=rkms ;;
         esac
-        result=$(load "$url")
-        read -r rps p50 p99 <<<"$result"
-        echo "| $round | $label | $rps | $p50 | $p99 |"
-        case $server in
-        baseline) sum_base=$((sum_base + rps)) ;;
-        append) sum_append=$((sum_append + rps)) ;;
-        rkms) sum_rkms=$((sum_rkms + rps)) ;;
-        esac
+        result=$(load "$url" "$pid")
+        read -r rps p50 p99 server_us wrk_us <<<"$result"
+        echo "| $round | $label | $rps | $p50 | $p99 | $server_us | $wrk_us |"
+        sum[$server]=$((sum[$server] + rps))
     done
 done
-awk -v r="$sum_rkms" -v a="$sum_append" -v b="$sum_base" 'BEGIN {
+awk -v r="${sum[rkms]}" -v a="${sum[append]}" -v l="${sum[audit]}" -v b="${sum[baseline]}" 'BEGIN {
     printf "ratio (rkms / baseline requests/s): %.2f\n", r / b
-    printf "ceiling with one appended line a request (baseline + line / baseline): %.2f\n", a / b }'
+    printf "ceiling with one appended line a request (baseline + line / baseline): %.2f\n", a / b
+    printf "ceiling with RKMS audit line a request (baseline + audit line / baseline): %.2f\n", l / b }'
 
 # Memory: 100,000 distinct ids created and cached (the default max_entries).
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }

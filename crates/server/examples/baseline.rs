@@ -8,13 +8,19 @@
 //! one `O_APPEND` write(2) on the worker, as an RKMS request whose line finds no write under
 //! way does: the ceiling for a server that hands the operating system a line a request so.
 //!
+//! With `--audit FILE` each answer first records RKMS's own audit line for that GET through
+//! RKMS's audit log (`rkms_server::audit::AuditLog`, `sync = "os"`: the line's JSON, its chain
+//! hash, the log's lock and queue, and its write): the audit line's whole cost, apart from
+//! authentication and the key operation.
+//!
 //! `cargo run --release -p rkms-server --example baseline -- [ADDR] [--append FILE
-//! [--line-bytes N]]` (default address 127.0.0.1:0); prints `baseline listening addr=ADDR` once
-//! it accepts.
+//! [--line-bytes N]] [--audit FILE]` (default address 127.0.0.1:0); prints `baseline listening
+//! addr=ADDR` once it accepts.
 
 use axum::http::header::{HeaderName, CACHE_CONTROL, CONTENT_TYPE};
 use axum::routing::get;
 use axum::Router;
+use rkms_server::audit::{AuditEvent, AuditLog, AuditSync, AuditTarget};
 use rkms_server::limits::Limits;
 use rkms_server::serve::serve;
 use std::fs::{File, OpenOptions};
@@ -35,9 +41,27 @@ const DEFAULT_LINE_BYTES: usize = 307;
 /// The file `--append` names, and the line each answer appends to it.
 static APPEND: OnceLock<(File, Vec<u8>)> = OnceLock::new();
 
+/// The audit log `--audit` names.
+static AUDIT: OnceLock<AuditLog> = OnceLock::new();
+
+/// RKMS's audit event for a cached GET of `hot` by principal `bench`.
+const EVENT: AuditEvent<'static> = AuditEvent {
+    request_id: "0123456789abcdef",
+    transport: "http",
+    principal: "bench",
+    operation: "get",
+    id: "hot",
+    outcome: "ok",
+    region: Some("local-1"),
+    version: Some(1),
+    cache_hit: true,
+    created: false,
+    stale: false,
+};
+
 fn usage(flag: &str) -> std::io::Error {
     std::io::Error::other(format!(
-        "{flag}: usage: baseline [ADDR] [--append FILE [--line-bytes N]]"
+        "{flag}: usage: baseline [ADDR] [--append FILE [--line-bytes N]] [--audit FILE]"
     ))
 }
 
@@ -51,6 +75,10 @@ async fn main() -> std::io::Result<()> {
         let mut value = || args.next().ok_or_else(|| usage(&arg));
         match arg.as_str() {
             "--append" => append = Some(value()?),
+            "--audit" => {
+                let log = AuditLog::open(&AuditTarget::File(value()?.into()), AuditSync::Os)?;
+                let _ = AUDIT.set(log);
+            }
             "--line-bytes" => {
                 line_bytes = value()?
                     .parse()
@@ -79,6 +107,11 @@ async fn main() -> std::io::Result<()> {
             if let Some((file, line)) = APPEND.get() {
                 if let Err(e) = (&*file).write_all(line) {
                     eprintln!("append failed: {e}");
+                }
+            }
+            if let Some(log) = AUDIT.get() {
+                if let Err(e) = log.record(&EVENT).await {
+                    eprintln!("audit failed: {e}");
                 }
             }
             (
