@@ -12,12 +12,15 @@
 #  2. resident memory with 100,000 keys cached, and bytes per cached key;
 #  3. instructions per cached GET under callgrind (repeatable on a noisy machine).
 #
-# Usage: scripts/bench.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (defaults 2, 8, 64)
+# Usage: scripts/bench.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (defaults 4, 8, 64; a multiple of
+# four rounds runs every server in every place)
 # Installs wrk and valgrind from Debian when missing; builds both servers in release.
 set -euo pipefail
 shopt -s inherit_errexit
+# `times` writes its seconds with the locale's decimal point; the parsing below wants a dot.
+export LC_ALL=C
 cd "$(dirname "$0")/.."
-rounds=${1:-2}
+rounds=${1:-4}
 seconds=${2:-8}
 connections=${3:-64}
 token=rkms_bench-token-0123456789abcdefghijklmnop
@@ -73,9 +76,10 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # One wrk run against URL, served by process PID: prints "requests/s p50_ms p99_ms server_us
 # wrk_us", the last two the CPU time a request took in the server and in wrk. wrk's is read
-# with the shell's `times` (its children's CPU time), so it needs no other tool.
+# with the shell's `times`, so it needs no other tool: in the subshell that runs wrk, its second
+# line is the subshell's children's CPU time, wrk's alone.
 load() {
-    local url=$1 server=$2 before after
+    local url=$1 server=$2 before
     before=$(cpu_ticks "$server")
     {
         wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url"
@@ -89,12 +93,13 @@ load() {
             / requests in / { requests = $1 }
             /Non-2xx/ { bad = $NF }
             /Socket errors/ { errors = $0 }
-            /^[0-9]+m[0-9.]+s [0-9]+m[0-9.]+s$/ { children = seconds($1) + seconds($2) }
+            /^[0-9]+m[0-9.]+s [0-9]+m[0-9.]+s$/ { times++; if (times == 2) children = seconds($1) + seconds($2) }
             END {
                 if (bad) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 }
                 if (errors) { print errors > "/dev/stderr"; exit 1 }
                 if (!rps || !requests) { print "wrk printed no Requests/sec" > "/dev/stderr"; exit 1 }
-                getline stat < after_file
+                if (children == "") { print "no CPU time of wrk from times" > "/dev/stderr"; exit 1 }
+                if ((getline stat < after_file) <= 0) { print "the server is gone: " after_file > "/dev/stderr"; exit 1 }
                 split(stat, field, " ")
                 server = (field[14] + field[15] - before) / ticks
                 printf "%.0f %.2f %.2f %.2f %.2f\n", rps, p50, p99, server * 1e6 / requests, children * 1e6 / requests }'
@@ -122,12 +127,15 @@ done
 echo "| run | server | requests/s | p50 ms | p99 ms | server CPU µs/request | wrk CPU µs/request |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 declare -A sum=([baseline]=0 [append]=0 [audit]=0 [rkms]=0)
-# Odd rounds run the servers in one order, even rounds in the other, so that no server always
-# follows the same one (or the appended file's writeback).
+servers=(baseline append audit rkms)
+# Each round starts one server further along, so that over four rounds every server runs in every
+# place and after every other one; dirty pages are written back before each run, so that no run
+# pays for the file another one wrote.
 for round in $(seq "$rounds"); do
-    order=(baseline append audit rkms)
-    [ $((round % 2)) -eq 0 ] && order=(rkms audit append baseline)
+    first=$(((round - 1) % ${#servers[@]}))
+    order=("${servers[@]:first}" "${servers[@]:0:first}")
     for server in "${order[@]}"; do
+        sync
         case $server in
         baseline) url=$baseline_url pid=$baseline_pid label=baseline ;;
         append) url=$append_url pid=$append_pid label="baseline + one appended line" ;;

@@ -18,6 +18,8 @@
 //! addr=ADDR` once it accepts.
 
 use axum::http::header::{HeaderName, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use rkms_server::audit::{AuditEvent, AuditLog, AuditSync, AuditTarget};
@@ -59,6 +61,13 @@ const EVENT: AuditEvent<'static> = AuditEvent {
     stale: false,
 };
 
+/// A line that could not be written is answered 500, as RKMS answers it, so that a server
+/// writing nothing (a full disk) fails wrk's count of non-2xx answers instead of running faster.
+fn failed(what: &str, error: &std::io::Error) -> Response {
+    eprintln!("{what} failed: {error}");
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+}
+
 fn usage(flag: &str) -> std::io::Error {
     std::io::Error::other(format!(
         "{flag}: usage: baseline [ADDR] [--append FILE [--line-bytes N]] [--audit FILE]"
@@ -77,7 +86,7 @@ async fn main() -> std::io::Result<()> {
             "--append" => append = Some(value()?),
             "--audit" => {
                 let log = AuditLog::open(&AuditTarget::File(value()?.into()), AuditSync::Os)?;
-                let _ = AUDIT.set(log);
+                AUDIT.set(log).map_err(|_| usage(&arg))?;
             }
             "--line-bytes" => {
                 line_bytes = value()?
@@ -106,12 +115,12 @@ async fn main() -> std::io::Result<()> {
         get(|| async {
             if let Some((file, line)) = APPEND.get() {
                 if let Err(e) = (&*file).write_all(line) {
-                    eprintln!("append failed: {e}");
+                    return failed("append", &e);
                 }
             }
             if let Some(log) = AUDIT.get() {
                 if let Err(e) = log.record(&EVENT).await {
-                    eprintln!("audit failed: {e}");
+                    return failed("audit", &e);
                 }
             }
             (
@@ -122,6 +131,7 @@ async fn main() -> std::io::Result<()> {
                 ],
                 ANSWER,
             )
+                .into_response()
         }),
     );
     let stop = async {
