@@ -35,6 +35,8 @@ pub enum ApiError {
     TooManyRequests(Duration),
     /// 429: the client address failed to authenticate too often; retry after this long.
     TooManyFailures(Duration),
+    /// 429: the client address spent its budget of health checks; retry after this long.
+    TooManyProbes(Duration),
     /// 431: the headers are larger than this many bytes.
     HeadersTooLarge(usize),
     /// 404: no such path.
@@ -186,7 +188,9 @@ impl ApiError {
     /// Whole seconds to wait before retrying, where the error says.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::TooManyRequests(wait) | Self::TooManyFailures(wait) => {
+            Self::TooManyRequests(wait)
+            | Self::TooManyFailures(wait)
+            | Self::TooManyProbes(wait) => {
                 Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
             }
             _ => None,
@@ -278,6 +282,14 @@ impl ApiError {
                 "TooManyRequests",
                 "too many failed authentications from this client address; retry after the \
                  Retry-After delay"
+                    .into(),
+                Code::ResourceExhausted,
+            ),
+            Self::TooManyProbes(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "too many health checks from this client address; retry after the Retry-After \
+                 delay"
                     .into(),
                 Code::ResourceExhausted,
             ),

@@ -101,7 +101,7 @@ impl Probes {
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.remote.ip());
         self.limit.admit(address).map_err(|wait| {
             metrics::counter!(REJECTIONS, "reason" => "probe_rate_limited").increment(1);
-            ApiError::TooManyRequests(wait)
+            ApiError::TooManyProbes(wait)
         })
     }
 

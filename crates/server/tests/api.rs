@@ -445,6 +445,30 @@ async fn health_and_readiness() {
         .all(|r| r["state"] == "up"));
 }
 
+/// The health checks are limited per client address, not per principal (they need none): a
+/// refusal says so, with a Retry-After.
+#[tokio::test]
+async fn health_checks_past_their_address_budget_get_429_naming_the_address() {
+    let router = router(Arc::new(MemoryStore::new()), true);
+    for _ in 0..1000 {
+        let request = Request::get("/healthz").body(Body::empty()).unwrap();
+        let (status, headers, body) = send(&router, request).await;
+        if status == StatusCode::OK {
+            continue;
+        }
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error_type"], "TooManyRequests", "{body}");
+        let message = body["error_message"].as_str().unwrap();
+        assert!(
+            message.contains("client address") && !message.contains("principal"),
+            "{message}"
+        );
+        assert!(headers.contains_key("retry-after"), "{headers:?}");
+        return;
+    }
+    panic!("1,000 health checks in a burst were never refused");
+}
+
 /// `/readyz` once `ready` says it is what the test waits for (it changes at the next
 /// background check, once a second).
 async fn readiness_until(router: &Router, ready: impl Fn(&Value) -> bool) -> Value {
