@@ -79,12 +79,12 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # with the shell's `times`, so it needs no other tool: in the subshell that runs wrk, its second
 # line is the subshell's children's CPU time, wrk's alone.
 load() {
-    local url=$1 server=$2 before
+    local url=$1 server=$2 before after run
     before=$(cpu_ticks "$server")
-    {
+    run=$({
         wrk -t2 -c"$connections" -d"${seconds}s" --latency -H "Authorization: Bearer $token" "$url"
         times
-    } | awk -v ticks="$(getconf CLK_TCK)" -v before="$before" -v after_file="/proc/$server/stat" '
+    } | awk '
             function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
             function seconds(v, m) { m = v; sub(/m.*/, "", m); sub(/^[0-9]+m/, "", v); sub(/s$/, "", v); return m * 60 + v }
             /^ +50%/ { p50 = ms($2) }
@@ -99,10 +99,11 @@ load() {
                 if (errors) { print errors > "/dev/stderr"; exit 1 }
                 if (!rps || !requests) { print "wrk printed no Requests/sec" > "/dev/stderr"; exit 1 }
                 if (children == "") { print "no CPU time of wrk from times" > "/dev/stderr"; exit 1 }
-                if ((getline stat < after_file) <= 0) { print "the server is gone: " after_file > "/dev/stderr"; exit 1 }
-                split(stat, field, " ")
-                server = (field[14] + field[15] - before) / ticks
-                printf "%.0f %.2f %.2f %.2f %.2f\n", rps, p50, p99, server * 1e6 / requests, children * 1e6 / requests }'
+                printf "%.0f %.2f %.2f %d %f\n", rps, p50, p99, requests, children }')
+    after=$(cpu_ticks "$server")
+    awk -v run="$run" -v ticks="$(getconf CLK_TCK)" -v used=$((after - before)) 'BEGIN {
+        split(run, r, " ")
+        printf "%s %s %s %.2f %.2f\n", r[1], r[2], r[3], used / ticks * 1e6 / r[4], r[5] * 1e6 / r[4] }'
 }
 
 start rkms rkms_server

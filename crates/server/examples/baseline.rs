@@ -34,8 +34,9 @@ use std::sync::OnceLock;
 const ANSWER: &str =
     r#"{"id":"hot","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","version":1}"#;
 
-/// RKMS's answer carries its request id (16 hex digits) under this name.
+/// RKMS's answer carries its request id (16 hex digits) under this name, as its audit line does.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const REQUEST_ID_VALUE: &str = "0123456789abcdef";
 
 /// The length of RKMS's audit line for a GET of `hot` by principal `bench`, newline included.
 const DEFAULT_LINE_BYTES: usize = 307;
@@ -48,7 +49,7 @@ static AUDIT: OnceLock<AuditLog> = OnceLock::new();
 
 /// RKMS's audit event for a cached GET of `hot` by principal `bench`.
 const EVENT: AuditEvent<'static> = AuditEvent {
-    request_id: "0123456789abcdef",
+    request_id: REQUEST_ID_VALUE,
     transport: "http",
     principal: "bench",
     operation: "get",
@@ -127,7 +128,7 @@ async fn main() -> std::io::Result<()> {
                 [
                     (CONTENT_TYPE, "application/json"),
                     (CACHE_CONTROL, "no-store"),
-                    (REQUEST_ID, "0123456789abcdef"),
+                    (REQUEST_ID, REQUEST_ID_VALUE),
                 ],
                 ANSWER,
             )
