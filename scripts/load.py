@@ -2,6 +2,7 @@
 
 Usage: python3 scripts/load.py [--duration SECONDS] [--connections N]
                               [--store sqlite|postgres|dynamodb] [--only TEXT] [--keep-alive]
+                              [--floor]
 
 Builds the release server, starts the test services (scripts/services.sh), and for each
 scenario starts the server with its configuration over one store (a SQLite file, a schema
@@ -15,6 +16,14 @@ moto's server closes every connection, so each AWS call connects anew; AWS's end
 connections open. With --keep-alive the KMS regions and DynamoDB are moto processes of this
 script's own that keep connections open (scripts/moto_serial.py keep-alive, one request at a
 time each), so the figures show the server's cost per call without a connect.
+
+With --floor, after the scenarios, the uncached GET's two calls alone run against the same
+emulators and records for as long, as many at once as --kms-connections
+(crates/server/examples/uncached_floor.rs: the store read and the KMS unwrap through the
+server's own clients, nothing else), and their CPU time per read-and-unwrap is printed: what an
+uncached GET costs before any of RKMS's own work. With --store dynamodb, the same requests
+follow, posted unsigned by a plain HTTP client (the example's --plain, for the emulators only):
+the difference is the AWS SDK's own work.
 
 Scenarios:
   hot cached GET          cache on, 100 existing ids
@@ -43,6 +52,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = os.path.join(ROOT, "target", "release", "rkms-server")
+FLOOR = os.path.join(ROOT, "target", "release", "examples", "uncached_floor")
 TOKEN = "rkms_load-test-token"
 AUTHORIZATION = f"Authorization: Bearer {TOKEN}"
 
@@ -241,12 +251,17 @@ def main():
     parser.add_argument("--store", choices=["sqlite", "postgres", "dynamodb"], default="sqlite")
     parser.add_argument("--keep-alive", action="store_true",
                         help="KMS and DynamoDB emulators that keep connections open")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the uncached GET's store read and KMS unwrap alone")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
         run(["apt-get", "install", "-y", "-qq", "wrk"])
     features = ["--features", args.store] if args.store != "sqlite" else []
     run(["cargo", "build", "--release", "--locked", "-p", "rkms-server", *features], cwd=ROOT)
+    if args.floor:
+        run(["cargo", "build", "--release", "--locked", "-p", "rkms-server", *features,
+             "--example", "uncached_floor"], cwd=ROOT)
     run([os.path.join(ROOT, "scripts", "services.sh"), "start"])
     emulators = []
     try:
@@ -291,12 +306,32 @@ def main():
                          calls / max(requests, 1), 1000.0 * cpu / max(requests, 1)))
             print(f"done: {name}", file=sys.stderr)
 
+        floors = []
+        if args.floor:
+            floor_config = config(env, data_dir, endpoints, False, args.store)
+            kinds = [("the AWS SDK's clients, as the server's", [])]
+            if args.store == "dynamodb":
+                kinds.append(("the same requests, unsigned, by a plain HTTP client", ["--plain"]))
+            for label, extra in kinds:
+                output = subprocess.run(
+                    [FLOOR, "--config", floor_config, "--ids", ids_file, "--seconds", str(args.duration),
+                     "--concurrency", str(args.kms_connections), *extra],
+                    env=env, check=True, capture_output=True, text=True,
+                ).stdout
+                floors.append((label, {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", output)}))
+
         kept = " (connections kept alive)" if args.keep_alive else ""
         print(f"\nwrk, {args.duration} s per scenario, 2 threads; three moto KMS regions{kept}; {args.store} store\n")
         print("| scenario | connections | requests/s | p50 ms | p99 ms | errors % | KMS calls/request | server CPU ms/request |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, connections, rps, p50, p99, error_rate, calls, cpu in rows:
             print(f"| {name} | {connections} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {error_rate:.2f} | {calls:.2f} | {cpu:.3f} |")
+        if floors:
+            print(f"\nThe uncached GET's two calls alone (examples/uncached_floor.rs), {args.kms_connections} at once\n")
+            print("| calls made by | reads and unwraps/s | CPU ms each |")
+            print("| --- | ---: | ---: |")
+            for label, floor in floors:
+                print(f"| {label} | {floor['per_second']:,.0f} | {floor['cpu_us'] / 1000:.3f} |")
     finally:
         for emulator in emulators:
             emulator.terminate()
