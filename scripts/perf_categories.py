@@ -4,9 +4,15 @@ Usage: perf record -F 999 --call-graph dwarf,16384 -p PID -- sleep 10
        perf script | python3 scripts/perf_categories.py
 
 Each sample counts once, under the first part below whose pattern one of its frames matches
-(so a sample inside signing, itself inside the orchestrator, counts as signing); samples that
-match none are the runtime's, the allocator's or the kernel's. Prints a Markdown table of shares,
-and the share of samples whose own function is in the kernel. Used for BENCHMARKS.md, "Uncached
+(so a sample inside signing, itself inside the orchestrator, counts as signing). The last parts
+are remainders: "rest of the SDK's orchestrator" is whatever ran under the orchestrator and
+matched nothing before it (reading the answer's body, the connector adapter, allocation and
+wake-ups there), "the caller's code" whatever ran under the caller's frames and matched nothing
+else (record decoding, building the requests, the tasks), and
+samples that match none are the runtime's, the allocator's or the kernel's, or have stacks cut
+short by perf's copy of the stack (16 KB with the command above). Prints a Markdown table of
+shares, the share of samples whose own function is in the kernel, and which interceptors the
+"interceptors" part ran. Used for BENCHMARKS.md, "Uncached
 GET" (`scripts/load.py --floor` runs the process to profile: examples/uncached_floor.rs).
 """
 import collections
@@ -26,12 +32,16 @@ PARTS = [
     ("HTTP client (hyper-util's pool)", r"hyper_util::client::legacy"),
     ("reqwest", r"reqwest::"),
     ("rest of the SDK's orchestrator", r"orchestrator::try_op|orchestrator::invoke"),
-    ("the caller's own code", r"uncached_floor::|rkms_"),
+    # Around the orchestrator: the operation's tracing span (only the SDK instruments futures in
+    # the processes this profiles) and the context's final drop.
+    ("the SDK's operation around the orchestrator (span, finalize)",
+     r"tracing::instrument::Instrumented|InterceptorContext<I,O,E>::finalize"),
+    ("the caller's code", r"\buncached_floor::|\brkms_\w+::"),
 ]
 OTHER = "runtime, allocator, kernel (none of the above)"
 
-# Interceptors named in a sample counted as "interceptors", to say which ones cost.
-INTERCEPTOR = re.compile(r"<([\w:]+Interceptor\w*) as aws_smithy_runtime_api")
+# The interceptor a sample counted as "interceptors" ran, to say which ones cost.
+INTERCEPTOR = re.compile(r"<([\w:]+) as aws_smithy_runtime_api::client::interceptors::Intercept>")
 
 
 def samples(lines):
@@ -72,7 +82,7 @@ def main():
     print(f"| (samples whose own function is in the kernel, any part) | {100 * kernel / total:.1f}% |")
     if interceptors:
         print("\ninterceptors: " + ", ".join(
-            f"{name} {100 * n / total:.1f}%" for name, n in interceptors.most_common(8)))
+            f"{name} {100 * n / total:.1f}%" for name, n in interceptors.most_common(10)))
 
 
 if __name__ == "__main__":

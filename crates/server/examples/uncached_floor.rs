@@ -6,12 +6,14 @@
 //! current version's copy in the first region (`Kms::decrypt_under`), over the ids in `--ids`
 //! in turn. No HTTP server, authentication, service, cache, hedging, breaker, metrics or audit
 //! line: what remains is the store's and the KMS's clients, the network and the runtime.
+//! Original Go RKMS items are read as the server reads them (wrapped without context).
 //!
 //! With `--plain` the same two calls go out without the AWS SDK: the same JSON requests
 //! (DynamoDB `GetItem` with a consistent read, KMS `Decrypt` naming the key, with the context)
 //! posted by a plain HTTP client (reqwest, over hyper like the SDK's own), the answers parsed
 //! and decoded the same way, unsigned. So it runs against the emulators only (moto does not check
-//! signatures); the difference between the two is the SDK's own work.
+//! signatures, and the table must hold RKMS's own items); the difference between the two is the
+//! SDK's own work. The plain client gives up after the KMS operation timeout, and never retries.
 //!
 //! Prints `floor calls=N seconds=S per_second=R cpu_us=C`, C the process's CPU time (user and
 //! system, `CLOCK_PROCESS_CPUTIME_ID`) per read-and-unwrap.
@@ -129,13 +131,19 @@ impl Calls {
                 endpoint,
                 ..
             },
-            KmsSettings::Aws { .. },
+            KmsSettings::Aws {
+                operation_timeout, ..
+            },
         ) = (&settings.store, &settings.kms)
         else {
             return Err("--plain needs the DynamoDB store and AWS KMS".into());
         };
+        let http = reqwest::Client::builder()
+            .timeout(*operation_timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(Self::Plain {
-            http: reqwest::Client::new(),
+            http,
             table: table_name.clone(),
             dynamodb: Endpoint::new(endpoint.as_ref(), region, "dynamodb")?,
             kms: Endpoint::new(first.endpoint.as_ref(), &first.name, "kms")?,
@@ -159,7 +167,12 @@ impl Calls {
                     .copies
                     .get(region)
                     .ok_or_else(|| format!("{id} has no copy in {region}"))?;
-                let context = EncryptionContext::for_version(id, version.number);
+                // As the server reads an original Go RKMS item: wrapped without context.
+                let context = if stored.legacy {
+                    EncryptionContext::empty()
+                } else {
+                    EncryptionContext::for_version(id, version.number)
+                };
                 kms.decrypt_under(kms.master_key(), &copy.ciphertext, &context)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -184,6 +197,7 @@ impl Calls {
                         }),
                     )
                     .await?;
+                // RKMS's own items only: the original Go RKMS's have no `record`.
                 let record = Record::decode(&base64_field(&item, "/Item/record/B")?)
                     .map_err(|e| e.to_string())?;
                 let version = record.current();
