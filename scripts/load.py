@@ -256,7 +256,7 @@ def floor(env, data_dir, endpoints, ids_file, args):
         done = subprocess.run(
             [FLOOR, "--config", floor_config, "--ids", ids_file, "--seconds", str(args.duration),
              "--concurrency", str(args.kms_connections), *extra],
-            env=env, capture_output=True, text=True,
+            env=env, capture_output=True, text=True, timeout=args.duration + 120,
         )
         figures = dict(re.findall(r"(\w+)=([\d.]+)", done.stdout))
         if done.returncode != 0 or not {"per_second", "cpu_us"} <= figures.keys():
