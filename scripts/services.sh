@@ -7,13 +7,13 @@
 #
 # Services, each skipped when its variable is already set in the environment:
 #   RKMS_TEST_POSTGRES_URL       PostgreSQL 127.0.0.1:5432 (started if down), database rkms_test
-#   RKMS_TEST_REDIS_URL          redis-server on 127.0.0.1:45620 with AOF fsynced on every write
+#   RKMS_TEST_REDIS_URL          redis-server on 127.0.0.1:25620 with AOF fsynced on every write
 #                                (appendfsync always), throwaway data dir
 #   RKMS_TEST_ETCD_ENDPOINTS     etcd (Debian etcd-server) on 127.0.0.1:23790, throwaway data dir
-#   RKMS_TEST_DYNAMODB_ENDPOINT  moto on 127.0.0.1:45610 (DynamoDB API), one request at a time
+#   RKMS_TEST_DYNAMODB_ENDPOINT  moto on 127.0.0.1:25610 (DynamoDB API), one request at a time
 #                                (scripts/moto_serial.py: conditional writes atomic, as in DynamoDB)
 #   RKMS_TEST_KMS_REGIONS / RKMS_TEST_KMS_ENDPOINTS
-#                                one moto_server per emulated KMS region on 127.0.0.1:45601..,
+#                                one moto_server per emulated KMS region on 127.0.0.1:25601..,
 #                                each with a symmetric key and alias/rkms-<region>
 # Tests read them after `source .test-services/env`.
 set -euo pipefail
@@ -21,9 +21,10 @@ cd "$(dirname "$0")/.."
 
 STATE=.test-services
 KMS_REGIONS=(us-east-1 us-east-2 us-west-1)
-KMS_BASE_PORT=${RKMS_KMS_BASE_PORT:-45601}
-DYNAMODB_PORT=${RKMS_DYNAMODB_PORT:-45610}
-REDIS_PORT=${RKMS_REDIS_PORT:-45620}
+# Every port below the kernel's range for outgoing connections (require_free).
+KMS_BASE_PORT=${RKMS_KMS_BASE_PORT:-25601}
+DYNAMODB_PORT=${RKMS_DYNAMODB_PORT:-25610}
+REDIS_PORT=${RKMS_REDIS_PORT:-25620}
 ETCD_PORT=${RKMS_ETCD_PORT:-23790}
 ETCD_PEER_PORT=$((ETCD_PORT + 10))
 
@@ -41,7 +42,18 @@ wait_for_port() {
     return 1
 }
 
+# The ports the kernel hands to outgoing connections: a service listening on one of them fails
+# to start whenever a client connection happens to hold it ("Address already in use" with
+# nothing listening).
+read -r EPHEMERAL_LOW EPHEMERAL_HIGH </proc/sys/net/ipv4/ip_local_port_range
+
 require_free() {
+    if [ "$1" -ge "$EPHEMERAL_LOW" ] && [ "$1" -le "$EPHEMERAL_HIGH" ]; then
+        echo "[services] port $1 is in the kernel's range for outgoing connections" \
+            "($EPHEMERAL_LOW-$EPHEMERAL_HIGH), where a client connection can hold it; choose" \
+            "another with RKMS_KMS_BASE_PORT, RKMS_DYNAMODB_PORT, RKMS_REDIS_PORT or RKMS_ETCD_PORT" >&2
+        return 1
+    fi
     if port_open "$1"; then
         echo "[services] port $1 is already in use; run scripts/services.sh stop, or free the port" >&2
         return 1
