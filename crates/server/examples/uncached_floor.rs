@@ -68,11 +68,11 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(url: Option<&String>, region: &str, service: &str) -> Result<Self, String> {
+    fn new(url: Option<&str>, region: &str, service: &str) -> Result<Self, String> {
         Ok(Self {
             url: url
                 .ok_or("--plain needs endpoint URLs (emulators)")?
-                .clone(),
+                .to_owned(),
             authorization: format!(
                 "AWS4-HMAC-SHA256 Credential=test/20260101/{region}/{service}/aws4_request, \
                  SignedHeaders=host, Signature=0"
@@ -101,6 +101,27 @@ impl Endpoint {
         }
         response.json().await.map_err(|e| e.to_string())
     }
+}
+
+/// `record`'s current copy in `region` and the context it was wrapped under, as the server
+/// reads them (an original Go RKMS item, `legacy`, was wrapped without context).
+fn current_copy<'r>(
+    id: &KeyId,
+    record: &'r Record,
+    legacy: bool,
+    region: &str,
+) -> Result<(&'r [u8], EncryptionContext), String> {
+    let version = record.current();
+    let copy = version
+        .copies
+        .get(region)
+        .ok_or_else(|| format!("{id} has no copy in {region}"))?;
+    let context = if legacy {
+        EncryptionContext::empty()
+    } else {
+        EncryptionContext::for_version(id, version.number)
+    };
+    Ok((&copy.ciphertext, context))
 }
 
 fn base64_field(value: &Value, pointer: &str) -> Result<Vec<u8>, String> {
@@ -145,8 +166,8 @@ impl Calls {
         Ok(Self::Plain {
             http,
             table: table_name.clone(),
-            dynamodb: Endpoint::new(endpoint.as_ref(), region, "dynamodb")?,
-            kms: Endpoint::new(first.endpoint.as_ref(), &first.name, "kms")?,
+            dynamodb: Endpoint::new(endpoint.as_deref(), region, "dynamodb")?,
+            kms: Endpoint::new(first.endpoint.as_deref(), &first.name, "kms")?,
             key_id: first.key_id.clone(),
             region: first.name.clone(),
         })
@@ -162,18 +183,8 @@ impl Calls {
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("{id} has no record"))?;
                 let record = Record::decode(&stored.bytes).map_err(|e| e.to_string())?;
-                let version = record.current();
-                let copy = version
-                    .copies
-                    .get(region)
-                    .ok_or_else(|| format!("{id} has no copy in {region}"))?;
-                // As the server reads an original Go RKMS item: wrapped without context.
-                let context = if stored.legacy {
-                    EncryptionContext::empty()
-                } else {
-                    EncryptionContext::for_version(id, version.number)
-                };
-                kms.decrypt_under(kms.master_key(), &copy.ciphertext, &context)
+                let (ciphertext, context) = current_copy(id, &record, stored.legacy, region)?;
+                kms.decrypt_under(kms.master_key(), ciphertext, &context)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -200,19 +211,14 @@ impl Calls {
                 // RKMS's own items only: the original Go RKMS's have no `record`.
                 let record = Record::decode(&base64_field(&item, "/Item/record/B")?)
                     .map_err(|e| e.to_string())?;
-                let version = record.current();
-                let copy = version
-                    .copies
-                    .get(region)
-                    .ok_or_else(|| format!("{id} has no copy in {region}"))?;
-                let context = EncryptionContext::for_version(id, version.number);
+                let (ciphertext, context) = current_copy(id, &record, false, region)?;
                 let answer = kms
                     .post(
                         http,
                         "application/x-amz-json-1.1",
                         "TrentService.Decrypt",
                         &json!({
-                            "CiphertextBlob": BASE64.encode(&copy.ciphertext),
+                            "CiphertextBlob": BASE64.encode(ciphertext),
                             "EncryptionContext": context.entries(),
                             "KeyId": key_id,
                         }),
